@@ -1,0 +1,57 @@
+"""Stage 4: project every cluster to 2D for the map, with its depth in the tree as ``level``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from kura_dagster.pipeline.meta_cluster import cluster_text
+from kura_dagster.pipeline.models.base import EmbeddingModel
+from kura_dagster.pipeline.settings import PipelineSettings
+from kura_dagster.types import Cluster, ProjectedCluster
+
+
+def cluster_levels(clusters: Sequence[Cluster]) -> dict[str, int]:
+    """0 for roots, otherwise the depth below them. Raises on a missing parent or a cycle."""
+    by_id = {c.id: c for c in clusters}
+    levels: dict[str, int] = {}
+    for c in clusters:
+        path, node = [], c
+        while node.id not in levels:
+            if node.id in path:
+                raise ValueError(f"cluster {node.id} is part of a parent cycle")
+            path.append(node.id)
+            if node.parent_id is None:
+                levels[node.id] = 0
+                path.pop()
+                break
+            if node.parent_id not in by_id:
+                raise ValueError(f"cluster {node.id} names parent {node.parent_id}, which does not exist")
+            node = by_id[node.parent_id]
+        base = levels[node.id]
+        for depth, cid in enumerate(reversed(path), start=1):
+            levels[cid] = base + depth
+    return levels
+
+
+def project_clusters(
+    clusters: Sequence[Cluster], embedder: EmbeddingModel, settings: PipelineSettings = PipelineSettings()
+) -> list[ProjectedCluster]:
+    if not clusters:
+        return []
+    levels = cluster_levels(clusters)
+    x = embedder.embed([cluster_text(c) for c in clusters]).astype(np.float64)
+    if len(clusters) >= 3:
+        from sklearn.decomposition import PCA
+
+        xy = PCA(n_components=2, random_state=settings.seed).fit_transform(x)
+        # PCA's signs are arbitrary; fix them so the map does not flip between runs and versions.
+        xy *= np.where(xy[np.abs(xy).argmax(axis=0), [0, 1]] < 0, -1.0, 1.0)
+    else:
+        xy = np.zeros((len(clusters), 2))
+        xy[:, 0] = np.arange(len(clusters), dtype=np.float64)
+    return [
+        ProjectedCluster(**c.model_dump(exclude={"count"}), x_coord=float(x_), y_coord=float(y_), level=levels[c.id])
+        for c, (x_, y_) in zip(clusters, xy)
+    ]
