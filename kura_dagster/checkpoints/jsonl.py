@@ -1,0 +1,168 @@
+"""JSONL checkpoints: ``<dir>/<name>.jsonl``, one JSON object a line, exactly the file Kura writes and reads.
+
+Integrity lives beside the file, in ``<name>.jsonl.meta.json`` (row count, SHA-256, model identity), so the
+JSONL itself stays byte-for-byte what Kura reads. A file without a sidecar (Kura wrote it) is still checked
+line by line; a file whose checksum disagrees with its sidecar is refused, never returned in part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from upath import UPath
+
+from kura_dagster.checkpoints import storage
+from kura_dagster.checkpoints.base import SCHEMA_VERSION, BaseCheckpointManager, SavedCheckpoint, identity_of
+from kura_dagster.checkpoints.errors import CheckpointCorruptError
+from kura_dagster.checkpoints.models import describe_validation_error, list_adapter
+
+T = TypeVar("T", bound=BaseModel)
+SIDECAR_SUFFIX = ".meta.json"
+
+
+class JSONLCheckpointManager(BaseCheckpointManager):
+    format_name = "jsonl"
+    suffix = ".jsonl"
+
+    # --- sidecar ------------------------------------------------------------------------------------------
+    @staticmethod
+    def sidecar_path(path: UPath) -> UPath:
+        return path.parent / f"{path.name}{SIDECAR_SUFFIX}"
+
+    def _companions(self, path: UPath) -> list[UPath]:
+        return [self.sidecar_path(path)]
+
+    def _read_sidecar(self, path: UPath) -> dict[str, Any] | None:
+        meta_path = self.sidecar_path(path)
+        try:
+            raw = meta_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            meta = json.loads(raw)
+            versions = meta["versions"]
+            assert isinstance(versions, list) and all("sha256" in v and "rows" in v for v in versions)
+        except Exception as exc:  # noqa: BLE001 - any damage to the sidecar is reported, not ignored
+            raise CheckpointCorruptError(meta_path, f"unreadable integrity sidecar ({exc!r}); delete it to "
+                                         f"accept {path.name} without a checksum") from None
+        return meta
+
+    def _write_sidecar(self, path: UPath, versions: list[dict[str, Any]]) -> None:
+        meta = {"format": "kura-dagster/jsonl", "schema_version": SCHEMA_VERSION, "versions": versions}
+        storage.atomic_write_bytes(self.sidecar_path(path), json.dumps(meta, indent=1).encode())
+
+    # --- format -------------------------------------------------------------------------------------------
+    def _write(self, path: UPath, models: list[BaseModel], model: type[BaseModel] | None, **_: Any) -> SavedCheckpoint:
+        body = b"".join([m.__pydantic_serializer__.to_json(m) + b"\n" for m in models])
+        entry = {"sha256": hashlib.sha256(body).hexdigest(), "rows": len(models), "bytes": len(body),
+                 "model": identity_of(model)}
+        # Two-phase sidecar: accept old and new while the data file is replaced, then only the new one.
+        # A crash at any moment leaves a data file that the sidecar accepts, old or new.
+        accepted = [entry]
+        if path.exists():
+            old = self._read_sidecar(path)
+            if old is not None:
+                accepted += [v for v in old["versions"] if v["sha256"] != entry["sha256"]]
+            else:
+                data = path.read_bytes()
+                accepted.append({"sha256": hashlib.sha256(data).hexdigest(), "rows": None, "bytes": len(data),
+                                 "model": None})
+        self._write_sidecar(path, accepted)
+        size = storage.atomic_write_bytes(path, body)
+        self._write_sidecar(path, [entry])
+        return SavedCheckpoint(name=path.name, path=str(path), format=self.format_name, rows=len(models),
+                               bytes=size, model=entry["model"], checksum="sha256:" + entry["sha256"])
+
+    def _verified_bytes(self, path: UPath) -> tuple[bytes, dict[str, Any] | None]:
+        data = path.read_bytes()
+        meta = self._read_sidecar(path)
+        if meta is None:
+            if not data.strip():
+                raise CheckpointCorruptError(path, "the file is empty: no checkpoint writer leaves an empty "
+                                             "file without an integrity sidecar, so it was truncated")
+            return data, None
+        digest = hashlib.sha256(data).hexdigest()
+        for version in meta["versions"]:
+            if version["sha256"] == digest:
+                return data, version
+        expected = meta["versions"][0]
+        raise CheckpointCorruptError(
+            path,
+            f"checksum mismatch: the file has {len(data)} bytes and SHA-256 {digest[:16]}…, but "
+            f"{self.sidecar_path(path).name} records {expected['bytes']} bytes and {expected['sha256'][:16]}…. "
+            "It was truncated or changed after it was saved. If you edited it on purpose, delete the sidecar "
+            "to accept the file as it is.",
+        )
+
+    @staticmethod
+    def _lines(data: bytes) -> tuple[list[bytes], list[int]]:
+        lines, numbers = [], []
+        for number, line in enumerate(data.split(b"\n"), start=1):
+            if line.strip():
+                lines.append(line)
+                numbers.append(number)
+        return lines, numbers
+
+    def _parse(self, path: UPath, data: bytes, model: type[T]) -> list[T]:
+        lines, numbers = self._lines(data)
+        adapter = list_adapter(model)
+        try:
+            return adapter.validate_json(b"[" + b",".join(lines) + b"]")
+        except ValidationError as err:
+            idx, text = describe_validation_error(err)
+            if idx is not None and err.errors()[0].get("type") != "json_invalid":
+                raise CheckpointCorruptError(path, f"not a valid {model.__name__}: {text}",
+                                             line=numbers[idx]) from None
+        # Invalid JSON somewhere: find the first bad line.
+        for line, number in zip(lines, numbers):
+            try:
+                model.model_validate_json(line)
+            except ValidationError as err:
+                _, text = describe_validation_error(err)
+                raise CheckpointCorruptError(path, f"not a valid {model.__name__}: {text}", line=number) from None
+        raise CheckpointCorruptError(path, "the file is not valid JSON Lines")  # pragma: no cover
+
+    def _read(self, path: UPath, model: type[T], **_: Any) -> list[T]:
+        data, version = self._verified_bytes(path)
+        models = self._parse(path, data, model)
+        if version is not None and version.get("rows") is not None and version["rows"] != len(models):
+            raise CheckpointCorruptError(path, f"holds {len(models)} rows but was saved with {version['rows']}")
+        return models
+
+    def _iter_rows(self, path: UPath) -> Iterator[dict[str, Any]]:
+        data, _ = self._verified_bytes(path)
+        lines, numbers = self._lines(data)
+        for line, number in zip(lines, numbers):
+            try:
+                yield json.loads(line)
+            except ValueError as exc:
+                raise CheckpointCorruptError(path, f"invalid JSON ({exc})", line=number) from None
+
+    def _iter(self, path: UPath, model: type[T], *, batch_size: int) -> Iterator[T]:
+        yield from self._read(path, model)
+
+    def _describe(self, path: UPath) -> dict[str, Any]:
+        meta = self._read_sidecar(path)
+        if meta is not None:
+            v = meta["versions"][0]
+            rows, model, checksum = v["rows"], v.get("model"), "sha256:" + v["sha256"]
+        else:
+            rows = sum(1 for line in path.read_bytes().split(b"\n") if line.strip())
+            model, checksum = None, None
+        features = {}
+        if model:
+            from kura_dagster.types import resolve_model
+
+            features = {name: str(f.annotation) for name, f in resolve_model(model).model_fields.items()}
+        return {"num_rows": rows, "model": model, "checksum": checksum, "features": features}
+
+    def _is_checkpoint(self, path: UPath) -> bool:
+        return path.name.endswith(self.suffix) and path.is_file()
+
+
+# Kura exports its JSONL manager under both names.
+CheckpointManager = JSONLCheckpointManager

@@ -1,0 +1,27 @@
+"""Shared fixtures. Tests that read ``../shared/data`` skip cleanly when it is absent (a user's fresh clone)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("KURA_SHARED_DATA", ROOT.parent / "shared" / "data" / "kura-mtbench-1000"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real checkpoints Kura wrote (1,000 MT-Bench conversations and every stage after them)."""
+    if not (SHARED_DATA / "conversations.jsonl").exists():
+        pytest.skip(f"shared Kura data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _isolated_kura_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test inherits KURA_* settings (or API keys) from the developer's shell."""
+    for key in list(os.environ):
+        if key.startswith("KURA_") or key in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "HF_TOKEN"):
+            monkeypatch.delenv(key, raising=False)

@@ -1,0 +1,126 @@
+"""Layer 2, JSONL: the seed's API, Kura's file layout, integrity and errors that name the line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kura_dagster.checkpoints import (
+    CheckpointCorruptError,
+    CheckpointManager,
+    InvalidCheckpointName,
+    JSONLCheckpointManager,
+)
+from kura_dagster.types import Cluster, ConversationSummary, ProjectedCluster
+
+
+def _summaries(n: int = 5) -> list[ConversationSummary]:
+    return [ConversationSummary(summary=f"summary {i}", chat_id=f"c{i}", metadata={"i": i, "ok": i % 2 == 0},
+                                embedding=[float(i), 0.5], languages=["english"], assistant_errors=[])
+            for i in range(n)]
+
+
+def test_checkpoint_manager_is_the_jsonl_manager():
+    assert CheckpointManager is JSONLCheckpointManager
+
+
+def test_save_load_list_delete(tmp_path):
+    mgr = JSONLCheckpointManager(tmp_path / "ck")
+    data = _summaries()
+    saved = mgr.save_checkpoint("summaries", data)
+    assert saved.rows == 5 and saved.bytes == (tmp_path / "ck" / "summaries.jsonl").stat().st_size
+    assert mgr.load_checkpoint("summaries", ConversationSummary) == data
+    assert mgr.load_checkpoint("summaries.jsonl", ConversationSummary) == data  # Kura passes names with .jsonl too
+    assert mgr.load_checkpoint("summaries") == data  # the model identity is recorded beside the file
+    assert mgr.list_checkpoints() == ["summaries"]
+    info = mgr.get_checkpoint_info("summaries")
+    assert info["num_rows"] == 5 and info["size_bytes"] == saved.bytes and "chat_id" in info["features"]
+    assert mgr.delete_checkpoint("summaries") is True
+    assert mgr.delete_checkpoint("summaries") is False
+    assert mgr.load_checkpoint("summaries", ConversationSummary) is None
+    assert list((tmp_path / "ck").iterdir()) == [] or all(p.name.startswith(".") for p in (tmp_path / "ck").iterdir())
+
+
+def test_file_is_exactly_what_kura_writes(tmp_path):
+    mgr = JSONLCheckpointManager(tmp_path)
+    data = _summaries(3)
+    mgr.save_checkpoint("summaries", data)
+    expected = "".join(s.model_dump_json() + "\n" for s in data)  # Kura's writer
+    assert (tmp_path / "summaries.jsonl").read_text() == expected
+    kura_reader = [ConversationSummary.model_validate_json(line) for line in open(tmp_path / "summaries.jsonl")]
+    assert kura_reader == data
+
+
+def test_disabled_manager_neither_saves_nor_loads(tmp_path):
+    mgr = JSONLCheckpointManager(tmp_path, enabled=False)
+    assert mgr.save_checkpoint("summaries", _summaries()) is None
+    assert not (tmp_path / "summaries.jsonl").exists()
+    JSONLCheckpointManager(tmp_path).save_checkpoint("summaries", _summaries())
+    assert mgr.load_checkpoint("summaries", ConversationSummary) is None
+    assert mgr.list_checkpoints() == [] and mgr.delete_checkpoint("summaries") is False
+
+
+def test_reads_kura_files_without_sidecar(shared_data):
+    mgr = JSONLCheckpointManager(shared_data)
+    assert mgr.list_checkpoints() == ["clusters", "conversations", "dimensionality", "meta_clusters", "summaries"]
+    assert len(mgr.load_checkpoint("summaries", ConversationSummary)) == 1000
+    assert len(mgr.load_checkpoint("dimensionality", ProjectedCluster)) == 19
+    with pytest.raises(LookupError, match="model_class"):
+        mgr.load_checkpoint("clusters")  # Kura's files do not say what they hold
+
+
+def test_filter_checkpoint_only_builds_matching_rows(tmp_path):
+    mgr = JSONLCheckpointManager(tmp_path)
+    mgr.save_checkpoint("summaries", _summaries(10))
+    kept = mgr.filter_checkpoint("summaries", lambda row: row["metadata"]["i"] >= 7, ConversationSummary)
+    assert [s.chat_id for s in kept] == ["c7", "c8", "c9"]
+
+
+def test_empty_checkpoint_is_saved_and_loads_empty(tmp_path):
+    mgr = JSONLCheckpointManager(tmp_path)
+    mgr.save_checkpoint("clusters", [], model_class=Cluster)
+    assert mgr.load_checkpoint("clusters", Cluster) == []
+
+
+def test_bad_line_is_named(tmp_path):
+    path = tmp_path / "summaries.jsonl"
+    good = _summaries(3)
+    lines = [s.model_dump_json() for s in good]
+    lines[1] = lines[1].replace('"chat_id":"c1",', "")  # a missing field on line 2
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CheckpointCorruptError, match=r"summaries\.jsonl line 2: .*chat_id"):
+        JSONLCheckpointManager(tmp_path).load_checkpoint("summaries", ConversationSummary)
+    path.write_text(lines[0] + "\n" + lines[2][:40] + "\n")  # a truncated line 2
+    with pytest.raises(CheckpointCorruptError, match=r"line 2"):
+        JSONLCheckpointManager(tmp_path).load_checkpoint("summaries", ConversationSummary)
+
+
+def test_checksum_detects_changed_file_and_sidecar_can_be_removed_to_accept_it(tmp_path):
+    mgr = JSONLCheckpointManager(tmp_path)
+    mgr.save_checkpoint("summaries", _summaries(4))
+    path = tmp_path / "summaries.jsonl"
+    text = path.read_text().replace("summary 2", "summary X")
+    path.write_text(text)
+    with pytest.raises(CheckpointCorruptError, match="checksum mismatch"):
+        mgr.load_checkpoint("summaries", ConversationSummary)
+    (tmp_path / "summaries.jsonl.meta.json").unlink()
+    assert mgr.load_checkpoint("summaries", ConversationSummary)[2].summary == "summary X"
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs/path", "a/../../b", "nul\x00byte", "", "a\\b"])
+def test_names_cannot_escape_the_directory(tmp_path, name):
+    mgr = JSONLCheckpointManager(tmp_path / "ck")
+    with pytest.raises(InvalidCheckpointName):
+        mgr.save_checkpoint(name, _summaries(1))
+    assert not any(p for p in tmp_path.rglob("*.jsonl"))
+
+
+def test_memory_filesystem(tmp_path):
+    mgr = JSONLCheckpointManager("memory://kura-tests/jsonl")
+    data = _summaries(2)
+    mgr.save_checkpoint("summaries", data)
+    assert mgr.load_checkpoint("summaries", ConversationSummary) == data
+    assert mgr.list_checkpoints() == ["summaries"]
+    assert json.loads(mgr.sidecar_path(mgr.get_checkpoint_path("summaries")).read_text())["versions"][0]["rows"] == 2
+    assert mgr.delete_checkpoint("summaries")
