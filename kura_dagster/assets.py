@@ -9,19 +9,27 @@ Checkpoint file names are Kura's: ``conversations``, ``summaries``, ``clusters``
 
 import hashlib
 import statistics
+import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import dagster as dg
 from pydantic import BaseModel
 
+from kura_dagster.checkpoints.columnar import SummaryColumns
+from kura_dagster.checkpoints.summary_cache import SummaryCache
+from kura_dagster.io_managers.base import summary_columns_type
+from kura_dagster.checkpoints.storage import atomic_write_bytes, remove_path, to_upath, validate_name
 from kura_dagster.io_managers.typing import CHECKPOINT_NAME_KEY, model_metadata
+from kura_dagster.observability import cluster_size_metadata, projection_metadata, settings_metadata, tree_metadata
 from kura_dagster.pipeline.cluster import generate_base_clusters
 from kura_dagster.pipeline.dimensionality import project_clusters
+from kura_dagster.pipeline.inputs import quarantine_jsonl
 from kura_dagster.pipeline.meta_cluster import reduce_clusters
 from kura_dagster.pipeline.summarise import summarise_conversations
 from kura_dagster.resources import ConversationSource, KuraPipelineResource
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, ProjectedCluster
+from kura_dagster.versioning import effective_settings
 
 GROUP = "kura"
 
@@ -46,10 +54,22 @@ def _asset_metadata(model: type[BaseModel], checkpoint_name: str) -> dict[str, s
     metadata=_asset_metadata(Conversation, "conversations"),
     description="The conversations to analyse: KURA_CONVERSATIONS (a Kura dump or JSONL) or the built-in demo set.",
 )
-def conversations(context: dg.AssetExecutionContext, source: ConversationSource) -> dg.MaterializeResult[list[Conversation]]:
-    result = source.read()
+def conversations(
+    context: dg.AssetExecutionContext, source: ConversationSource, kura: KuraPipelineResource
+) -> dg.MaterializeResult[list[Conversation]]:
+    result = source.read()  # on_bad_record="fail" raises here, listing the first bad lines
     convs = result.conversations
     context.log.info(f"Read {len(convs)} conversations from {result.source}")
+    # Skipped records are never dropped silently: they go to a quarantine file beside the checkpoints.
+    suffix = f"-{validate_name(context.partition_key, what='partition key')}" if context.has_partition_key else ""
+    quarantine = to_upath(kura.checkpoint_dir) / "quarantine" / f"conversations{suffix}.jsonl"
+    if result.bad_records:
+        atomic_write_bytes(quarantine, quarantine_jsonl(result.bad_records, result.source))
+        context.log.warning(f"Skipped {len(result.bad_records)} bad record(s) of {result.source} "
+                            f"(first: {result.bad_records[0].location}: {result.bad_records[0].reason}); "
+                            f"they are quarantined in {quarantine}")
+    else:
+        remove_path(quarantine)  # a quarantine file from an earlier run no longer describes this input
     messages = [len(c.messages) for c in convs]
     return dg.MaterializeResult(
         value=convs,
@@ -60,6 +80,8 @@ def conversations(context: dg.AssetExecutionContext, source: ConversationSource)
             "messages": sum(messages),
             "mean_messages_per_conversation": float(statistics.fmean(messages)) if messages else 0.0,
             "bad_records": len(result.bad_records),
+            "quarantined": len(result.bad_records),
+            **({"quarantine_path": dg.MetadataValue.path(str(quarantine))} if result.bad_records else {}),
         },
     )
 
@@ -74,12 +96,44 @@ def conversations(context: dg.AssetExecutionContext, source: ConversationSource)
 def summaries(
     context: dg.AssetExecutionContext, kura: KuraPipelineResource, conversations: list[Conversation]
 ) -> dg.MaterializeResult[list[ConversationSummary]]:
-    def progress(done: int, total: int) -> None:
-        context.log.info(f"summaries: {done}/{total} conversations")
+    model, embedder = kura.summary_model(), kura.embedding_model()
+    # LLM work is cached per conversation under the checkpoint directory and saved batch by batch, so a rerun
+    # or a resumed run only pays for what is new; the offline local models are cheaper to recompute.
+    remote_llm, remote_embeddings = kura.llm.strip() != "local", kura.embeddings.strip() != "local"
+    cache = SummaryCache(kura.checkpoint_dir, summaries=remote_llm, embeddings=remote_embeddings)
+    started = time.monotonic()
 
-    out = summarise_conversations(conversations, kura.summary_model(), kura.embedding_model(), progress=progress)
+    def reporter(what: str, unit: str, hits: Callable[[], int]) -> Callable[[int, int], None]:
+        """Logs done/total, rate, ETA and cache hits, at most every 5 s (the LLM backend ticks every 2 s)."""
+        last = {"at": float("-inf"), "done": -1}
+
+        def report(done: int, total: int) -> None:
+            now = time.monotonic()
+            if done == last["done"] or (now - last["at"] < 5.0 and done < total):
+                return
+            if last["done"] < 0:
+                last["start"] = now
+            last.update(at=now, done=done)
+            rate = (done - hits()) / max(now - last["start"], 1e-9)
+            eta = f"{(total - done) / rate:.0f} s" if rate > 0 else ("0 s" if done >= total else "unknown")
+            context.log.info(f"{what}: {done}/{total} {unit} ({hits()} from cache), {rate:.1f} {unit}/s, ETA {eta}")
+
+        return report
+
+    batch = kura.summary_batch() if (remote_llm or remote_embeddings) else None
+    out = summarise_conversations(
+        conversations, model, embedder, cache=cache, batch_size=batch,
+        progress=reporter("summaries", "conversations", lambda: cache.stats.summary_hits),
+        embedding_batch_size=max(kura.summary_batch(), kura.embedding_batch_size * kura.max_concurrency)
+        if remote_embeddings else None,
+        embedding_progress=reporter("embeddings", "texts", lambda: cache.stats.embedding_hits),
+    )
     languages = Counter(lang for s in out for lang in (s.languages or []))
     topics = Counter(s.topic or "(none)" for s in out)
+    zero = {"requests": 0, "retries": 0, "failures": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    llm = model.usage.as_dict() if hasattr(model, "usage") else zero
+    emb = embedder.usage.as_dict() if hasattr(embedder, "usage") else zero
+    stats = cache.stats
     return dg.MaterializeResult(
         value=out,
         data_version=content_version(out),
@@ -88,7 +142,18 @@ def summaries(
             "embedding_dims": len(out[0].embedding or []) if out else 0,
             "languages": dg.MetadataValue.json(dict(languages.most_common())),
             "topics": dg.MetadataValue.json(dict(topics.most_common())),
-            "model": kura.summary_model().identity,
+            "model": model.identity,
+            "embedding_model": embedder.identity,
+            "cache_hits": stats.summary_hits,
+            "summaries_generated": len(out) - stats.summary_hits,
+            "embedding_cache_hits": stats.embedding_hits,
+            "requests": llm["requests"] + emb["requests"],
+            "retries": llm["retries"] + emb["retries"],
+            "failures": llm["failures"] + emb["failures"],
+            "tokens": llm["total_tokens"] + emb["total_tokens"],
+            **{f"llm_{k}": v for k, v in llm.items()},
+            **{f"embedding_{k}": v for k, v in emb.items() if k in ("requests", "retries", "failures", "total_tokens")},
+            "elapsed_seconds": round(time.monotonic() - started, 3),
         },
     )
 
@@ -99,22 +164,21 @@ def summaries(
     kinds={"python", "kura"},
     metadata=_asset_metadata(Cluster, "clusters"),
     description="Base clusters: k-means over summary embeddings, k = ceil(n / clusters_per_group), named from members.",
+    # The columnar fast path: the IO manager hands over the embedding matrix (zero-copy from HF, one buffer
+    # from Parquet) plus the other columns, instead of building every summary's embedding as Python floats.
+    ins={"summaries": dg.AssetIn(dagster_type=summary_columns_type())},
 )
 def clusters(
-    context: dg.AssetExecutionContext, kura: KuraPipelineResource, summaries: list[ConversationSummary]
+    context: dg.AssetExecutionContext, kura: KuraPipelineResource, summaries: SummaryColumns
 ) -> dg.MaterializeResult[list[Cluster]]:
-    out = generate_base_clusters(summaries, kura.naming_model(), kura.settings())
-    sizes = sorted(len(c.chat_ids) for c in out)
-    context.log.info(f"{len(out)} base clusters from {len(summaries)} summaries")
+    columns = SummaryColumns.coerce(summaries)
+    out = generate_base_clusters(columns.to_models(), kura.naming_model(), kura.settings(),
+                                 embeddings=columns.embeddings)
+    context.log.info(f"{len(out)} base clusters from {len(columns)} summaries ({columns.format} columns)")
     return dg.MaterializeResult(
         value=out,
         data_version=content_version(out),
-        metadata={
-            "clusters": len(out),
-            "min_cluster_size": sizes[0] if sizes else 0,
-            "median_cluster_size": float(statistics.median(sizes)) if sizes else 0.0,
-            "max_cluster_size": sizes[-1] if sizes else 0,
-        },
+        metadata={**cluster_size_metadata(out), **settings_metadata(effective_settings(kura))},
     )
 
 
@@ -129,11 +193,10 @@ def meta_clusters(
     context: dg.AssetExecutionContext, kura: KuraPipelineResource, clusters: list[Cluster]
 ) -> dg.MaterializeResult[list[Cluster]]:
     out = reduce_clusters(clusters, kura.naming_model(), kura.embedding_model(), kura.settings())
-    roots = [c for c in out if c.parent_id is None]
     return dg.MaterializeResult(
         value=out,
         data_version=content_version(out),
-        metadata={"clusters": len(out), "root_clusters": len(roots)},
+        metadata={**tree_metadata(out), **settings_metadata(effective_settings(kura))},
     )
 
 
@@ -151,7 +214,7 @@ def projected_clusters(
     return dg.MaterializeResult(
         value=out,
         data_version=content_version(out),
-        metadata={"clusters": len(out), "max_level": max((c.level for c in out), default=0)},
+        metadata={**projection_metadata(out), **settings_metadata(effective_settings(kura))},
     )
 
 

@@ -10,10 +10,16 @@ import os
 import dagster as dg
 
 from kura_dagster.assets import kura_assets
-from kura_dagster.io_managers import JSONLIOManager
+from kura_dagster.automation import (
+    build_conversations_sensor,
+    build_stale_refresh_schedule,
+    executor_from_env,
+    kura_job,
+)
+from kura_dagster.checks import kura_checks
+from kura_dagster.migration_job import checkpoint_jobs
 from kura_dagster.resources import ConversationSource, KuraPipelineResource
-
-FORMATS = ("jsonl",)
+from kura_dagster.versioning import with_settings_versions
 
 
 def checkpoint_dir_from_env() -> str:
@@ -21,30 +27,38 @@ def checkpoint_dir_from_env() -> str:
 
 
 def io_manager_from_env() -> dg.ConfigurableIOManager:
-    formats = [f.strip().lower() for f in os.environ.get("KURA_CHECKPOINT_FORMATS", "jsonl").split(",") if f.strip()]
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise ValueError(f"KURA_CHECKPOINT_FORMATS={os.environ.get('KURA_CHECKPOINT_FORMATS')!r}: "
-                         f"unknown format(s) {unknown}; choose from {', '.join(FORMATS)}")
-    return JSONLIOManager(base_dir=checkpoint_dir_from_env())
+    """``KURA_CHECKPOINT_FORMATS`` (comma list in priority order of jsonl/parquet/hf, default jsonl): one format →
+    that format's IO manager; several → a MultiIOManager with the formats side by side under KURA_CHECKPOINT_DIR
+    (plus KURA_SAVE_STRATEGY, KURA_LOAD_STRATEGY, KURA_PARQUET_COMPRESSION, KURA_HF_HUB_REPO, HF_TOKEN)."""
+    from kura_dagster.io_managers.multi import io_manager_from_env as from_env
+
+    return from_env()
 
 
 def build_definitions() -> dg.Definitions:
     checkpoint_dir = checkpoint_dir_from_env()
-    kura_job = dg.define_asset_job("kura_job", selection=dg.AssetSelection.groups("kura"),
-                                   description="Materialize every Kura asset.")
-    return dg.Definitions(
+    defs = dg.Definitions(
         assets=kura_assets,
-        jobs=[kura_job],
+        asset_checks=kura_checks,
+        schedules=[build_stale_refresh_schedule()],
+        sensors=[build_conversations_sensor()],
+        executor=executor_from_env(),
+        jobs=[kura_job, *checkpoint_jobs],
         resources={
             "io_manager": io_manager_from_env(),
-            "kura": KuraPipelineResource(checkpoint_dir=checkpoint_dir),
+            "kura": KuraPipelineResource(
+                checkpoint_dir=checkpoint_dir,
+                llm=os.environ.get("KURA_LLM") or "local",
+                embeddings=os.environ.get("KURA_EMBEDDINGS") or "local",
+                max_concurrency=int(os.environ.get("KURA_LLM_MAX_CONCURRENCY") or 8),
+            ),
             "source": ConversationSource(
                 path=os.environ.get("KURA_CONVERSATIONS") or None,
                 on_bad_record=os.environ.get("KURA_ON_BAD_RECORD", "fail"),  # type: ignore[arg-type]
             ),
         },
     )
+    return with_settings_versions(defs)  # the resources' settings become part of each asset's code_version
 
 
 defs = build_definitions()

@@ -15,6 +15,13 @@ from kura_dagster.pipeline.inputs import ReadResult, read_conversations
 from kura_dagster.pipeline.demo_data import demo_conversations
 from kura_dagster.pipeline.models.base import ClusterNamingModel, EmbeddingModel, SummaryModel
 from kura_dagster.pipeline.models.local import LocalClusterNamingModel, LocalEmbeddingModel, LocalSummaryModel
+from kura_dagster.pipeline.models.openai import (
+    OpenAIClusterNamingModel,
+    OpenAIConfig,
+    OpenAIEmbeddingModel,
+    OpenAISummaryModel,
+    parse_backend,
+)
 from kura_dagster.pipeline.settings import PipelineSettings
 
 
@@ -28,6 +35,21 @@ class KuraPipelineResource(dg.ConfigurableResource):
     llm: str = Field("local", description="'local' (offline) or 'openai:<model>' for an OpenAI-compatible server.")
     embeddings: str = Field("local", description="'local' (offline) or 'openai:<model>'.")
     checkpoint_dir: str = Field("checkpoints", description="Where caches and quarantined records are kept.")
+    # OpenAI-compatible backends. The API key is never config: the client reads OPENAI_API_KEY itself.
+    base_url: Optional[str] = Field(
+        None, description="OpenAI-compatible server, e.g. http://localhost:11434/v1; empty: OPENAI_BASE_URL or OpenAI."
+    )
+    max_concurrency: int = Field(8, description="Requests in flight at once (KURA_LLM_MAX_CONCURRENCY).")
+    temperature: float = Field(0.2, description="Sampling temperature of the LLM (part of the summary cache key).")
+    request_timeout: float = Field(120.0, description="Seconds per request before it is retried.")
+    max_retries: int = Field(5, description="Retries of 429s, 5xx and timeouts, with exponential backoff.")
+    structured_output: Literal["auto", "json_schema", "json_object"] = Field(
+        "auto", description="'auto' tries JSON-schema structured output and falls back to JSON mode if refused."
+    )
+    embedding_batch_size: int = Field(64, description="Texts per embeddings request.")
+    summary_batch_size: int = Field(
+        0, description="Summaries saved to the cache per batch (a crash loses at most one); 0: 8 × max_concurrency."
+    )
 
     def settings(self) -> PipelineSettings:
         return PipelineSettings(
@@ -37,20 +59,32 @@ class KuraPipelineResource(dg.ConfigurableResource):
             embedding_dims=self.embedding_dims,
         )
 
+    def openai_config(self, model: str) -> OpenAIConfig:
+        return OpenAIConfig(
+            model=model, base_url=self.base_url or None, max_concurrency=self.max_concurrency,
+            temperature=self.temperature, request_timeout=self.request_timeout, max_retries=self.max_retries,
+            structured_output=self.structured_output,
+        )
+
     def summary_model(self) -> SummaryModel:
-        if self.llm == "local":
-            return LocalSummaryModel()
-        raise ValueError(f"Unknown llm backend {self.llm!r}: use 'local'")
+        model = parse_backend(self.llm, "llm")
+        return LocalSummaryModel() if model is None else OpenAISummaryModel(self.openai_config(model))
 
     def embedding_model(self) -> EmbeddingModel:
-        if self.embeddings == "local":
+        model = parse_backend(self.embeddings, "embeddings")
+        if model is None:
             return LocalEmbeddingModel(dims=self.embedding_dims, seed=self.seed)
-        raise ValueError(f"Unknown embeddings backend {self.embeddings!r}: use 'local'")
+        return OpenAIEmbeddingModel(self.openai_config(model), batch_size=self.embedding_batch_size)
 
     def naming_model(self) -> ClusterNamingModel:
-        if self.llm == "local":
+        model = parse_backend(self.llm, "llm")
+        if model is None:
             return LocalClusterNamingModel(seed=self.seed)
-        raise ValueError(f"Unknown llm backend {self.llm!r}: use 'local'")
+        return OpenAIClusterNamingModel(self.openai_config(model), seed=self.seed)
+
+    def summary_batch(self) -> int:
+        """Conversations per cached batch for an LLM backend."""
+        return self.summary_batch_size if self.summary_batch_size > 0 else 8 * self.max_concurrency
 
     def identity(self) -> str:
         """Everything that shapes the outputs, for code versions and caches."""

@@ -29,4 +29,24 @@ __all__ = [
     "MultiSaveResult",
     "NoReadableCopyError",
     "SavedCheckpoint",
+    "ParquetCheckpointManager",
+    "HFDatasetCheckpointManager",
+    "SummaryColumns",
+    "load_summary_columns",
 ]
+
+# Imported on first use, so that JSONL alone needs neither pyarrow nor datasets.
+_LAZY = {
+    "ParquetCheckpointManager": "kura_dagster.checkpoints.parquet",
+    "HFDatasetCheckpointManager": "kura_dagster.checkpoints.hf",
+    "SummaryColumns": "kura_dagster.checkpoints.columnar",
+    "load_summary_columns": "kura_dagster.checkpoints.columnar",
+}
+
+
+def __getattr__(name: str):  # PEP 562
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

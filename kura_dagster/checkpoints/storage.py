@@ -275,15 +275,28 @@ def atomic_write_dir(path: UPath, build: Callable[[UPath], None]) -> int:
             raise
         _fsync_dir(os.path.dirname(target))
         return size
+    # Object store: no atomic directory swap exists. Move the old tree aside (not delete it), move the new
+    # one in, and only then delete the old; if moving the new tree in fails, move the old one back.
+    old_tree = path.parent / f"{OLD_MARK}{path.name}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir(parents=True, exist_ok=True)
         build(tmp)
         size = dir_size(tmp)
-        if path.exists():
-            path.fs.rm(path.path, recursive=True)
-        tmp.fs.mv(tmp.path, path.path, recursive=True)
+        displaced = path.exists()
+        if displaced:
+            path.fs.mv(path.path, old_tree.path, recursive=True)
+        try:
+            tmp.fs.mv(tmp.path, path.path, recursive=True)
+        except BaseException:
+            if displaced:
+                with contextlib.suppress(FileNotFoundError):
+                    path.fs.rm(path.path, recursive=True)
+                path.fs.mv(old_tree.path, path.path, recursive=True)
+            raise
+        if displaced:
+            path.fs.rm(old_tree.path, recursive=True)
     except BaseException:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(FileNotFoundError):
             tmp.fs.rm(tmp.path, recursive=True)
         raise
     return size

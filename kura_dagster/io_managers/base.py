@@ -34,6 +34,30 @@ def asset_checkpoint_name(context: dg.InputContext | dg.OutputContext) -> list[s
     return parts
 
 
+def wants_summary_columns(context: dg.InputContext) -> bool:
+    """Is the input annotated with :class:`~kura_dagster.checkpoints.columnar.SummaryColumns`?"""
+    typing_type = getattr(getattr(context, "dagster_type", None), "typing_type", None)
+    return getattr(typing_type, "__name__", None) == "SummaryColumns" and getattr(
+        typing_type, "__module__", ""
+    ) == "kura_dagster.checkpoints.columnar"
+
+
+def _is_summaries_input(_context: Any, value: Any) -> bool:
+    from kura_dagster.checkpoints.columnar import SummaryColumns
+
+    return isinstance(value, (SummaryColumns, list))
+
+
+def summary_columns_type() -> dg.DagsterType:
+    """The Dagster type of a summaries input that wants the columnar fast path: the IO managers above return
+    :class:`~kura_dagster.checkpoints.columnar.SummaryColumns`; others (e.g. a multi-backend manager) may return
+    a list of summaries, which ``SummaryColumns.coerce`` turns into columns."""
+    from kura_dagster.checkpoints.columnar import SummaryColumns
+
+    return dg.DagsterType(type_check_fn=_is_summaries_input, name="SummaryColumns", typing_type=SummaryColumns,
+                          description="Summaries as Arrow-backed columns (chat_ids + float32 embedding matrix).")
+
+
 class CheckpointIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
     """Stores ``list[pydantic model]`` outputs as Kura checkpoints under ``base_dir``."""
 
@@ -100,14 +124,20 @@ class CheckpointIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
         manager, name = self._manager_and_name(path)
-        result = manager.load_checkpoint(name, input_model(context))
+        if wants_summary_columns(context):  # the columnar fast path (e.g. the clusters asset)
+            from kura_dagster.checkpoints.columnar import load_summary_columns
+
+            result = load_summary_columns(manager, name)
+        else:
+            result = manager.load_checkpoint(name, input_model(context))
         if result is None:
             raise FileNotFoundError(
                 f"No {manager.format_name} checkpoint at {path} for asset "
                 f"{context.asset_key.to_user_string()}: materialize it first (for example "
                 f"`dagster asset materialize --select {context.asset_key.to_user_string()} -m kura_dagster`)."
             )
-        context.log.info(f"Loaded {len(result)} rows of {context.asset_key.to_user_string()} from {path}")
+        rows = len(result) if hasattr(result, "__len__") else "streamed"
+        context.log.info(f"Loaded {rows} rows of {context.asset_key.to_user_string()} from {path}")
         return result
 
     def path_exists(self, path: UPath) -> bool:

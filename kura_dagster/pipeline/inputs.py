@@ -46,6 +46,15 @@ class ReadResult:
     bad_records: list[BadRecord] = field(default_factory=list)
 
 
+def quarantine_jsonl(bad_records: list[BadRecord], source: str) -> bytes:
+    """The quarantine file for ``bad_records``: one JSON object a line with the source file, the location
+    (``line 12``), the reason, the ``chat_id`` when known and the raw record, whole (bytes that are not UTF-8
+    appear as ``\\xNN``)."""
+    return b"".join(
+        json.dumps({"source": source, **b.as_dict()}, ensure_ascii=False).encode("utf-8") + b"\n" for b in bad_records
+    )
+
+
 def _validation_text(err: ValidationError) -> str:
     parts = []
     for e in err.errors()[:3]:
@@ -98,7 +107,7 @@ def read_conversations(
     data = path.read_bytes()
 
     def consider(location: str, raw_bytes: bytes, record: Any = None, parse_error: str | None = None) -> None:
-        raw = raw_bytes.decode("utf-8", errors="replace")[:2000]
+        raw = raw_bytes.decode("utf-8", errors="backslashreplace")  # whole, so a quarantined record can be fixed
         if parse_error is None:
             conversation, reason, chat_id = _check(record, seen, max_message_chars)
         else:

@@ -1,8 +1,10 @@
 """k-means that stays sub-quadratic when k grows with n (Kura's ``k = ceil(n / clusters_per_group)``).
 
-For small k it is plain scikit-learn k-means. For large k it splits the points into ``~sqrt(k)`` coarse
-groups first and then runs k-means inside each group with a proportional share of k, so the cost is about
-``n * sqrt(k)`` distance computations instead of ``n * k``.
+Identical rows are merged first (one weighted point each), so duplicates always share a cluster and cost
+nothing extra. For small k it is plain scikit-learn k-means. For large k it splits the points into
+``~sqrt(k)`` coarse groups first and then runs k-means inside each group with a share of k proportional
+to the group's weight, so the cost is about ``n * sqrt(k)`` distance computations instead of ``n * k``.
+Given the same input and seed the labels are always the same.
 """
 
 from __future__ import annotations
@@ -10,62 +12,115 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from sklearn.cluster import KMeans, MiniBatchKMeans
 
 DIRECT_LIMIT = 256
+"""Up to this k, one k-means over all points; above it, the two-level path."""
+MINIBATCH_ABOVE = 50_000
+"""Above this many distinct points, the (coarse or direct) k-means is mini-batch."""
 
 
-def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+def _kmeans(x: np.ndarray, k: int, seed: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """Labels for the rows of ``x`` from k-means with at most ``k`` clusters (float64, seeded)."""
+    from sklearn.cluster import KMeans, MiniBatchKMeans  # imported here: sklearn costs ~2 s at start-up
+
     if k <= 1 or len(x) <= 1:
         return np.zeros(len(x), dtype=np.int64)
     k = min(k, len(x))
-    if len(x) > 50_000 and k <= DIRECT_LIMIT:
+    if len(x) > MINIBATCH_ABOVE and k <= DIRECT_LIMIT:
         model = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=3, batch_size=4096)
     else:
-        model = KMeans(n_clusters=k, random_state=seed, n_init=3 if len(x) * k < 5_000_000 else 1)
-    return model.fit_predict(x).astype(np.int64)
+        # one k-means++-seeded run (scikit-learn's own default); more restarts triple the cost for little gain
+        model = KMeans(n_clusters=k, random_state=seed, n_init=1)
+    return model.fit_predict(x, sample_weight=weights).astype(np.int64)
 
 
-def _allocate(sizes: np.ndarray, k: int) -> np.ndarray:
-    """Split k across groups in proportion to their sizes (largest remainder), at least 1 and at most size."""
-    raw = sizes / sizes.sum() * k
-    share = np.clip(np.floor(raw).astype(np.int64), 1, sizes)
-    order = np.argsort(-(raw - np.floor(raw)), kind="stable")
-    i = 0
-    while share.sum() < k and i < 10 * len(order):
-        j = order[i % len(order)]
-        if share[j] < sizes[j]:
-            share[j] += 1
-        i += 1
+def allocate(weights: np.ndarray, caps: np.ndarray, k: int) -> np.ndarray:
+    """Split ``k`` across groups in proportion to ``weights`` (largest remainder), each share at least 1
+    and at most its cap. The shares sum to ``min(k, caps.sum())`` as long as ``k >= len(weights)``."""
+    weights = np.asarray(weights, dtype=np.float64)
+    caps = np.asarray(caps, dtype=np.int64)
+    k = int(min(k, caps.sum()))
+    raw = weights / weights.sum() * k
+    share = np.clip(np.floor(raw).astype(np.int64), 1, caps)
+    remainder = raw - np.floor(raw)
+    # hand out what is left by largest remainder (ties: lower index), skipping groups at their cap
+    while share.sum() < k:
+        room = share < caps
+        order = np.lexsort((np.arange(len(share)), -remainder))
+        order = order[room[order]]
+        share[order[: k - share.sum()]] += 1
+        remainder[order] = -1.0
+        if not room.any():
+            break
+    # the floor of 1 can overshoot k when there are many tiny groups: take back from the largest shares
+    while share.sum() > k:
+        j = int(np.lexsort((np.arange(len(share)), -share))[0])
+        if share[j] <= 1:
+            break
+        share[j] -= 1
     return share
+
+
+def distinct_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(first, inverse, counts)``: the first index of each distinct row (in order of appearance), each
+    row's distinct id, and how often each distinct row occurs. Linear time (a hash per row)."""
+    x = np.ascontiguousarray(x)
+    ids: dict[bytes, int] = {}
+    inverse = np.fromiter((ids.setdefault(row.tobytes(), len(ids)) for row in x), dtype=np.int64, count=len(x))
+    first = np.full(len(ids), len(x), dtype=np.int64)
+    np.minimum.at(first, inverse, np.arange(len(x)))
+    return first, inverse, np.bincount(inverse, minlength=len(ids))
 
 
 def cluster_labels(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     """Labels ``0..k'-1`` (``k' <= k``, every label used) for the rows of ``x``.
 
     Identical rows always share a cluster: when there are fewer distinct rows than ``k``, each distinct row
-    becomes its own cluster instead of k-means splitting duplicates arbitrarily.
+    becomes its own cluster instead of k-means splitting duplicates arbitrarily. With at least ``k``
+    distinct rows, ``k' == k`` (plain k-means never leaves a cluster empty; the two-level path gives each
+    coarse group no more clusters than it has distinct points).
     """
-    uniq, inverse = np.unique(x, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    if len(uniq) <= k:
+    from threadpoolctl import threadpool_limits
+
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) == 0:
+        return np.zeros(0, dtype=np.int64)
+    first, inverse, counts = distinct_rows(x)
+    k = max(1, int(k))
+    if len(first) <= k:
         return _dense(inverse)
-    n = len(x)
-    k = max(1, min(k, n))
+    # Measured on two cores: BLAS/OpenMP threads make these mostly small k-means 2-5x *slower*, so each
+    # k-means is single-threaded and the two-level path runs two groups at a time instead.
+    with threadpool_limits(1):
+        return _labels(x[first], counts.astype(np.float64), k, seed)[inverse]
+
+
+def _labels(u: np.ndarray, w: np.ndarray, k: int, seed: int) -> np.ndarray:
     if k <= DIRECT_LIMIT:
-        labels = _kmeans(x, k, seed)
+        labels = _kmeans(u, k, seed, w)
     else:
         coarse_k = int(math.ceil(math.sqrt(k)))
-        coarse = _kmeans(x, coarse_k, seed)
-        groups = [np.flatnonzero(coarse == g) for g in range(coarse_k)]
-        groups = [g for g in groups if len(g)]
-        shares = _allocate(np.array([len(g) for g in groups]), k)
-        labels = np.empty(n, dtype=np.int64)
-        offset = 0
-        for members, share in zip(groups, shares):
-            labels[members] = _kmeans(x[members], int(share), seed) + offset
-            offset += int(share)
+        coarse = _dense(_kmeans(u, coarse_k, seed, w))
+        groups = np.split(np.argsort(coarse, kind="stable"), np.flatnonzero(np.diff(np.sort(coarse))) + 1)
+        shares = allocate(np.array([w[g].sum() for g in groups]), np.array([len(g) for g in groups]), k)
+        labels = np.empty(len(u), dtype=np.int64)
+        offsets = np.concatenate(([0], np.cumsum(shares)[:-1]))
+        for members, sub in zip(groups, _per_group(u, w, groups, shares, seed)):
+            labels[members] = sub
+        labels += offsets[coarse]
     return _dense(labels)
+
+
+def _per_group(u: np.ndarray, w: np.ndarray, groups: list[np.ndarray], shares: np.ndarray, seed: int) -> list[np.ndarray]:
+    """k-means inside each coarse group, two groups at a time (each group's k-means is seeded on its own,
+    so the result does not depend on which finishes first)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> np.ndarray:
+        return _kmeans(u[groups[i]], int(shares[i]), seed, w[groups[i]])
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(one, range(len(groups))))
 
 
 def _dense(labels: np.ndarray) -> np.ndarray:

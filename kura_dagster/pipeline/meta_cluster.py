@@ -70,11 +70,12 @@ def reduce_clusters(
         level += 1
         x = np.stack([vectors[r] for r in roots])
         labels = cluster_labels(x, groups_for_round(len(roots), settings), seed=settings.seed + level)
-        groups = [[roots[i] for i in np.flatnonzero(labels == g)] for g in range(labels.max() + 1)]
-        multi = [g for g in groups if len(g) > 1]
-        names = namer.name_meta_clusters([[nodes[c] for c in g] for g in multi])
-        new_roots = [g[0] for g in groups if len(g) == 1]
-        for group, gen in zip(multi, names):
+        order = np.argsort(labels, kind="stable")
+        groups = [[roots[i] for i in idx] for idx in np.split(order, np.flatnonzero(np.diff(labels[order])) + 1)]
+        # As in Kura, every root of a round gets a parent, even one alone in its group.
+        names = namer.name_meta_clusters([[nodes[c] for c in g] for g in groups])
+        new_roots = []
+        for group, gen in zip(groups, names):
             chat_ids = [cid for c in group for cid in nodes[c].chat_ids]
             parent = Cluster(
                 id=cluster_id(settings.seed, f"meta-{level}", chat_ids),

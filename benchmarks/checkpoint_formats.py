@@ -1,0 +1,380 @@
+"""Checkpoint formats, side by side: save time, load time, bytes and peak RSS, ours vs Kura 0.5.4's managers.
+
+    python benchmarks/checkpoint_formats.py            # the default run (a few minutes)
+    python benchmarks/checkpoint_formats.py --quick    # 1k and 10k only
+    python benchmarks/checkpoint_formats.py --full     # also the slow cells (model loads of 100k×1536, Kura's included)
+
+Every measurement runs in a fresh subprocess (this same file with ``--worker``), so peak RSS
+(``ru_maxrss``) belongs to that one operation; "Δ RSS" is the peak minus the RSS after imports. Kura's
+managers run in ``benchmarks/.kura-venv`` (``kura==0.5.4 pandas==2.3.3 datasets==3.6.0 'huggingface_hub<1'``),
+never a dependency of ours; without that venv the Kura columns are skipped.
+
+Data: summaries whose text is drawn word by word from the vocabulary of the shared Kura summaries (unique
+per row, so compression is realistic, not replicated rows), Kura-like metadata, and optionally 1536-d
+float32 embeddings (random normal: as incompressible as real ones). Plus clusters (1,000 over 10k chat ids).
+The table goes to stdout and to ``benchmarks/results/checkpoint_formats.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORK = HERE / ".work" / "checkpoint_formats"
+KURA_PY = HERE / ".kura-venv" / "bin" / "python"
+RESULT = HERE / "results" / "checkpoint_formats.md"
+SHARED = Path(os.environ.get("KURA_SHARED_DATA", ROOT.parent / "shared" / "data" / "kura-mtbench-1000"))
+DIM = 1536
+
+
+# --- data (runs in both venvs: plain python + numpy) -----------------------------------------------------
+def vocabulary() -> list[str]:
+    words: list[str] = []
+    path = SHARED / "summaries.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            for field in ("summary", "request", "task"):
+                words += (row.get(field) or "").split()
+    return words or "the user asked the assistant to write explain and fix python code about data".split()
+
+
+def summary_rows(n: int, dim: int, seed: int = 0) -> list[dict]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    vocab = vocabulary()
+    picks = rng.integers(0, len(vocab), size=(n, 70))
+    emb = rng.standard_normal((n, dim), dtype=np.float32) if dim else None
+    models, langs, topics = ["gpt-4", "claude-v1", "vicuna-13b", "alpaca-13b"], ["english", "python", "french"], [None, "coding", "writing"]
+    rows = []
+    for i in range(n):
+        w = [vocab[j] for j in picks[i]]
+        rows.append({
+            "summary": " ".join(w[:30]) + ".",
+            "request": "The user's overall request for the assistant is to " + " ".join(w[30:50]) + ".",
+            "topic": topics[i % 3],
+            "languages": langs[: 1 + i % 3],
+            "task": "The task is to " + " ".join(w[50:70]) + ".",
+            "concerning_score": 1 + i % 5,
+            "user_frustration": 1 + (i * 7) % 5,
+            "assistant_errors": [] if i % 3 else ["Misread the question " + w[0]],
+            "chat_id": f"{i // 10}_{models[i % 4]}_{i}",
+            "metadata": {"conversation_turns": 2 + i % 6, "model": models[i % 4], "winner": i % 2 == 0,
+                         "question_id": 81 + i % 80, "opponent_model": models[(i + 1) % 4]},
+            "embedding": emb[i].tolist() if emb is not None else None,
+        })
+    return rows
+
+
+def cluster_rows(n_clusters: int = 1000, per: int = 10, seed: int = 1) -> list[dict]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    vocab = vocabulary()
+    rows = []
+    for c in range(n_clusters):
+        w = [vocab[j] for j in rng.integers(0, len(vocab), size=40)]
+        rows.append({"id": f"{c:032x}", "name": " ".join(w[:8]), "description": " ".join(w[8:40]),
+                     "slug": "_".join(w[:3]).lower(), "chat_ids": [f"{c}_{k}" for k in range(per)],
+                     "parent_id": None if c % 10 == 0 else f"{c - c % 10:032x}"})
+    return rows
+
+
+# --- the worker (one operation, in a fresh process) ------------------------------------------------------
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.exists() else 0
+
+
+def _ours(fmt: str, directory: Path):
+    if fmt == "jsonl":
+        from kura_dagster.checkpoints.jsonl import JSONLCheckpointManager
+        return JSONLCheckpointManager(directory)
+    if fmt == "parquet":
+        from kura_dagster.checkpoints.parquet import ParquetCheckpointManager
+        return ParquetCheckpointManager(directory)
+    from kura_dagster.checkpoints.hf import HFDatasetCheckpointManager
+    return HFDatasetCheckpointManager(directory)
+
+
+def _kura(fmt: str, directory: Path):
+    import logging
+
+    logging.disable(logging.CRITICAL)
+    from kura.checkpoints import HFDatasetCheckpointManager, JSONLCheckpointManager, ParquetCheckpointManager
+    cls = {"jsonl": JSONLCheckpointManager, "parquet": ParquetCheckpointManager, "hf": HFDatasetCheckpointManager}[fmt]
+    return cls(str(directory))
+
+
+def _model_class(impl: str, kind: str):
+    if impl == "kura":
+        from kura.types import Cluster, ConversationSummary
+    else:
+        from kura_dagster.types import Cluster, ConversationSummary
+    return ConversationSummary if kind == "summaries" else Cluster
+
+
+def _checkpoint_path(impl: str, fmt: str, directory: Path, name: str) -> Path:
+    return directory / (f"{name}.{fmt}" if fmt in ("jsonl", "parquet") else name)
+
+
+def worker(args: argparse.Namespace) -> dict:
+    impl, fmt, op, kind, n, dim = args.impl, args.fmt, args.op, args.kind, args.n, args.dim
+    directory = Path(args.dir)
+    name = kind
+    if op in ("bare_parquet", "bare_hf"):
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        base = _rss_mb()
+        t0 = time.perf_counter()
+        if op == "bare_parquet":
+            col = pq.read_table(directory / f"{name}.parquet", columns=["embedding"]).column(0).combine_chunks()
+        else:
+            files = sorted((directory / name).glob("data-*.arrow"))
+            col = pa.concat_tables([pa.ipc.open_stream(pa.memory_map(str(f))).read_all() for f in files]).column("embedding")
+            col = col.combine_chunks()
+        matrix = np.asarray(col.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(len(col), -1)
+        checksum = float(matrix[:, 0].sum())  # touch the data
+        return {"load": time.perf_counter() - t0, "peak_mb": _peak_mb(), "base_mb": base, "rows": len(matrix),
+                "bytes": _size(directory / (f"{name}.parquet" if op == "bare_parquet" else name)), "check": checksum}
+    manager = (_kura if impl == "kura" else _ours)(fmt, directory)
+    model = _model_class(impl, kind)
+    path = _checkpoint_path(impl, fmt, directory, name)
+    if op == "save":
+        rows = summary_rows(n, dim) if kind == "summaries" else cluster_rows()
+        from pydantic import TypeAdapter
+
+        models = TypeAdapter(list[model]).validate_python(rows)
+        del rows
+        base = _rss_mb()
+        t0 = time.perf_counter()
+        manager.save_checkpoint(name, models)
+        return {"save": time.perf_counter() - t0, "peak_mb": _peak_mb(), "base_mb": base, "rows": len(models),
+                "bytes": _size(path)}
+    if op == "load":
+        base = _rss_mb()
+        t0 = time.perf_counter()
+        loaded = manager.load_checkpoint(name, model)
+        return {"load": time.perf_counter() - t0, "peak_mb": _peak_mb(), "base_mb": base, "rows": len(loaded)}
+    if op == "columnar":
+        from kura_dagster.checkpoints.columnar import load_summary_columns
+
+        base = _rss_mb()
+        t0 = time.perf_counter()
+        cols = load_summary_columns(manager, name)
+        checksum = float(cols.embeddings[:, 0].sum())
+        return {"load": time.perf_counter() - t0, "peak_mb": _peak_mb(), "base_mb": base, "rows": len(cols),
+                "zero_copy": cols.zero_copy, "check": checksum}
+    raise SystemExit(f"unknown op {op}")
+
+
+# --- the driver ------------------------------------------------------------------------------------------
+def run(impl: str, fmt: str, op: str, kind: str, n: int, dim: int, directory: Path, timeout: float = 900) -> dict | None:
+    python = str(KURA_PY) if impl == "kura" else sys.executable
+    cmd = [python, str(Path(__file__).resolve()), "--worker", "--impl", impl, "--fmt", fmt, "--op", op, "--kind", kind,
+           "--n", str(n), "--dim", str(dim), "--dir", str(directory)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT))
+    if proc.returncode != 0:
+        print(f"  ! {impl} {fmt} {op} {kind} n={n} d={dim} failed: {proc.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def fmt_s(x: float | None) -> str:
+    return "—" if x is None else (f"{x:.3f}" if x < 10 else f"{x:.1f}")
+
+
+def fmt_mb(x: float | None) -> str:
+    return "—" if x is None else f"{x:,.0f}"
+
+
+def fmt_bytes(b: int | None) -> str:
+    if b is None:
+        return "—"
+    return f"{b / 2**20:,.1f} MB" if b >= 2**20 else f"{b / 1024:,.0f} KB"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--impl"), ap.add_argument("--fmt"), ap.add_argument("--op"), ap.add_argument("--kind")
+    ap.add_argument("--n", type=int), ap.add_argument("--dim", type=int), ap.add_argument("--dir")
+    ap.add_argument("--quick", action="store_true", help="1k and 10k rows only")
+    ap.add_argument("--full", action="store_true", help="also model loads of 100k×1536 summaries (slow; Kura needs ~10 GB)")
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+
+    kura = KURA_PY.exists()
+    if not kura:
+        print(f"(no {KURA_PY}: Kura columns skipped; see the module docstring to create it)", file=sys.stderr)
+    impls = ["ours", "kura"] if kura else ["ours"]
+    formats = ["jsonl", "parquet", "hf"]
+    sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
+    results: list[dict] = []
+
+    def record(**row) -> None:
+        results.append(row)
+        print("  " + ", ".join(f"{k}={v}" for k, v in row.items() if k not in ("base_mb",)), file=sys.stderr, flush=True)
+
+    import shutil
+
+    shutil.rmtree(WORK, ignore_errors=True)
+    for dim in (0, DIM):
+        for n in sizes:
+            huge = n >= 100_000 and dim > 0
+            for impl in impls:
+                for fmt in formats:
+                    if huge and not args.full and (impl == "kura" or fmt == "jsonl"):
+                        continue  # minutes and ~10 GB each; --full runs them
+                    d = WORK / f"{impl}-{fmt}-{n}-{dim}"
+                    saved = run(impl, fmt, "save", "summaries", n, dim, d)
+                    loaded = run(impl, fmt, "load", "summaries", n, dim, d) if saved and (not huge or args.full) else None
+                    record(case=f"summaries {n // 1000}k" + (f"×{dim}" if dim else ""), impl=impl, fmt=fmt,
+                           save=saved and saved["save"], load=loaded and loaded["load"],
+                           bytes=saved and saved["bytes"], peak_mb=loaded and loaded["peak_mb"],
+                           delta_mb=loaded and loaded["peak_mb"] - loaded["base_mb"], op="models")
+            if dim:
+                for fmt in formats:
+                    if fmt == "jsonl" and n >= 100_000 and not args.full:
+                        continue
+                    d = WORK / f"ours-{fmt}-{n}-{dim}"
+                    col = run("ours", fmt, "columnar", "summaries", n, dim, d)
+                    record(case=f"summaries {n // 1000}k×{dim}", impl="ours", fmt=fmt, op="columnar",
+                           load=col and col["load"], peak_mb=col and col["peak_mb"],
+                           delta_mb=col and col["peak_mb"] - col["base_mb"], zero_copy=col and col["zero_copy"])
+                for fmt in ("parquet", "hf"):
+                    d = WORK / f"ours-{fmt}-{n}-{dim}"
+                    bare = run("ours", fmt, f"bare_{fmt}", "summaries", n, dim, d)
+                    record(case=f"summaries {n // 1000}k×{dim}", impl="pyarrow", fmt=fmt, op="bare matrix",
+                           load=bare and bare["load"], peak_mb=bare and bare["peak_mb"],
+                           delta_mb=bare and bare["peak_mb"] - bare["base_mb"])
+    for impl in impls:
+        for fmt in formats:
+            d = WORK / f"{impl}-{fmt}-clusters"
+            saved = run(impl, fmt, "save", "clusters", 0, 0, d)
+            loaded = run(impl, fmt, "load", "clusters", 0, 0, d) if saved else None
+            record(case="clusters 1k (10k chat ids)", impl=impl, fmt=fmt, op="models", save=saved and saved["save"],
+                   load=loaded and loaded["load"], bytes=saved and saved["bytes"], peak_mb=loaded and loaded["peak_mb"],
+                   delta_mb=loaded and loaded["peak_mb"] - loaded["base_mb"])
+    report = render(results, kura, args)
+    print(report)
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(report)
+    shutil.rmtree(WORK, ignore_errors=True)
+
+
+def render(results: list[dict], kura: bool, args: argparse.Namespace) -> str:
+    import platform
+
+    lines = [
+        "# Checkpoint formats: ours vs Kura 0.5.4",
+        "",
+        f"`python benchmarks/checkpoint_formats.py{' --full' if args.full else ''}{' --quick' if args.quick else ''}` "
+        f"on {os.cpu_count()} CPUs, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}. "
+        "Each cell is one fresh subprocess. *load* builds pydantic models (or, for *columnar*, the float32 "
+        "embedding matrix + chat_ids; *bare matrix* is pyarrow alone reading the same file into a numpy matrix). "
+        "Peak RSS is the loading process's maximum (imports included); Δ RSS is the peak minus the RSS after imports. "
+        "Our Parquet is snappy (the default), embeddings float32 (Kura's Parquet writes float64).",
+        "",
+        "| case | format | impl | op | save s | load s | size | peak RSS MB | Δ RSS MB |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        op = r.get("op", "models") + (" (zero-copy)" if r.get("zero_copy") else "")
+        lines.append(f"| {r['case']} | {r['fmt']} | {r['impl']} | {op} | {fmt_s(r.get('save'))} | {fmt_s(r.get('load'))} | "
+                     f"{fmt_bytes(r.get('bytes'))} | {fmt_mb(r.get('peak_mb'))} | {fmt_mb(r.get('delta_mb'))} |")
+    lines += ["", "## Targets", ""] + targets(results, kura) + [""]
+    return "\n".join(lines)
+
+
+def targets(results: list[dict], kura: bool) -> list[str]:
+    def get(case: str, impl: str, fmt: str, op: str = "models", key: str = "load") -> float | None:
+        for r in results:
+            if r["case"] == case and r["impl"] == impl and r["fmt"] == fmt and r.get("op", "models") == op:
+                return r.get(key)
+        return None
+
+    out = []
+
+    def check(label: str, ok: bool | None, detail: str) -> None:
+        out.append(f"- {'✅' if ok else ('❌' if ok is False else '⚪')} {label}: {detail}")
+
+    c100 = "summaries 100k"
+    if kura and get(c100, "ours", "parquet") is not None:
+        for fmt, factor in (("parquet", 10), ("hf", 10), ("jsonl", 1.5)):
+            ours = min(x for x in (get(c100, "ours", f) for f in ("parquet", "hf")) if x is not None)
+            theirs = get(c100, "kura", fmt)
+            if theirs:
+                check(f"100k summaries into models ≥{factor}× faster than Kura's {fmt}", theirs / ours >= factor,
+                      f"Kura {fmt} {theirs:.2f} s vs ours (Parquet {get(c100, 'ours', 'parquet'):.2f} s, HF "
+                      f"{get(c100, 'ours', 'hf'):.2f} s): {theirs / ours:.1f}×")
+    c10e = f"summaries 10k×{DIM}"
+    if kura and get(c10e, "ours", "parquet") is not None:
+        kura_best = min(x for x in (get(c10e, "kura", f) for f in ("jsonl", "parquet", "hf")) if x)
+        ours = min(x for x in (get(c10e, "ours", f) for f in ("parquet", "hf")) if x)
+        check(f"10k×{DIM} into models ≥3× faster than Kura's fastest", kura_best / ours >= 3,
+              f"Kura's fastest {kura_best:.2f} s vs ours {ours:.2f} s: {kura_best / ours:.1f}×")
+    c100e = f"summaries 100k×{DIM}"
+    for fmt in ("parquet", "hf"):
+        col, bare = get(c100e, "ours", fmt, "columnar"), get(c100e, "pyarrow", fmt, "bare matrix")
+        if col and bare:
+            check(f"100k×{DIM} matrix via the columnar path from {fmt} within 2× of bare pyarrow", col <= 2 * bare,
+                  f"{col:.2f} s vs {bare:.2f} s ({col / bare:.2f}×)")
+        delta = get(c100e, "ours", fmt, "columnar", "delta_mb")
+        if delta:
+            data_mb = 100_000 * DIM * 4 / 2**20
+            check(f"columnar {fmt} memory within 1.2× the matrix ({data_mb:.0f} MB)", delta <= 1.2 * data_mb,
+                  f"Δ RSS {delta:.0f} MB = {delta / data_mb:.2f}×")
+    if kura:
+        ratios, sizes, mem = [], [], []
+        for r in results:
+            if r["impl"] != "ours" or r.get("op") != "models":
+                continue
+            k = next((x for x in results if x["impl"] == "kura" and x["case"] == r["case"] and x["fmt"] == r["fmt"]), None)
+            if not k:
+                continue
+            if r["fmt"] == "hf" and r.get("save") and k.get("save"):
+                ratios.append((k["save"] / r["save"], r["case"]))
+            if r["fmt"] in ("parquet", "hf") and r.get("bytes") and k.get("bytes"):
+                sizes.append((r["bytes"] / k["bytes"], f"{r['case']} {r['fmt']}"))
+            if r.get("peak_mb") and k.get("peak_mb"):
+                mem.append((r["peak_mb"] / k["peak_mb"], f"{r['case']} {r['fmt']}"))
+        if ratios:
+            worst = min(ratios)
+            check("saving ≥3× faster than Kura's HF", worst[0] >= 3, f"worst case {worst[0]:.1f}× ({worst[1]})")
+        if sizes:
+            worst = max(sizes)
+            check("Parquet/HF files no larger than Kura's", worst[0] <= 1.0, f"largest ratio ours/Kura {worst[0]:.2f} ({worst[1]})")
+        if mem:
+            worst = max(mem)
+            check("peak RSS while loading models never above Kura's (same format)", worst[0] <= 1.0,
+                  f"largest ratio ours/Kura {worst[0]:.2f} ({worst[1]})")
+    return out
+
+
+if __name__ == "__main__":
+    main()

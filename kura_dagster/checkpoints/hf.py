@@ -1,0 +1,310 @@
+"""HuggingFace-datasets checkpoints: ``<dir>/<name>/`` written by ``Dataset.save_to_disk``, loaded memory-mapped.
+
+The dataset is built from the same native Arrow table as Parquet (see :mod:`.arrow`). Beside HF's own
+``state.json`` and ``dataset_info.json`` the directory holds ``kura_dagster.json``: model identity, schema
+version, column encodings, row count and the size and XXH3-128 checksum of every file, verified on each
+load (a missing, emptied or altered data file raises :class:`CheckpointCorruptError` naming it).
+Datasets Kura wrote (no ``kura_dagster.json``) are read with Kura's decoding.
+
+When ``hub_repo`` is set each save is also pushed to the Hub, one config per checkpoint. The token comes
+from ``hub_token`` or ``HF_TOKEN`` and never appears in logs or metadata; a failed push is logged and
+reported in ``SavedCheckpoint.extra["hub_push"]`` and never costs the local save.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+import pyarrow as pa
+from datasets import ClassLabel, Dataset
+from pydantic import BaseModel
+from upath import UPath
+
+from kura_dagster.checkpoints import arrow, storage
+from kura_dagster.checkpoints.base import BaseCheckpointManager, SavedCheckpoint
+from kura_dagster.checkpoints.errors import CheckpointCorruptError
+
+T = TypeVar("T", bound=BaseModel)
+logger = logging.getLogger(__name__)
+
+MANIFEST = "kura_dagster.json"
+COMPRESSIONS = (None, "gzip", "lz4", "zstd")
+MAX_SHARD_SIZE = "4GB"  # one shard for most checkpoints, so the embedding matrix is one zero-copy buffer
+
+
+def _class_labels(features: Any, prefix: str = "") -> dict[str, list[str]]:
+    """``{"messages.role": ["user", "assistant"]}`` for every ClassLabel in (nested) HF features."""
+    found: dict[str, list[str]] = {}
+    if isinstance(features, ClassLabel):
+        found[prefix] = list(features.names)
+    elif isinstance(features, dict):
+        for key, sub in features.items():
+            found.update(_class_labels(sub, f"{prefix}.{key}" if prefix else key))
+    elif isinstance(features, (list, tuple)) and features:
+        found.update(_class_labels(features[0], prefix))
+    elif hasattr(features, "feature"):  # Sequence / List / LargeList
+        found.update(_class_labels(features.feature, prefix))
+    return found
+
+
+def _redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+class HFDatasetCheckpointManager(BaseCheckpointManager):
+    """Kura's ``HFDatasetCheckpointManager`` API: ``save_to_disk`` directories, memory-mapped loads,
+    streaming, ``filter_checkpoint`` and optional Hub pushes."""
+
+    format_name = "hf"
+    suffix = ""
+
+    def __init__(
+        self,
+        checkpoint_dir: Any,
+        *,
+        enabled: bool = True,
+        hub_repo: str | None = None,
+        hub_token: str | None = None,
+        streaming: bool = False,
+        compression: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        embedding_dtype: str = "float32",
+    ) -> None:
+        super().__init__(checkpoint_dir, enabled=enabled, storage_options=storage_options)
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {COMPRESSIONS}; got {compression!r}")
+        if embedding_dtype not in arrow.EMBEDDING_DTYPES:
+            raise ValueError(f"embedding_dtype must be 'float32' or 'float64'; got {embedding_dtype!r}")
+        self.hub_repo = hub_repo
+        self._hub_token = hub_token
+        self.streaming = streaming
+        # Kura accepts and records ``compression`` but save_to_disk writes uncompressed Arrow (that is what makes
+        # memory mapping work); we do the same and report it in the manifest and metadata.
+        self.compression = compression
+        self.embedding_dtype = embedding_dtype
+        self.storage_options = storage_options or {}
+
+    def __repr__(self) -> str:  # never shows the token
+        return (f"HFDatasetCheckpointManager({str(self.checkpoint_dir)!r}, enabled={self.enabled}, "
+                f"hub_repo={self.hub_repo!r}, streaming={self.streaming})")
+
+    @property
+    def hub_token(self) -> str | None:
+        return self._hub_token or os.environ.get("HF_TOKEN") or None
+
+    # --- write -----------------------------------------------------------------------------------------
+    def _write(self, path: UPath, models: list[BaseModel], model: type[BaseModel] | None, **kwargs: Any) -> SavedCheckpoint:
+        table = arrow.models_to_table(models, model, embedding_dtype=self.embedding_dtype)
+        meta = arrow.kura_meta(table.schema) or {}
+        # Our own fingerprint: otherwise datasets hashes the table through dill (slow, and no pickling here).
+        dataset = Dataset(table, fingerprint=os.urandom(16).hex())
+        manifest: dict[str, Any] = {**meta, "compression": self.compression}
+
+        def build(tmp: UPath) -> None:
+            target = storage.local_path(tmp) if storage.is_local(tmp) else str(tmp)
+            opts = {} if storage.is_local(tmp) else {"storage_options": self.storage_options}
+            shards = {"num_shards": 1} if len(dataset) == 0 else {"max_shard_size": MAX_SHARD_SIZE}
+            dataset.save_to_disk(target, **shards, **opts)
+            files = {}
+            for entry in sorted(tmp.iterdir(), key=lambda p: p.name):
+                if entry.is_file():
+                    files[entry.name] = {"bytes": entry.stat().st_size,
+                                         "checksum": arrow.hash_file(self._hash_target(entry))}
+            manifest["files"] = files
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+        size = storage.atomic_write_dir(path, build)
+        extra: dict[str, Any] = {"codec": "arrow (uncompressed, memory-mapped)"}
+        emb = meta.get("columns", {}).get("embedding")
+        if emb:
+            extra["embedding_dtype"] = emb["dtype"]
+            if emb.get("rounded"):
+                extra["embedding_rounded"] = emb["rounded"]
+                logger.warning("%s: %d embedding values were rounded to float32", path, emb["rounded"])
+        if self.hub_repo:
+            extra["hub_push"] = self._push(dataset, path.name, len(models))
+        checksum = arrow.new_hasher()
+        for name, f in manifest["files"].items():
+            checksum.update(f"{name}:{f['checksum']}\n".encode())
+        return SavedCheckpoint(name=path.name, path=str(path), format=self.format_name, rows=len(models),
+                               bytes=size, model=meta.get("model"), checksum="xxh3_128:" + checksum.hexdigest(),
+                               extra=extra)
+
+    def _push(self, dataset: Any, name: str, rows: int) -> str:
+        """Push one config to the Hub; returns ``"ok"`` or ``"failed: <reason>"`` (never raises, never logs the token)."""
+        token = self.hub_token
+        try:
+            dataset.push_to_hub(self.hub_repo, config_name=name, token=token,
+                                commit_message=f"Update {name} checkpoint with {rows} rows")
+        except Exception as exc:  # noqa: BLE001 - any push failure is reported, and the local save stands
+            reason = _redact(f"{type(exc).__name__}: {exc}", token)
+            logger.warning("Pushing checkpoint %s to the Hub repo %s failed (the local save is intact): %s",
+                           name, self.hub_repo, reason)
+            return f"failed: {reason}"
+        logger.info("Pushed checkpoint %s (%d rows) to the Hub repo %s", name, rows, self.hub_repo)
+        return "ok"
+
+    # --- open and verify ---------------------------------------------------------------------------------
+    @staticmethod
+    def _hash_target(path: UPath) -> Any:
+        return storage.local_path(path) if storage.is_local(path) else path
+
+    def _manifest(self, path: UPath) -> dict[str, Any] | None:
+        try:
+            raw = (path / MANIFEST).read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            manifest = json.loads(raw)
+            assert isinstance(manifest["files"], dict) and isinstance(manifest["rows"], int)
+        except (ValueError, KeyError, TypeError, AssertionError):
+            raise CheckpointCorruptError(path / MANIFEST, "the integrity manifest is damaged") from None
+        return manifest
+
+    def _verify(self, path: UPath, manifest: dict[str, Any]) -> None:
+        for name, expected in manifest["files"].items():
+            f = path / name
+            try:
+                size = f.stat().st_size
+            except FileNotFoundError:
+                raise CheckpointCorruptError(f, "a file of the dataset is missing") from None
+            if size != expected["bytes"]:
+                raise CheckpointCorruptError(f, f"has {size} bytes but was saved with {expected['bytes']}: it was "
+                                             "truncated or changed")
+            actual = arrow.hash_file(self._hash_target(f))
+            if actual != expected["checksum"]:
+                raise CheckpointCorruptError(f, f"checksum mismatch ({actual} != saved {expected['checksum']})")
+
+    def open_verified(self, path: UPath, *, verify: bool = True) -> tuple[pa.Table, dict[str, Any] | None]:
+        """The dataset's Arrow table, memory-mapped (local) or read (object stores), and our manifest
+        (``None`` for a Kura dataset), after the integrity checks.
+
+        This reads the files ``save_to_disk`` wrote (listed in ``state.json``) with pyarrow, exactly as
+        ``datasets.load_from_disk`` does, minus its per-process copy of remote datasets, which is keyed by
+        path and would serve stale rows after an overwrite.
+        """
+        manifest = self._manifest(path)
+        if manifest is not None and verify:
+            self._verify(path, manifest)
+        try:
+            state = json.loads((path / "state.json").read_bytes())
+            files = [f["filename"] for f in state["_data_files"]]
+        except FileNotFoundError:
+            raise CheckpointCorruptError(path / "state.json", "the dataset's state.json is missing") from None
+        except (ValueError, KeyError, TypeError):
+            raise CheckpointCorruptError(path / "state.json", "the dataset's state.json is damaged") from None
+        if not files:
+            raise CheckpointCorruptError(path / "state.json", "lists no data files")
+        tables = []
+        for f in self.data_files(path, files):
+            try:
+                source = pa.memory_map(storage.local_path(f)) if storage.is_local(f) else pa.py_buffer(f.read_bytes())
+                tables.append(pa.ipc.open_stream(source).read_all())
+            except FileNotFoundError:
+                raise CheckpointCorruptError(f, "a data file of the dataset is missing") from None
+            except (OSError, pa.ArrowException) as exc:
+                raise CheckpointCorruptError(f, f"not a readable Arrow file ({exc}); it is truncated or damaged") from None
+        try:
+            table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        except pa.ArrowException as exc:
+            raise CheckpointCorruptError(path, f"its data files do not share one schema ({exc})") from None
+        if manifest is not None and table.num_rows != manifest["rows"]:
+            raise CheckpointCorruptError(path, f"holds {table.num_rows} rows but was saved with {manifest['rows']}")
+        return table, manifest
+
+    def data_files(self, path: UPath, files: list[str] | None = None) -> list[UPath]:
+        """The Arrow files of the dataset at ``path``, in order (from ``state.json``)."""
+        if files is None:
+            files = [f["filename"] for f in json.loads((path / "state.json").read_bytes())["_data_files"]]
+        return [path / storage.validate_name(name, what="data file name") for name in files]
+
+    @staticmethod
+    def open_data_file(f: UPath) -> Any:
+        """A plain (not memory-mapped) readable stream of one Arrow file."""
+        return pa.OSFile(storage.local_path(f)) if storage.is_local(f) else f.open("rb")
+
+    def _class_labels(self, path: UPath) -> dict[str, list[str]]:
+        """ClassLabel names from ``dataset_info.json`` (Kura stores message roles as class labels)."""
+        from datasets import Features
+
+        try:
+            info = json.loads((path / "dataset_info.json").read_bytes())
+            return _class_labels(Features.from_dict(info["features"])) if info.get("features") else {}
+        except FileNotFoundError:
+            return {}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointCorruptError(path / "dataset_info.json", f"damaged features ({exc!r})") from None
+
+    # --- read ------------------------------------------------------------------------------------------
+    def load_checkpoint(self, filename: str, model_class: type[T] | None = None, **kwargs: Any) -> Any:
+        """A list of models, ``None`` when absent; with ``streaming=True`` (here or on the manager) an iterator
+        that builds one batch of models at a time."""
+        streaming = kwargs.pop("streaming", None)
+        if streaming if streaming is not None else self.streaming:
+            kwargs.pop("checkpoint_type", None)
+            return self.iter_checkpoint(filename, model_class, **kwargs)
+        return super().load_checkpoint(filename, model_class, **kwargs)
+
+    def _read(self, path: UPath, model: type[T], **_: Any) -> list[T]:
+        table, manifest = self.open_verified(path)
+        if manifest is None:
+            return arrow.kura_table_to_models(table, model, path, class_labels=self._class_labels(path))
+        return arrow.table_to_models(table, manifest, model, path)
+
+    def _iter(self, path: UPath, model: type[T], *, batch_size: int) -> Iterator[T]:
+        table, manifest = self.open_verified(path)
+        if manifest is None:
+            labels = self._class_labels(path)
+            offset = 0
+            for batch in table.to_batches(max_chunksize=batch_size):
+                rows = arrow.kura_rows(pa.Table.from_batches([batch]), model, class_labels=labels)
+                yield from arrow.rows_to_models(rows, model, path, row_offset=offset)
+                offset += batch.num_rows
+            return
+        yield from arrow.iter_batches_as_models(table.to_batches(max_chunksize=batch_size), manifest, model, path)
+
+    def _iter_rows(self, path: UPath) -> Iterator[dict[str, Any]]:
+        table, manifest = self.open_verified(path)
+        labels = self._class_labels(path) if manifest is None else None
+        model = self._stored_model(path) if manifest is None else None
+        for batch in table.to_batches(max_chunksize=10_000):
+            sub = pa.Table.from_batches([batch])
+            if manifest is None:
+                yield from arrow.kura_rows(sub, model, class_labels=labels)
+            else:
+                yield from arrow.table_rows(sub, manifest)
+
+    def read_table(self, filename: str, columns: list[str] | None = None) -> pa.Table | None:
+        """The verified, memory-mapped Arrow table (optionally only ``columns``)."""
+        path = self.get_checkpoint_path(filename)
+        if not self.enabled or not self._exists(path):
+            return None
+        table, _ = self.open_verified(path)
+        return table.select(columns) if columns else table
+
+    def _describe(self, path: UPath) -> dict[str, Any]:
+        table, manifest = self.open_verified(path, verify=False)
+        try:
+            hf_features = json.loads((path / "dataset_info.json").read_bytes()).get("features")
+        except (FileNotFoundError, ValueError):
+            hf_features = None
+        return {
+            "num_rows": table.num_rows,
+            "num_columns": table.num_columns,
+            "column_names": list(table.column_names),
+            "features": arrow.features_of(table.schema, manifest),
+            "hf_features": hf_features,
+            "model": (manifest or {}).get("model"),
+            "schema_version": (manifest or {}).get("schema_version"),
+            "compression": (manifest or {}).get("compression"),
+            "writer": "kura_dagster" if manifest else "kura",
+        }
+
+    def _is_checkpoint(self, path: UPath) -> bool:
+        if not path.is_dir():
+            return False
+        return (path / "state.json").exists() or (path / MANIFEST).exists()

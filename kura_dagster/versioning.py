@@ -1,0 +1,152 @@
+"""The pipeline settings as part of Dagster's staleness.
+
+Dagster marks an asset stale when its ``code_version`` changed or an input's data version changed; run
+config is not part of that. So the settings of the Definitions' resources (the ``kura`` and ``source``
+resources: model backends, seed, embedding dimensions, ``clusters_per_group``, ``max_clusters``, the
+conversations file …) are folded into each asset's code version, next to the hand-kept version in
+``assets.py``: ``"1+3fa9c0e1b2"``. An asset takes the settings that shape its own output *and* those of
+its upstream assets, so after a settings change the UI marks stale exactly the assets whose output can
+depend on it, all at once, and one ``stale_assets_only`` run brings them back up to date. Data versions
+are content hashes (``assets.content_version``), so re-materializing an unchanged input leaves everything
+downstream fresh.
+
+Launchpad overrides are one-off runs: Dagster records the Definitions' code version for them, so each
+materialization also carries the settings it actually ran with (``kura/settings`` metadata).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import dagster as dg
+
+SHAPES_FROM: dict[str, dict[str, str]] = {
+    "kura": {
+        "llm": "summaries",
+        "embeddings": "summaries",
+        "embedding_dims": "summaries",
+        "seed": "summaries",
+        "temperature": "summaries",
+        "structured_output": "summaries",
+        "base_url": "summaries",  # another server may serve another model under the same name
+        "clusters_per_group": "clusters",
+        "max_clusters": "meta_clusters",
+    },
+    "source": {"path": "conversations", "on_bad_record": "conversations", "demo_size": "conversations"},
+}
+"""resource key → setting → the first asset whose output it shapes (that asset and all downstream take it)."""
+
+NOT_SHAPING: dict[str, frozenset[str]] = {
+    "kura": frozenset({"checkpoint_dir", "max_concurrency", "request_timeout", "max_retries",
+                       "embedding_batch_size", "summary_batch_size"}),
+}
+"""Settings that change where or how fast work is done, not its result."""
+
+FIRST_ASSET_FOR_UNLISTED: dict[str, str] = {"kura": "summaries", "source": "conversations"}
+"""A setting nobody listed yet counts from this asset on: better a needless rerun than a stale result."""
+
+SECRET_WORDS = ("key", "token", "secret", "password")
+"""Fields whose names contain one of these never enter a code version, hashed or not."""
+
+
+def _plain(value: Any) -> Any:
+    """An ``EnvVar``/``IntEnvVar`` resolved from the environment; anything else as it is."""
+    get_value = getattr(value, "get_value", None)
+    if callable(get_value) and getattr(value, "env_var_name", None) is not None:
+        return get_value()
+    return value
+
+
+def resource_settings(resource_key: str, resource: Any) -> dict[str, tuple[str, Any]]:
+    """``{field: (first asset it shapes, value)}`` for one resource's output-shaping settings."""
+    fields = getattr(type(resource), "model_fields", {})
+    listed = SHAPES_FROM.get(resource_key, {})
+    skip = NOT_SHAPING.get(resource_key, frozenset())
+    out: dict[str, tuple[str, Any]] = {}
+    for name in fields:
+        if name in skip or any(word in name.lower() for word in SECRET_WORDS):
+            continue
+        first = listed.get(name) or FIRST_ASSET_FOR_UNLISTED.get(resource_key)
+        if first is not None:
+            out[name] = (first, _plain(getattr(resource, name)))
+    return out
+
+
+def effective_settings(resource: Any, resource_key: str = "kura") -> dict[str, Any]:
+    """The output-shaping settings of one resource as plain values (for ``kura/settings`` metadata)."""
+    return {name: value for name, (_, value) in resource_settings(resource_key, resource).items()}
+
+
+def _ancestors(assets: Sequence[dg.AssetsDefinition]) -> dict[str, set[str]]:
+    """Asset name → itself and every upstream asset name."""
+    parents: dict[str, set[str]] = {}
+    for a in assets:
+        for key in a.keys:
+            parents[key.to_user_string()] = {k.to_user_string() for k in a.asset_deps.get(key, ())}
+    out: dict[str, set[str]] = {}
+
+    def visit(name: str, trail: tuple[str, ...] = ()) -> set[str]:
+        if name not in out:
+            found = {name}
+            for p in parents.get(name, ()):
+                if p not in trail:
+                    found |= visit(p, trail + (name,))
+            out[name] = found
+        return out[name]
+
+    for name in parents:
+        visit(name)
+    return out
+
+
+def settings_by_asset(assets: Sequence[dg.AssetsDefinition], resources: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Asset name → ``{"resource.setting": value}`` of every setting that shapes its output."""
+    ancestors = _ancestors(assets)
+    shaping = {key: resource_settings(key, r) for key, r in resources.items() if key in SHAPES_FROM}
+    return {
+        name: {
+            f"{rkey}.{field}": value
+            for rkey, fields in shaping.items()
+            for field, (first, value) in fields.items()
+            if first in ups
+        }
+        for name, ups in ancestors.items()
+    }
+
+
+def settings_hash(settings: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(dict(settings), sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def versioned_assets(assets: Sequence[dg.AssetsDefinition], resources: Mapping[str, Any]) -> list[dg.AssetsDefinition]:
+    """The assets with ``code_version = "<version in assets.py>+<hash of the settings that shape it>"``."""
+    by_asset = settings_by_asset(assets, resources)
+
+    def version(spec: dg.AssetSpec) -> dg.AssetSpec:
+        settings = by_asset.get(spec.key.to_user_string())
+        if not settings:
+            return spec
+        return spec.replace_attributes(code_version=f"{spec.code_version or '0'}+{settings_hash(settings)}")
+
+    return [a.map_asset_specs(version) if isinstance(a, dg.AssetsDefinition) else a for a in assets]
+
+
+def with_settings_versions(defs: dg.Definitions) -> dg.Definitions:
+    """``defs`` with its assets' code versions extended by the settings of its own resources."""
+    assets = list(defs.assets or [])
+    resources = dict(defs.resources or {})
+    return dg.Definitions(
+        assets=versioned_assets([a for a in assets if isinstance(a, dg.AssetsDefinition)], resources)
+        + [a for a in assets if not isinstance(a, dg.AssetsDefinition)],
+        asset_checks=defs.asset_checks,
+        schedules=defs.schedules,
+        sensors=defs.sensors,
+        jobs=defs.jobs,
+        resources=defs.resources,
+        executor=defs.executor,
+        loggers=defs.loggers,
+        metadata=defs.metadata,
+    )

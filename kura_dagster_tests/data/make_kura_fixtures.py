@@ -1,0 +1,39 @@
+"""Write small checkpoints with Kura 0.5.4's own Parquet and HF managers (run with the Kura venv's python):
+
+    benchmarks/.kura-venv/bin/python kura_dagster_tests/data/make_kura_fixtures.py
+
+Reads the first rows of the shared Kura data and writes ``kura054/parquet/*.parquet`` and ``kura054/hf/*/``,
+the source rows (``<name>.source.jsonl``) and what Kura loads back from each file (``<name>.kura_loaded.<fmt>.jsonl``).
+Four summaries get an 8-d embedding so that the embedding columns hold real vectors.
+"""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from kura.checkpoints import HFDatasetCheckpointManager, ParquetCheckpointManager
+from kura.types import Cluster, Conversation, ConversationSummary
+from kura.types.dimensionality import ProjectedCluster
+
+SRC = Path(sys.argv[1] if len(sys.argv) > 1 else "/work/shared/data/kura-mtbench-1000")
+OUT = Path(__file__).resolve().parent / "kura054"
+N = 12
+
+shutil.rmtree(OUT, ignore_errors=True)
+pq, hf = ParquetCheckpointManager(str(OUT / "parquet")), HFDatasetCheckpointManager(str(OUT / "hf"))
+for name, cls in [("conversations", Conversation), ("summaries", ConversationSummary), ("clusters", Cluster),
+                  ("meta_clusters", Cluster), ("dimensionality", ProjectedCluster)]:
+    lines = (SRC / f"{name}.jsonl").read_text().splitlines()[:N]
+    items = [cls.model_validate_json(line) for line in lines]
+    if cls is ConversationSummary:
+        for i, s in enumerate(items[:4]):
+            s.embedding = [round(0.125 * (i + 1) * (j - 3.5), 6) for j in range(8)]
+    pq.save_checkpoint(name, items)
+    hf.save_checkpoint(name, items)
+    (OUT / f"{name}.source.jsonl").write_text("\n".join(m.model_dump_json() for m in items) + "\n")
+    # What Kura itself loads back from each of its files (its decoding is lossy; ours must match it).
+    for fmt, mgr in (("parquet", pq), ("hf", hf)):
+        loaded = mgr.load_checkpoint(name, cls)
+        (OUT / f"{name}.kura_loaded.{fmt}.jsonl").write_text("\n".join(m.model_dump_json() for m in loaded) + "\n")
+print(json.dumps(sorted(str(p.relative_to(OUT)) for p in OUT.rglob("*") if p.is_file()), indent=1))

@@ -1,0 +1,76 @@
+"""UI metadata builders: cluster sizes, the meta-cluster tree as markdown, and the cluster-map PNG."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import dagster as dg
+
+from kura_dagster.observability import (
+    MAP_MAX_BYTES,
+    cluster_map_metadata,
+    cluster_size_metadata,
+    projection_metadata,
+    tree_markdown,
+    tree_metadata,
+)
+from kura_dagster.types import Cluster, ProjectedCluster
+
+
+def _cluster(cid: str, chats: list[str], parent: str | None = None, name: str | None = None) -> Cluster:
+    return Cluster(id=cid, name=name or cid, description="d", slug="a_b_c", chat_ids=chats, parent_id=parent)
+
+
+def _tree() -> list[Cluster]:
+    return [_cluster("p", ["1", "2", "3"], name="Fix *Python* [bugs]"), _cluster("a", ["1", "2"], "p"),
+            _cluster("b", ["3"], "p"), _cluster("c", ["4", "5", "6", "7"])]
+
+
+def _png(md: str) -> bytes:
+    match = re.fullmatch(r"!\[Cluster map\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", md)
+    assert match, md[:80]
+    return base64.b64decode(match.group(1))
+
+
+def test_cluster_sizes_are_numbers() -> None:
+    md = cluster_size_metadata([_cluster("a", ["1", "2"]), _cluster("b", ["3"]), _cluster("c", ["4", "5", "6", "7"])])
+    assert md == {"clusters": 3, "conversations_clustered": 7, "min_cluster_size": 1, "median_cluster_size": 2.0,
+                  "mean_cluster_size": 2.333, "max_cluster_size": 4}
+    assert cluster_size_metadata([])["max_cluster_size"] == 0
+
+
+def test_tree_as_markdown_biggest_first_and_escaped() -> None:
+    assert tree_markdown(_tree()) == (
+        "- **c** (4 conversations)\n"
+        "- **Fix \\*Python\\* \\[bugs\\]** (3 conversations)\n"
+        "  - **a** (2 conversations)\n"
+        "  - **b** (1 conversation)"
+    )
+    assert tree_markdown(_tree(), max_lines=2).endswith("… and 2 more clusters (the full tree is in the checkpoint).")
+
+
+def test_tree_metadata_counts_roots_leaves_and_depth() -> None:
+    md = tree_metadata(_tree())
+    assert (md["clusters"], md["root_clusters"], md["leaf_clusters"], md["tree_depth"]) == (4, 2, 3, 2)
+    assert (md["min_root_cluster_size"], md["max_root_cluster_size"]) == (3, 4)
+    assert isinstance(md["cluster_tree"], dg.MarkdownMetadataValue)
+    assert tree_metadata([_cluster("x", ["1"])])["tree_depth"] == 1, "flat: one level"
+
+
+def test_cluster_map_is_a_small_png_of_kuras_own_projection(shared_data: Path) -> None:
+    projected = [ProjectedCluster.model_validate_json(line)
+                 for line in (shared_data / "dimensionality.jsonl").read_text().splitlines() if line.strip()]
+    md = projection_metadata(projected)
+    png = _png(md["cluster_map"].value)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == (648, 378)
+    assert md["cluster_map_bytes"] == len(png) <= MAP_MAX_BYTES
+    assert md["clusters"] == len(projected) and md["max_level"] == max(p.level for p in projected)
+
+
+def test_cluster_map_of_nothing_is_a_note() -> None:
+    md = cluster_map_metadata([])
+    assert md["cluster_map_bytes"] == 0 and "no clusters" in md["cluster_map"].value

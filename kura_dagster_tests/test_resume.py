@@ -1,0 +1,144 @@
+"""Resumable, incremental summaries through Dagster: reruns pay only for new conversations, and a
+``kill -9`` of ``dagster asset materialize`` in the middle of ``summaries`` loses at most one batch; the next
+materialization asks only for what was not saved and ends with the checkpoint an uninterrupted run writes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from kura_dagster.assets import conversations, summaries
+from kura_dagster.checkpoints.summary_cache import SummaryCache
+from kura_dagster.io_managers import JSONLIOManager
+from kura_dagster.resources import ConversationSource, KuraPipelineResource
+from kura_dagster_tests.fake_openai import FakeOpenAIServer, fake_conversations
+
+API_KEY = "sk-test-resume-7c1e"
+MODEL = "fake-model"
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    with FakeOpenAIServer() as srv:
+        yield srv
+
+
+def write_jsonl(path: Path, convs) -> Path:
+    path.write_text("".join(c.model_dump_json() + "\n" for c in convs))
+    return path
+
+
+def materialize(server: FakeOpenAIServer, checkpoint_dir: Path, source: Path, instance: dg.DagsterInstance,
+                **kura) -> dict:
+    resources = {
+        "io_manager": JSONLIOManager(base_dir=str(checkpoint_dir)),
+        "kura": KuraPipelineResource(llm=f"openai:{MODEL}", base_url=server.url, checkpoint_dir=str(checkpoint_dir),
+                                     **{"max_concurrency": 4, **kura}),
+        "source": ConversationSource(path=str(source)),
+    }
+    result = dg.materialize([conversations, summaries], resources=resources, instance=instance)
+    event = next(e for e in result.get_asset_materialization_events() if e.asset_key.path == ["summaries"])
+    meta = {k: v.value for k, v in event.materialization.metadata.items()}
+    meta["logs"] = [e.user_message for e in instance.all_logs(result.run_id) if "summaries:" in e.user_message]
+    return meta
+
+
+def test_asset_rerun_with_new_conversations_pays_only_for_them(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    server.add_fault("status", status=429, times=1)
+    server.add_fault("malformed", times=1)
+    with dg.DagsterInstance.ephemeral() as instance:
+        first = materialize(server, ckpt, write_jsonl(tmp_path / "a.jsonl", fake_conversations(40)), instance)
+        assert server.count("chat") == 42
+        assert (first["requests"], first["retries"], first["failures"], first["cache_hits"]) == (42, 2, 2, 0)
+        assert first["summaries_generated"] == 40 and first["tokens"] > 0 and first["llm_prompt_tokens"] > 0
+        assert any("summaries: 40/40 conversations (0 from cache)" in m for m in first["logs"])
+        assert all("conversations/s, ETA" in m for m in first["logs"])
+        before = (ckpt / "summaries.jsonl").read_text().splitlines()
+
+        server.reset()
+        convs = fake_conversations(40) + fake_conversations(4, start=40)  # 10% new
+        second = materialize(server, ckpt, write_jsonl(tmp_path / "b.jsonl", convs), instance)
+        assert server.count("chat") == 4
+        assert (second["requests"], second["cache_hits"], second["summaries_generated"]) == (4, 40, 4)
+        assert any("summaries: 40/44 conversations (40 from cache)" in m for m in second["logs"])
+        assert (ckpt / "summaries.jsonl").read_text().splitlines()[:40] == before
+
+
+def test_openai_embeddings_are_cached_too(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "a.jsonl", fake_conversations(20))
+    with dg.DagsterInstance.ephemeral() as instance:
+        first = materialize(server, tmp_path / "ckpt", source, instance, embeddings="openai:fake-emb",
+                            embedding_batch_size=8)
+        assert server.count("embeddings") == 3 and first["embedding_requests"] == 3 and first["embedding_dims"] == 16
+        server.reset()
+        second = materialize(server, tmp_path / "ckpt", source, instance, embeddings="openai:fake-emb")
+        assert server.count(None) == 0 and second["embedding_cache_hits"] == 20 and second["requests"] == 0
+
+
+def _cached(checkpoint_dir: Path, convs) -> int:
+    identity = KuraPipelineResource(llm=f"openai:{MODEL}").summary_model().identity
+    return sum(s is not None for s in SummaryCache(checkpoint_dir).get_summaries(identity, convs))
+
+
+def _materialize_cli(env: dict[str, str]) -> subprocess.Popen:
+    dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
+    return subprocess.Popen(
+        [dagster, "asset", "materialize", "-m", "kura_dagster", "--select", "conversations,summaries"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # its own process group: kill -9 reaches the step subprocesses too
+    )
+
+
+@pytest.mark.slow
+def test_kill_9_in_the_middle_of_summaries_then_resume(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    n = 60
+    convs = fake_conversations(n)
+    source = write_jsonl(tmp_path / "conversations.jsonl", convs)
+    ckpt, home = tmp_path / "ckpt", tmp_path / "dagster_home"
+    home.mkdir()
+    env = {**os.environ, "KURA_LLM": f"openai:{MODEL}", "OPENAI_BASE_URL": server.url, "OPENAI_API_KEY": API_KEY,
+           "KURA_CONVERSATIONS": str(source), "KURA_CHECKPOINT_DIR": str(ckpt), "DAGSTER_HOME": str(home),
+           "KURA_LLM_MAX_CONCURRENCY": "2"}  # batches of 8 × 2 = 16 summaries
+    server.set_delay(0.1)  # ~3 s of summarising: time to kill it half-way
+
+    proc = _materialize_cli(env)
+    try:
+        deadline = time.monotonic() + 120
+        while _cached(ckpt, convs) == 0:  # the first batch is saved: summaries is under way
+            assert proc.poll() is None, f"the run ended before it could be killed:\n{proc.stdout.read()}"
+            assert time.monotonic() < deadline, "summaries never started"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    time.sleep(0.5)
+    killed_requests = server.count("chat")
+    time.sleep(0.5)
+    assert server.count("chat") == killed_requests, "a step process survived the kill"
+    done = _cached(ckpt, convs)
+    assert 0 < done < n and not (ckpt / "summaries.jsonl").exists()
+
+    server.reset()
+    server.set_delay(0.0)
+    rerun = _materialize_cli(env)
+    output, _ = rerun.communicate(timeout=180)
+    assert rerun.returncode == 0, output
+    assert server.count("chat") == n - done  # only the conversations not saved before the kill
+
+    server.reset()
+    with dg.DagsterInstance.ephemeral() as instance:
+        reference = materialize(server, tmp_path / "uninterrupted", source, instance, max_concurrency=2)
+    assert reference["requests"] == n
+    assert (ckpt / "summaries.jsonl").read_bytes() == (tmp_path / "uninterrupted" / "summaries.jsonl").read_bytes()
