@@ -22,6 +22,26 @@ from kura_dagster.resources import ConversationSource, KuraPipelineResource
 from kura_dagster.versioning import with_settings_versions
 
 
+def _env_int(name: str, default: int, minimum: int = 1) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a whole number (default {default})") from None
+    if value < minimum:
+        raise ValueError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = os.environ.get(name) or default
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: choose one of {', '.join(choices)}")
+    return value
+
+
 def checkpoint_dir_from_env() -> str:
     return os.path.abspath(os.path.expanduser(os.environ.get("KURA_CHECKPOINT_DIR", "checkpoints")))
 
@@ -50,11 +70,11 @@ def build_definitions() -> dg.Definitions:
                 checkpoint_dir=checkpoint_dir,
                 llm=os.environ.get("KURA_LLM") or "local",
                 embeddings=os.environ.get("KURA_EMBEDDINGS") or "local",
-                max_concurrency=int(os.environ.get("KURA_LLM_MAX_CONCURRENCY") or 8),
+                max_concurrency=_env_int("KURA_LLM_MAX_CONCURRENCY", 8),
             ),
             "source": ConversationSource(
                 path=os.environ.get("KURA_CONVERSATIONS") or None,
-                on_bad_record=os.environ.get("KURA_ON_BAD_RECORD", "fail"),  # type: ignore[arg-type]
+                on_bad_record=_env_choice("KURA_ON_BAD_RECORD", "fail", ("fail", "skip")),  # type: ignore[arg-type]
             ),
         },
     )

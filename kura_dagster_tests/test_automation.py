@@ -4,6 +4,7 @@ config schema, tested with Dagster's own evaluation contexts against a temporary
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from kura_dagster.automation import (
     file_sha256,
     kura_job,
 )
-from kura_dagster.definitions import defs
+from kura_dagster.definitions import build_definitions
 from kura_dagster.resources import ConversationSource
 
 ASSETS = {"conversations", "summaries", "clusters", "meta_clusters", "projected_clusters"}
@@ -29,10 +30,17 @@ def instance():
         yield inst
 
 
+@pytest.fixture
+def defs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dg.Definitions:
+    """The default Definitions, built from a clean environment (conftest drops the developer's KURA_* vars)."""
+    monkeypatch.setenv("KURA_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
+    return build_definitions()
+
+
 # --- the job and the Definitions --------------------------------------------------------------------------
 
 
-def test_kura_job_covers_every_asset_and_check() -> None:
+def test_kura_job_covers_every_asset_and_check(defs: dg.Definitions) -> None:
     job = defs.resolve_job_def("kura_job")
     graph = defs.resolve_asset_graph()
     assert {k.to_user_string() for k in kura_job.selection.resolve(graph)} == ASSETS
@@ -41,15 +49,19 @@ def test_kura_job_covers_every_asset_and_check() -> None:
         "summaries_cover_conversations", "every_summary_in_one_cluster", "meta_tree_well_formed", "projections_consistent"}
 
 
-def test_definitions_carry_the_schedule_and_the_sensor() -> None:
+def test_definitions_carry_the_schedule_and_the_sensor(defs: dg.Definitions) -> None:
     schedule = defs.resolve_schedule_def("kura_stale_refresh")
     assert schedule.cron_schedule == "0 3 * * *" and schedule.job_name == "kura_job"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     sensor = defs.resolve_sensor_def("kura_conversations_changed")
     assert sensor.job_name == "kura_job"
+    graph = defs.resolve_asset_graph()  # the settings are folded into every code version (versioning.py)
+    versions = {k.to_user_string(): graph.get(k).code_version for k in graph.get_all_asset_keys()}
+    assert set(versions) == ASSETS
+    assert all(re.fullmatch(r"[^+]+\+[0-9a-f]{10}", v) for v in versions.values()), versions
 
 
-def test_launchpad_config_schema_has_the_pipeline_settings() -> None:
+def test_launchpad_config_schema_has_the_pipeline_settings(defs: dg.Definitions) -> None:
     """The launchpad builds its editor from the job's run-config schema: resources.kura.config."""
     root = defs.resolve_job_def("kura_job").run_config_schema.config_type
     kura = root.fields["resources"].config_type.fields["kura"].config_type.fields["config"].config_type

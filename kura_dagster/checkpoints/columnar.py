@@ -178,10 +178,12 @@ def load_summary_columns(manager: BaseCheckpointManager, filename: str) -> Summa
     path = manager.get_checkpoint_path(filename)
     if not manager.has_checkpoint(filename):
         return None
+    from kura_dagster.checkpoints.arrow import read_consistently
+
     if manager.format_name == "parquet":
-        return _from_parquet(manager, path)
+        return read_consistently(path, lambda: _from_parquet(manager, path))
     if manager.format_name == "hf":
-        return _from_hf(manager, path)
+        return read_consistently(path, lambda: _from_hf(manager, path))
     columns = SummaryColumns.coerce(manager.load_checkpoint(filename, ConversationSummary) or [])
     columns.source, columns.format = str(path), manager.format_name
     return columns

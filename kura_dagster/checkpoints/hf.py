@@ -250,6 +250,9 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
         return super().load_checkpoint(filename, model_class, **kwargs)
 
     def _read(self, path: UPath, model: type[T], **_: Any) -> list[T]:
+        return arrow.read_consistently(path, lambda: self._read_once(path, model))
+
+    def _read_once(self, path: UPath, model: type[T]) -> list[T]:
         table, manifest = self.open_verified(path)
         if manifest is None:
             return arrow.kura_table_to_models(table, model, path, class_labels=self._class_labels(path))

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 from upath import UPath
@@ -30,8 +31,11 @@ logger = logging.getLogger(__name__)
 
 INTEGRITY_KEY = b"kura_dagster.integrity"
 COMPRESSIONS = ("snappy", "gzip", "brotli", "lz4", "zstd", "none")
-TARGET_ROW_GROUP_BYTES = 32 << 20  # small enough to stream batch by batch, big enough to read fast
-MAX_ROW_GROUP_ROWS = 128 * 1024
+# Row groups: with embeddings ~32 MB each, so the columnar path holds the matrix plus one group (≤1.1×);
+# without, up to 256 MB / 1M rows, because every group restarts the dictionaries (Kura writes one group).
+TARGET_ROW_GROUP_BYTES = 32 << 20
+TEXT_ROW_GROUP_BYTES = 256 << 20
+MAX_ROW_GROUP_ROWS = 1 << 20
 
 
 FOOTER_MARK = b'"footer_checksum": "xxh3_128:'
@@ -93,12 +97,14 @@ def leaf_paths(name: str, typ: pa.DataType) -> list[str]:
     return [name]
 
 
-def row_group_rows(table: pa.Table) -> int:
-    """Rows per row group so that each holds about ``TARGET_ROW_GROUP_BYTES`` of Arrow data."""
+def row_group_rows(table: pa.Table, has_vectors: bool) -> int:
+    """Rows per row group: about ``TARGET_ROW_GROUP_BYTES`` of Arrow data with embeddings, else
+    ``TEXT_ROW_GROUP_BYTES`` (each group is read, and can be streamed, on its own)."""
     if table.num_rows == 0:
         return 1
     per_row = max(1, table.nbytes // table.num_rows)
-    return int(max(256, min(MAX_ROW_GROUP_ROWS, TARGET_ROW_GROUP_BYTES // per_row)))
+    target = TARGET_ROW_GROUP_BYTES if has_vectors else TEXT_ROW_GROUP_BYTES
+    return int(max(256, min(MAX_ROW_GROUP_ROWS, target // per_row)))
 
 
 class ParquetCheckpointManager(BaseCheckpointManager):
@@ -135,6 +141,11 @@ class ParquetCheckpointManager(BaseCheckpointManager):
         meta = arrow.kura_meta(table.schema) or {}
         dictionary_columns = [path for f in table.schema if meta["columns"].get(f.name, {}).get("encoding")
                               not in ("embedding", "json") for path in leaf_paths(f.name, f.type)]
+        # No min/max statistics for long free text (summaries, descriptions): nobody range-filters prose, and each
+        # page would carry two copies of a long string.
+        prose = {f.name for f in table.schema if pa.types.is_string(f.type) and table.num_rows
+                 and (pc.sum(pc.binary_length(table.column(f.name))).as_py() or 0) > 64 * table.num_rows}
+        statistics = [path for f in table.schema if f.name not in prose for path in leaf_paths(f.name, f.type)]
         integrity: dict[str, Any] = {}
 
         def write(fh: Any) -> None:
@@ -147,9 +158,11 @@ class ParquetCheckpointManager(BaseCheckpointManager):
             plain = table.replace_schema_metadata(None)
             with pq.ParquetWriter(
                 sink, plain.schema, compression=self.compression, write_page_checksum=True,
-                use_dictionary=dictionary_columns, store_schema=True,
+                use_dictionary=dictionary_columns, write_statistics=statistics, store_schema=True,
             ) as writer:
-                writer.write_table(plain, row_group_size=row_group_rows(table))
+                has_vectors = any(enc.get("encoding") == "embedding" and table.column(name).null_count < table.num_rows
+                                  for name, enc in meta["columns"].items())
+                writer.write_table(plain, row_group_size=row_group_rows(table, has_vectors))
                 integrity.update(rows=table.num_rows, data_bytes=sink.count, checksum="xxh3_128:" + sink.hasher.hexdigest(),
                                  footer_checksum="xxh3_128:" + FOOTER_PLACEHOLDER)
                 sink.capture()
@@ -235,6 +248,9 @@ class ParquetCheckpointManager(BaseCheckpointManager):
             raise CheckpointCorruptError(path, f"damaged data ({exc})") from None
 
     def _read(self, path: UPath, model: type[T], **_: Any) -> list[T]:
+        return arrow.read_consistently(path, lambda: self._read_once(path, model))
+
+    def _read_once(self, path: UPath, model: type[T]) -> list[T]:
         pf, meta = self.open_verified(path)
         if meta is None:
             return arrow.kura_table_to_models(self._read_table(pf, path), model, path)

@@ -416,7 +416,7 @@ _REQUEST_PREFIX = re.compile(r"^\s*(?:the user'?s overall request for the assist
                              r"the user asked the assistant to)\s+", re.I)
 _DANGLING = frozenset("a an the to of about for with and or but in on at by from as into than that which who whose "
                       "their your my its our his her this these those is are was were be being when while if so "
-                      "some any very more most".split())
+                      "some any very more most someone something".split())
 _TOKEN = re.compile(r"[a-z][a-z0-9]{2,}")
 _CLAUSE_STARTS = frozenset("that which who whose where when whenever while if because so since whereas".split())
 

@@ -10,6 +10,9 @@
   (and honour ``Retry-After``), up to ``max_retries`` times; each request has a ``request_timeout``.
   Malformed output (invalid JSON, missing fields, cut off by the length limit) is asked for again up to
   ``max_output_retries`` times, then fails with an :class:`LLMError` naming the conversation or cluster.
+  An error every request would hit (bad key, unknown model, server unreachable) stops the requests not yet sent.
+* **Streaming.** ``OpenAISummaryModel.summarise_streaming`` hands each summary over as soon as it is ready,
+  so the summaries stage saves finished work while the rest is still running.
 * **Secrets.** The API key is read by the client from ``OPENAI_API_KEY`` and never passed through here, so
   it cannot land in config, logs or metadata; ``OPENAI_BASE_URL`` is honoured the same way.
 * **Accounting.** Each model keeps :class:`UsageStats` (requests, retries, failures, tokens) for metadata.
