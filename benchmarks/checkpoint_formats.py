@@ -144,8 +144,10 @@ def worker(args: argparse.Namespace) -> dict:
     if op in ("bare_parquet", "bare_hf"):
         import numpy as np
         import pyarrow as pa
+        import pyarrow.dataset  # noqa: F401 - pq.read_table imports it on first use; not part of the read
         import pyarrow.parquet as pq
 
+        np.asarray(pa.array([0.0], pa.float32()).to_numpy())  # warm up, as the other workers' imports do
         base = _rss_mb()
         t0 = time.perf_counter()
         if op == "bare_parquet":

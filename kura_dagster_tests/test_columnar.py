@@ -50,15 +50,28 @@ def test_summary_columns_from_every_format(fmt: str, tmp_path: Path) -> None:
     assert load_summary_columns(manager, "absent") is None
 
 
-def test_hf_matrix_is_a_zero_copy_view_of_the_mapped_file(tmp_path: Path) -> None:
+def test_hf_matrix_is_a_zero_copy_view_of_the_mapped_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from datasets import config
+
+    defaults = config.DEFAULT_MAX_BATCH_SIZE, config.MAX_ROW_GROUP_SIZE
+    data = summaries(2500, dim=64)  # more than save_to_disk's default record batch (1,000 rows): we write one
     manager = HFDatasetCheckpointManager(tmp_path)
-    manager.save_checkpoint("summaries", summaries(500, dim=64))
+    manager.save_checkpoint("summaries", data)
+    assert "Saving the dataset" not in capsys.readouterr().err  # no progress bar in the logs
+    assert (config.DEFAULT_MAX_BATCH_SIZE, config.MAX_ROW_GROUP_SIZE) == defaults  # restored after the save
     cols = load_summary_columns(manager, "summaries")
     assert cols.zero_copy and not cols.embeddings.flags.owndata and not cols.embeddings.flags.writeable
+    np.testing.assert_array_equal(cols.embeddings, np.asarray([s.embedding for s in data], dtype=np.float32))
+    assert datasets.load_from_disk(str(tmp_path / "summaries")).num_rows == 2500
 
 
-def test_hf_matrix_from_many_record_batches_is_read_into_one_buffer(tmp_path: Path) -> None:
-    data = summaries(2500, dim=8)  # save_to_disk writes record batches of <= 1000 rows
+def test_hf_matrix_from_many_record_batches_is_read_into_one_buffer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kura_dagster.checkpoints import hf
+
+    monkeypatch.setattr(hf, "WRITER_BATCH_BYTES", 32 << 10)  # several record batches, as Kura's datasets have
+    data = summaries(2500, dim=8)
     manager = HFDatasetCheckpointManager(tmp_path)
     manager.save_checkpoint("summaries", data)
     cols = load_summary_columns(manager, "summaries")
@@ -192,3 +205,26 @@ def test_hf_io_manager_pushes_with_an_env_var_token(tmp_path: Path, monkeypatch:
     everything = json.dumps({k: {kk: str(vv.value) for kk, vv in v.items()} for k, v in md.items()})
     assert token not in everything
     assert HFDatasetCheckpointManager(tmp_path / "daily_clusters").load_checkpoint("2024-01-01")[0].count == 3
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "hf"])
+def test_damaged_embeddings_are_caught_on_the_columnar_path(fmt: str, tmp_path: Path) -> None:
+    from kura_dagster.checkpoints import CheckpointCorruptError
+
+    manager = MANAGERS[fmt](tmp_path)
+    manager.save_checkpoint("summaries", summaries(2500, dim=8))
+    target = tmp_path / "summaries.parquet" if fmt == "parquet" else tmp_path / "summaries" / "data-00000-of-00001.arrow"
+    raw = bytearray(target.read_bytes())
+    middle = len(raw) // 2  # HF: the whole data file is hashed while it is streamed
+    if fmt == "parquet":  # Parquet: the page CRCs of the embedding column, which is what this path decodes
+        import pyarrow.parquet as pq
+
+        group = pq.ParquetFile(target).metadata.row_group(0)
+        chunk = next(group.column(i) for i in range(group.num_columns)
+                     if group.column(i).path_in_schema.startswith("embedding"))
+        middle = chunk.data_page_offset + chunk.total_compressed_size // 2
+    raw[middle] ^= 0x10
+    target.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointCorruptError) as err:
+        load_summary_columns(manager, "summaries")
+    assert str(target) in str(err.value)

@@ -67,20 +67,9 @@ def test_two_writers_at_once_leave_one_complete_version(fmt: str, tmp_path: Path
     assert temp_leftovers(tmp_path) == []
 
 
-# Readers that race a writer: JSONL re-reads its sidecar around the data; the Parquet and HF readers do not yet
-# guard against the file/directory being replaced between two opens (see the issue 7 report).
-_RACY_READERS = {"parquet", "hf"}
-
-
-@pytest.mark.parametrize(
-    "fmt",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(reason=f"{p} reader can report a healthy checkpoint as corrupt "
-                                                     "when a writer replaces it mid-read", strict=False))
-        if p in _RACY_READERS else p
-        for p in format_params()
-    ],
-)
+# Readers that race a writer: JSONL re-reads its sidecar around the data; Parquet and HF retry a read during which
+# the file or directory was replaced.
+@pytest.mark.parametrize("fmt", format_params())
 def test_reader_racing_writers_sees_only_complete_versions(fmt: str, tmp_path: Path) -> None:
     versions = make_versions(100)
     manager = manager_class(fmt)(tmp_path)

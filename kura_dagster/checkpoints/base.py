@@ -74,6 +74,13 @@ class BaseCheckpointManager(ABC):
     def setup_checkpoint_dir(self) -> None:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
 
+    def _existing_path(self, filename: str) -> UPath | None:
+        """The checkpoint's path if the manager is enabled and the checkpoint exists, else ``None``."""
+        if not self.enabled:
+            return None
+        path = self.get_checkpoint_path(filename)
+        return path if self._exists(path) else None
+
     def has_checkpoint(self, filename: str) -> bool:
         return self.enabled and self._is_checkpoint(self.get_checkpoint_path(filename))
 
@@ -104,10 +111,8 @@ class BaseCheckpointManager(ABC):
         is disabled. Without ``model_class`` the model identity stored in the checkpoint decides.
         A checkpoint that exists but is damaged raises :class:`CheckpointCorruptError`; it is never
         reported as absent and never returned in part."""
-        if not self.enabled:
-            return None
-        path = self.get_checkpoint_path(filename)
-        if not self._exists(path):
+        path = self._existing_path(filename)
+        if path is None:
             return None
         model = model_class or self._stored_model(path)
         kwargs.pop("checkpoint_type", None)
@@ -119,10 +124,8 @@ class BaseCheckpointManager(ABC):
         self, filename: str, model_class: type[T] | None = None, *, batch_size: int = 10_000
     ) -> Iterator[T] | None:
         """Yield models without materialising the whole checkpoint at once where the format allows it."""
-        if not self.enabled:
-            return None
-        path = self.get_checkpoint_path(filename)
-        if not self._exists(path):
+        path = self._existing_path(filename)
+        if path is None:
             return None
         model = model_class or self._stored_model(path)
         return self._iter(path, model, batch_size=batch_size)
@@ -140,10 +143,8 @@ class BaseCheckpointManager(ABC):
         return sorted(names)
 
     def delete_checkpoint(self, filename: str) -> bool:
-        if not self.enabled:
-            return False
-        path = self.get_checkpoint_path(filename)
-        if not self._exists(path):
+        path = self._existing_path(filename)
+        if path is None:
             return False
         with storage.checkpoint_lock(path):
             storage.remove_path(path)
@@ -154,10 +155,8 @@ class BaseCheckpointManager(ABC):
 
     def get_checkpoint_info(self, filename: str) -> dict[str, Any] | None:
         """``num_rows``, ``size_bytes``, ``features`` (column → type), ``model``, ``path`` and ``format``."""
-        if not self.enabled:
-            return None
-        path = self.get_checkpoint_path(filename)
-        if not self._exists(path):
+        path = self._existing_path(filename)
+        if path is None:
             return None
         info = {"name": self.checkpoint_name(filename), "path": str(path), "format": self.format_name}
         info["size_bytes"] = storage.path_size(path)
@@ -176,10 +175,8 @@ class BaseCheckpointManager(ABC):
         **kwargs: Any,
     ) -> list[T] | None:
         """Rows for which ``predicate(row_dict)`` is true, as models. Only matching rows become models."""
-        if not self.enabled:
-            return None
-        path = self.get_checkpoint_path(filename)
-        if not self._exists(path):
+        path = self._existing_path(filename)
+        if path is None:
             return None
         model = model_class or self._stored_model(path)
         kept = [row for row in self._iter_rows(path) if predicate(row)]

@@ -15,12 +15,18 @@ models from them when a stage needs them (cluster naming does), by default witho
 
 from __future__ import annotations
 
+import contextlib
+import io
+import mmap
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from kura_dagster.checkpoints import storage
+from kura_dagster.checkpoints.arrow import new_hasher
 from kura_dagster.checkpoints.base import BaseCheckpointManager
 from kura_dagster.checkpoints.errors import CheckpointCorruptError
 from kura_dagster.types import ConversationSummary
@@ -40,6 +46,13 @@ class SummaryColumns:
     format: str = ""
     zero_copy: bool = False
     _models: list[ConversationSummary] | None = field(default=None, repr=False)
+    _load_table: Any = field(default=None, repr=False)
+
+    def columns(self) -> pa.Table:
+        """The other columns (summary, request, …) as Arrow, read on first use."""
+        if self.table is None and self._load_table is not None:
+            self.table, self._load_table = self._load_table(), None
+        return self.table if self.table is not None else pa.table({"chat_id": self.chat_ids})
 
     def __len__(self) -> int:
         return len(self.chat_ids)
@@ -68,7 +81,7 @@ class SummaryColumns:
             return [m.model_copy(update={"embedding": None}) for m in models]
         from kura_dagster.checkpoints import arrow
 
-        table = self.table if self.table is not None else pa.table({"chat_id": self.chat_ids})
+        table = self.columns()
         if self.meta is not None:
             rows = arrow.table_rows(table, self.meta)
         else:
@@ -112,9 +125,11 @@ def _matrix_from_chunks(col: pa.ChunkedArray, source: object) -> tuple[np.ndarra
 
 
 def _from_parquet(manager: Any, path: Any) -> SummaryColumns:
-    pf, meta = manager.open_verified(path)
+    # Footer checksum, row count and structure are checked here; the data pages are checked by their CRC32s
+    # as they are decoded (page_checksum_verification), which spares a second pass over the whole file.
+    pf, meta = manager.open_verified(path, verify=False)
     others = [n for n in pf.schema_arrow.names if n != EMBEDDING]
-    table = manager._read_table(pf, path, others)  # noqa: SLF001 - same package
+    chat_ids = manager._read_table(pf, path, ["chat_id"]).column(0).to_pylist()  # noqa: SLF001 - same package
     n = pf.metadata.num_rows
     emb_index = pf.schema_arrow.get_field_index(EMBEDDING)
     if emb_index < 0:
@@ -133,38 +148,122 @@ def _from_parquet(manager: Any, path: Any) -> SummaryColumns:
     except (pa.ArrowException, OSError) as exc:
         raise CheckpointCorruptError(path, f"damaged data ({exc})") from None
     matrix = out if out is not None else np.empty((0, 0), dtype=np.float32)
-    return SummaryColumns(table.column("chat_id").to_pylist(), matrix, table, meta, str(path), "parquet", False)
+    # The text columns are only read when a stage asks for them (to_models / columns()), from the same open file.
+    return SummaryColumns(chat_ids, matrix, None, meta, str(path), "parquet", False,
+                          _load_table=lambda: manager._read_table(pf, path, others))  # noqa: SLF001
+
+
+class _HashingReader(io.RawIOBase):
+    """Reads ``raw`` while hashing every byte, so a file is verified in the same pass that decodes it."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self.hasher = new_hasher()
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._raw.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.hasher.update(data)
+        self.count += n
+        return n
+
+    def drain(self) -> None:
+        while self.read(8 << 20):
+            pass
+
+
+def _stream_mapped(local: str, take: Any) -> tuple[int, str]:
+    """Feed each record batch of an Arrow stream file to ``take`` straight from a memory map, hashing the
+    bytes in place and dropping the pages already consumed (``MADV_DONTNEED``), so the resident set holds
+    about one batch of the file at a time. Returns (bytes, XXH3-128 hex digest)."""
+    page = mmap.PAGESIZE
+    with open(local, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            raise OSError("the file is empty")
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    hasher, hashed, dropped = new_hasher(), 0, 0
+    view = memoryview(mm)
+    try:
+        source = pa.BufferReader(pa.py_buffer(mm))
+        reader = pa.ipc.open_stream(source)
+        for batch in reader:
+            take(batch)
+            del batch
+            pos = source.tell()
+            hasher.update(view[hashed:pos])
+            hashed = pos
+            if pos - dropped >= 8 * page and hasattr(mm, "madvise"):
+                end = pos - pos % page
+                mm.madvise(mmap.MADV_DONTNEED, dropped, end - dropped)
+                dropped = end
+        hasher.update(view[hashed:])
+        del reader, source
+    finally:
+        view.release()
+        with contextlib.suppress(BufferError):  # an Arrow buffer may still reference it: the GC closes it then
+            mm.close()
+    return size, hasher.hexdigest()
 
 
 def _from_hf(manager: Any, path: Any) -> SummaryColumns:
-    table, meta = manager.open_verified(path)
+    table, meta = manager.open_verified(path, verify=False)
     if EMBEDDING not in table.column_names:
         raise CheckpointCorruptError(path, "has no embedding column")
     col = table.column(EMBEDDING)
     others = table.drop_columns([EMBEDDING])
-    if col.num_chunks <= 1:  # one record batch: a view of the memory-mapped file, no copy at all
+    if col.num_chunks <= 1:  # one record batch (what we write): a view of the memory-mapped file, no copy at all
+        if meta is not None:  # verified now: one XXH3 pass over the very mapping the matrix views
+            del col, others, table
+            table, meta = manager.open_verified(path)
+            col, others = table.column(EMBEDDING), table.drop_columns([EMBEDDING])
         matrix, zero_copy = _matrix_from_chunks(col, path)
         return SummaryColumns(others.column("chat_id").to_pylist(), matrix, others, meta, str(path), "hf", zero_copy)
     # save_to_disk writes record batches of <= 1000 rows, so the vectors are not one buffer. Copying them out of
     # the mapping would leave both the touched pages and the copy resident (2× the data); instead read the
-    # files batch by batch into one preallocated matrix (the peak stays ~1× the data).
-    del col
-    if col_nulls := table.column(EMBEDDING).null_count:
-        raise ValueError(f"{path}: {col_nulls} summaries have no embedding; clustering needs one per summary. "
+    # files batch by batch into one preallocated matrix (the peak stays ~1× the data), hashing them as they are
+    # read, so verification costs no second pass.
+    if col.null_count:
+        raise ValueError(f"{path}: {col.null_count} summaries have no embedding; clustering needs one per summary. "
                          "Re-run the summaries asset with an embedding model.")
+    del col
+    files = manager.data_files(path)
+    if meta is not None:
+        manager._verify(path, meta, skip=frozenset(f.name for f in files))  # noqa: SLF001
     n = table.num_rows
     out: np.ndarray | None = None
     row = 0
-    for f in manager.data_files(path):
-        with manager.open_data_file(f) as source:
-            reader = pa.ipc.open_stream(source)
-            for batch in reader:
-                part, _ = _matrix_from_chunks(pa.chunked_array([batch.column(EMBEDDING)]), f)
-                if out is None:
-                    out = np.empty((n, part.shape[1]), dtype=np.float32)
-                out[row:row + len(part)] = part
-                row += len(part)
-                del batch, part
+    for f in files:
+        def take(batch: pa.RecordBatch) -> None:
+            nonlocal out, row
+            part, _ = _matrix_from_chunks(pa.chunked_array([batch.column(EMBEDDING)]), f)
+            if out is None:
+                out = np.empty((n, part.shape[1]), dtype=np.float32)
+            if row + len(part) > n:
+                raise CheckpointCorruptError(f, f"holds more than the {n} rows the dataset lists")
+            out[row:row + len(part)] = part
+            row += len(part)
+
+        try:
+            if storage.is_local(f):
+                count, digest = _stream_mapped(storage.local_path(f), take)
+            else:
+                with manager.open_data_file(f) as raw:
+                    source = _HashingReader(raw)
+                    for batch in pa.ipc.open_stream(source):
+                        take(batch)
+                    source.drain()
+                    count, digest = source.count, source.hasher.hexdigest()
+        except (OSError, pa.ArrowException) as exc:
+            raise CheckpointCorruptError(f, f"not a readable Arrow file ({exc})") from None
+        expected = (meta or {}).get("files", {}).get(f.name)
+        if expected is not None and (count != expected["bytes"] or "xxh3_128:" + digest != expected["checksum"]):
+            raise CheckpointCorruptError(f, "checksum mismatch: the file was changed or damaged after it was saved")
     if row != n:
         raise CheckpointCorruptError(path, f"read {row} embeddings but the dataset has {n} rows")
     matrix = out if out is not None else np.empty((0, 0), dtype=np.float32)

@@ -13,9 +13,12 @@ reported in ``SavedCheckpoint.extra["hub_push"]`` and never costs the local save
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import mmap
 import os
+import threading
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
@@ -34,6 +37,35 @@ logger = logging.getLogger(__name__)
 MANIFEST = "kura_dagster.json"
 COMPRESSIONS = (None, "gzip", "lz4", "zstd")
 MAX_SHARD_SIZE = "4GB"  # one shard for most checkpoints, so the embedding matrix is one zero-copy buffer
+# ``save_to_disk`` cuts a shard into record batches of at most 1,000 rows / 100 MB (``datasets.config``). We write
+# record batches of up to 1 GB instead: one batch for up to ~150k×1536 summaries, so the columnar path's embedding
+# matrix is a view of the memory map (a 2 GB string column per batch is Arrow's limit; 1 GB stays clear of it).
+WRITER_BATCH_BYTES = 1 << 30
+_SAVE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _save_settings(num_rows: int) -> Iterator[None]:
+    """Within this block ``save_to_disk`` writes record batches of up to :data:`WRITER_BATCH_BYTES` and shows no
+    progress bar (it clutters Dagster's logs). ``datasets`` reads both from module state, so they are set for the
+    duration of the save only, under a lock, and restored after."""
+    from datasets import config
+    from datasets.utils.tqdm import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    with _SAVE_LOCK:
+        saved = config.DEFAULT_MAX_BATCH_SIZE, config.MAX_ROW_GROUP_SIZE
+        # HF_DATASETS_DISABLE_PROGRESS_BARS=0 in the environment asks for the bars explicitly: then leave them on.
+        silence = not are_progress_bars_disabled() and config.HF_DATASETS_DISABLE_PROGRESS_BARS is not False
+        config.DEFAULT_MAX_BATCH_SIZE = max(num_rows, 1)
+        config.MAX_ROW_GROUP_SIZE = WRITER_BATCH_BYTES
+        if silence:
+            disable_progress_bars()
+        try:
+            yield
+        finally:
+            config.DEFAULT_MAX_BATCH_SIZE, config.MAX_ROW_GROUP_SIZE = saved
+            if silence:
+                enable_progress_bars()
 
 
 def _class_labels(features: Any, prefix: str = "") -> dict[str, list[str]]:
@@ -49,6 +81,27 @@ def _class_labels(features: Any, prefix: str = "") -> dict[str, list[str]]:
     elif hasattr(features, "feature"):  # Sequence / List / LargeList
         found.update(_class_labels(features.feature, prefix))
     return found
+
+
+def _map_file(local: str) -> pa.Buffer:
+    """A read-only memory map of a local file as an Arrow buffer (record batches read from it are views of it)."""
+    with open(local, "rb") as fh:
+        if os.fstat(fh.fileno()).st_size == 0:
+            return pa.py_buffer(b"")
+        return pa.py_buffer(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
+
+
+def _check_buffer(f: UPath, buffer: pa.Buffer, expected: dict[str, Any]) -> None:
+    """Size and XXH3-128 of a mapped data file against the manifest: one pass over the mapping, whose pages the
+    table then reads without faulting them in again."""
+    if buffer.size != expected["bytes"]:
+        raise CheckpointCorruptError(f, f"has {buffer.size} bytes but was saved with {expected['bytes']}: it was "
+                                     "truncated or changed")
+    hasher = arrow.new_hasher()
+    hasher.update(memoryview(buffer))
+    actual = "xxh3_128:" + hasher.hexdigest()
+    if actual != expected["checksum"]:
+        raise CheckpointCorruptError(f, f"checksum mismatch ({actual} != saved {expected['checksum']})")
 
 
 def _redact(text: str, secret: str | None) -> str:
@@ -108,7 +161,8 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
             target = storage.local_path(tmp) if storage.is_local(tmp) else str(tmp)
             opts = {} if storage.is_local(tmp) else {"storage_options": self.storage_options}
             shards = {"num_shards": 1} if len(dataset) == 0 else {"max_shard_size": MAX_SHARD_SIZE}
-            dataset.save_to_disk(target, **shards, **opts)
+            with _save_settings(len(dataset)):
+                dataset.save_to_disk(target, **shards, **opts)
             files = {}
             for entry in sorted(tmp.iterdir(), key=lambda p: p.name):
                 if entry.is_file():
@@ -165,8 +219,11 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
             raise CheckpointCorruptError(path / MANIFEST, "the integrity manifest is damaged") from None
         return manifest
 
-    def _verify(self, path: UPath, manifest: dict[str, Any]) -> None:
+    def _verify(self, path: UPath, manifest: dict[str, Any], skip: frozenset[str] = frozenset()) -> None:
+        """Check every file the manifest lists (except ``skip``, which the caller hashes while reading)."""
         for name, expected in manifest["files"].items():
+            if name in skip:
+                continue
             f = path / name
             try:
                 size = f.stat().st_size
@@ -188,8 +245,6 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
         path and would serve stale rows after an overwrite.
         """
         manifest = self._manifest(path)
-        if manifest is not None and verify:
-            self._verify(path, manifest)
         try:
             state = json.loads((path / "state.json").read_bytes())
             files = [f["filename"] for f in state["_data_files"]]
@@ -199,10 +254,19 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
             raise CheckpointCorruptError(path / "state.json", "the dataset's state.json is damaged") from None
         if not files:
             raise CheckpointCorruptError(path / "state.json", "lists no data files")
+        data = self.data_files(path, files)
+        check = manifest is not None and verify
+        if check:  # local data files are hashed below, in the same pass (and mapping) that serves their rows
+            self._verify(path, manifest, skip=frozenset(f.name for f in data if storage.is_local(f)))
         tables = []
-        for f in self.data_files(path, files):
+        for f in data:
             try:
-                source = pa.memory_map(storage.local_path(f)) if storage.is_local(f) else pa.py_buffer(f.read_bytes())
+                if storage.is_local(f):
+                    source = _map_file(storage.local_path(f))
+                    if check and f.name in manifest["files"]:
+                        _check_buffer(f, source, manifest["files"][f.name])
+                else:
+                    source = pa.py_buffer(f.read_bytes())
                 tables.append(pa.ipc.open_stream(source).read_all())
             except FileNotFoundError:
                 raise CheckpointCorruptError(f, "a data file of the dataset is missing") from None
@@ -224,8 +288,8 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
 
     @staticmethod
     def open_data_file(f: UPath) -> Any:
-        """A plain (not memory-mapped) readable stream of one Arrow file."""
-        return pa.OSFile(storage.local_path(f)) if storage.is_local(f) else f.open("rb")
+        """A plain (not memory-mapped) binary file object for one Arrow file."""
+        return open(storage.local_path(f), "rb", buffering=0) if storage.is_local(f) else f.open("rb")
 
     def _class_labels(self, path: UPath) -> dict[str, list[str]]:
         """ClassLabel names from ``dataset_info.json`` (Kura stores message roles as class labels)."""

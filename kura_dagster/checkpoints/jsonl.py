@@ -22,6 +22,7 @@ from kura_dagster.checkpoints.models import describe_validation_error, list_adap
 
 T = TypeVar("T", bound=BaseModel)
 SIDECAR_SUFFIX = ".meta.json"
+CHUNK_BYTES = 4 << 20
 READ_ATTEMPTS = 5
 BLOCK_LINES = 256
 """Lines per block digest in the sidecar (a 1M-row file gets ~4,000 digests, ~75 kB)."""
@@ -174,51 +175,79 @@ class JSONLCheckpointManager(BaseCheckpointManager):
         return None
 
     @staticmethod
-    def _lines(data: bytes) -> tuple[list[bytes], list[int]]:
-        lines, numbers = [], []
-        for number, line in enumerate(data.split(b"\n"), start=1):
+    def _chunks(data: bytes, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[list[bytes], list[int]]]:
+        """Non-blank lines with their 1-based line numbers, a few MB at a time (so a load never holds a second
+        copy of the whole file)."""
+        lines: list[bytes] = []
+        numbers: list[int] = []
+        size = pos = number = 0
+        while pos < len(data):
+            end = data.find(b"\n", pos)
+            end = len(data) if end < 0 else end
+            number += 1
+            line = data[pos:end]
+            pos = end + 1
             if line.strip():
                 lines.append(line)
                 numbers.append(number)
+                size += len(line)
+                if size >= chunk_bytes:
+                    yield lines, numbers
+                    lines, numbers, size = [], [], 0
+        if lines:
+            yield lines, numbers
+
+    @classmethod
+    def _lines(cls, data: bytes) -> tuple[list[bytes], list[int]]:
+        """All non-blank lines and their numbers at once (only for diagnosing a damaged file)."""
+        lines: list[bytes] = []
+        numbers: list[int] = []
+        for chunk_lines, chunk_numbers in cls._chunks(data):
+            lines += chunk_lines
+            numbers += chunk_numbers
         return lines, numbers
 
-    def _parse(self, path: UPath, data: bytes, model: type[T]) -> list[T]:
-        lines, numbers = self._lines(data)
+    def _parse_chunks(self, path: UPath, data: bytes, model: type[T]) -> Iterator[list[T]]:
         adapter = list_adapter(model)
-        try:
-            return adapter.validate_json(b"[" + b",".join(lines) + b"]")
-        except ValidationError as err:
-            idx, text = describe_validation_error(err)
-            if idx is not None and err.errors()[0].get("type") != "json_invalid":
-                raise CheckpointCorruptError(path, f"not a valid {model.__name__}: {text}",
-                                             line=numbers[idx]) from None
-        # Invalid JSON somewhere: find the first bad line.
-        for line, number in zip(lines, numbers):
+        for lines, numbers in self._chunks(data):
             try:
-                model.model_validate_json(line)
+                yield adapter.validate_json(b"[" + b",".join(lines) + b"]")
+                continue
             except ValidationError as err:
-                _, text = describe_validation_error(err)
-                raise CheckpointCorruptError(path, f"not a valid {model.__name__}: {text}", line=number) from None
-        raise CheckpointCorruptError(path, "the file is not valid JSON Lines")  # pragma: no cover
+                idx, text = describe_validation_error(err)
+                if idx is not None and err.errors()[0].get("type") != "json_invalid":
+                    raise CheckpointCorruptError(path, f"not a valid {model.__name__}: {text}",
+                                                 line=numbers[idx]) from None
+            # Invalid JSON somewhere in this chunk: find the first bad line.
+            for line, number in zip(lines, numbers):
+                try:
+                    model.model_validate_json(line)
+                except ValidationError as err:
+                    _, text = describe_validation_error(err)
+                    raise CheckpointCorruptError(path, f"not a valid {model.__name__}: {text}", line=number) from None
+            raise CheckpointCorruptError(path, "the file is not valid JSON Lines")  # pragma: no cover
 
     def _read(self, path: UPath, model: type[T], **_: Any) -> list[T]:
         data, version = self._verified_bytes(path)
-        models = self._parse(path, data, model)
+        models = [m for chunk in self._parse_chunks(path, data, model) for m in chunk]
         if version is not None and version.get("rows") is not None and version["rows"] != len(models):
             raise CheckpointCorruptError(path, f"holds {len(models)} rows but was saved with {version['rows']}")
         return models
 
     def _iter_rows(self, path: UPath) -> Iterator[dict[str, Any]]:
         data, _ = self._verified_bytes(path)
-        lines, numbers = self._lines(data)
-        for line, number in zip(lines, numbers):
-            try:
-                yield json.loads(line)
-            except ValueError as exc:
-                raise CheckpointCorruptError(path, f"invalid JSON ({exc})", line=number) from None
+        for lines, numbers in self._chunks(data):
+            for line, number in zip(lines, numbers):
+                try:
+                    yield json.loads(line)
+                except ValueError as exc:
+                    raise CheckpointCorruptError(path, f"invalid JSON ({exc})", line=number) from None
 
     def _iter(self, path: UPath, model: type[T], *, batch_size: int) -> Iterator[T]:
-        yield from self._read(path, model)
+        """Streams models chunk by chunk; the whole file's checksum is verified before the first one."""
+        data, _ = self._verified_bytes(path)
+        for chunk in self._parse_chunks(path, data, model):
+            yield from chunk
 
     def _describe(self, path: UPath) -> dict[str, Any]:
         meta = self._read_sidecar(path)

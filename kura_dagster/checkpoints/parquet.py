@@ -97,6 +97,25 @@ def leaf_paths(name: str, typ: pa.DataType) -> list[str]:
     return [name]
 
 
+def leaf_arrays(name: str, col: pa.ChunkedArray) -> list[tuple[str, pa.Array]]:
+    """(Parquet column path, values) for every leaf column under an Arrow column."""
+    arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    typ = arr.type
+    if pa.types.is_struct(typ):
+        return [p for i, child in enumerate(typ)
+                for p in leaf_arrays(f"{name}.{child.name}", pa.chunked_array([arr.field(i)]))]
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ):
+        return leaf_arrays(f"{name}.list.element", pa.chunked_array([arr.flatten()]))
+    return [(name, arr)]
+
+
+def repetitive(values: pa.Array) -> bool:
+    """Is dictionary encoding worth it? Only when values repeat (a dictionary of unique text is pure overhead)."""
+    if len(values) == 0:
+        return True
+    return pc.count_distinct(values).as_py() <= len(values) // 2
+
+
 def row_group_rows(table: pa.Table, has_vectors: bool) -> int:
     """Rows per row group: about ``TARGET_ROW_GROUP_BYTES`` of Arrow data with embeddings, else
     ``TEXT_ROW_GROUP_BYTES`` (each group is read, and can be streamed, on its own)."""
@@ -140,7 +159,8 @@ class ParquetCheckpointManager(BaseCheckpointManager):
         table = arrow.models_to_table(models, model, embedding_dtype=self.embedding_dtype)
         meta = arrow.kura_meta(table.schema) or {}
         dictionary_columns = [path for f in table.schema if meta["columns"].get(f.name, {}).get("encoding")
-                              not in ("embedding", "json") for path in leaf_paths(f.name, f.type)]
+                              not in ("embedding", "json")
+                              for path, leaf in leaf_arrays(f.name, table.column(f.name)) if repetitive(leaf)]
         # No min/max statistics for long free text (summaries, descriptions): nobody range-filters prose, and each
         # page would carry two copies of a long string.
         prose = {f.name for f in table.schema if pa.types.is_string(f.type) and table.num_rows
