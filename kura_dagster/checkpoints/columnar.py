@@ -224,7 +224,8 @@ def _from_hf(manager: Any, path: Any) -> SummaryColumns:
             col, others = table.column(EMBEDDING), table.drop_columns([EMBEDDING])
         matrix, zero_copy = _matrix_from_chunks(col, path)
         return SummaryColumns(others.column("chat_id").to_pylist(), matrix, others, meta, str(path), "hf", zero_copy)
-    # save_to_disk writes record batches of <= 1000 rows, so the vectors are not one buffer. Copying them out of
+    # Several record batches (Kura's datasets: save_to_disk's default is <= 1000 rows; ours only beyond
+    # hf.WRITER_BATCH_BYTES), so the vectors are not one buffer. Copying them out of
     # the mapping would leave both the touched pages and the copy resident (2× the data); instead read the
     # files batch by batch into one preallocated matrix (the peak stays ~1× the data), hashing them as they are
     # read, so verification costs no second pass.

@@ -154,7 +154,7 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
         table = arrow.models_to_table(models, model, embedding_dtype=self.embedding_dtype)
         meta = arrow.kura_meta(table.schema) or {}
         # Our own fingerprint: otherwise datasets hashes the table through dill (slow, and no pickling here).
-        dataset = Dataset(table, fingerprint=os.urandom(16).hex())
+        dataset = Dataset(table, fingerprint=os.urandom(8).hex())  # 16 hex digits, as datasets' own
         manifest: dict[str, Any] = {**meta, "compression": self.compression}
 
         def build(tmp: UPath) -> None:
@@ -169,7 +169,7 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
                     files[entry.name] = {"bytes": entry.stat().st_size,
                                          "checksum": arrow.hash_file(self._hash_target(entry))}
             manifest["files"] = files
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+            (tmp / MANIFEST).write_text(json.dumps(manifest, separators=(",", ":")))
 
         size = storage.atomic_write_dir(path, build)
         extra: dict[str, Any] = {"codec": "arrow (uncompressed, memory-mapped)"}

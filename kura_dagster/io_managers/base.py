@@ -7,6 +7,7 @@ resolution and metadata are all here.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar, Optional
 
 import dagster as dg
@@ -48,6 +49,7 @@ def _is_summaries_input(_context: Any, value: Any) -> bool:
     return isinstance(value, (SummaryColumns, list))
 
 
+@functools.cache
 def summary_columns_type() -> dg.DagsterType:
     """The Dagster type of a summaries input that wants the columnar fast path: the IO managers above return
     :class:`~kura_dagster.checkpoints.columnar.SummaryColumns`; others (e.g. a multi-backend manager) may return
