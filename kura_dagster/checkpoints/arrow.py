@@ -322,12 +322,18 @@ def _column_values(models: Sequence[BaseModel], fields: dict[str, Any]) -> Any:
     return values
 
 
+def check_embedding_dtype(embedding_dtype: str) -> str:
+    """``embedding_dtype`` if it is one we store (``float32`` or ``float64``), else a ``ValueError``."""
+    if embedding_dtype not in EMBEDDING_DTYPES:
+        raise ValueError(f"embedding_dtype must be one of {sorted(EMBEDDING_DTYPES)}, got {embedding_dtype!r}")
+    return embedding_dtype
+
+
 def models_to_table(
     models: Sequence[BaseModel], model: type[BaseModel] | None, *, embedding_dtype: str = "float32"
 ) -> pa.Table:
     """Build the Arrow table for ``models`` with the ``kura_dagster`` schema metadata (no checksum yet)."""
-    if embedding_dtype not in EMBEDDING_DTYPES:
-        raise ValueError(f"embedding_dtype must be one of {sorted(EMBEDDING_DTYPES)}, got {embedding_dtype!r}")
+    check_embedding_dtype(embedding_dtype)
     columns: dict[str, pa.Array] = {}
     encodings: dict[str, Any] = {}
     fields: dict[str, Any] = {}

@@ -130,8 +130,7 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
         super().__init__(checkpoint_dir, enabled=enabled, storage_options=storage_options)
         if compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {COMPRESSIONS}; got {compression!r}")
-        if embedding_dtype not in arrow.EMBEDDING_DTYPES:
-            raise ValueError(f"embedding_dtype must be 'float32' or 'float64'; got {embedding_dtype!r}")
+        arrow.check_embedding_dtype(embedding_dtype)
         self.hub_repo = hub_repo
         self._hub_token = hub_token
         self.streaming = streaming

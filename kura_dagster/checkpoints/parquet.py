@@ -145,8 +145,7 @@ class ParquetCheckpointManager(BaseCheckpointManager):
         codec = (compression or "none").lower()
         if codec not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}; got {compression!r}")
-        if embedding_dtype not in arrow.EMBEDDING_DTYPES:
-            raise ValueError(f"embedding_dtype must be 'float32' or 'float64'; got {embedding_dtype!r}")
+        arrow.check_embedding_dtype(embedding_dtype)
         self.compression = codec
         self.embedding_dtype = embedding_dtype
 
