@@ -25,3 +25,14 @@ def _isolated_kura_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("KURA_") or key in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "HF_TOKEN"):
             monkeypatch.delenv(key, raising=False)
+
+
+@pytest.fixture
+def fake_openai(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """A fake OpenAI-compatible server on 127.0.0.1 (started and stopped here), with ``OPENAI_API_KEY`` set to
+    the test module's ``API_KEY`` (a test value, so that tests can check it never leaks)."""
+    from kura_dagster_tests.fake_openai import FakeOpenAIServer
+
+    monkeypatch.setenv("OPENAI_API_KEY", getattr(request.module, "API_KEY", "sk-test-fake-openai"))
+    with FakeOpenAIServer() as srv:
+        yield srv

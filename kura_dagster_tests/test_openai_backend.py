@@ -29,10 +29,8 @@ API_KEY = "sk-test-do-not-log-4f1d9c"
 
 
 @pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
-    with FakeOpenAIServer() as srv:
-        yield srv
+def server(fake_openai):
+    return fake_openai
 
 
 def config(server: FakeOpenAIServer, **kw) -> OpenAIConfig:

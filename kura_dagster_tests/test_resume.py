@@ -25,10 +25,8 @@ MODEL = "fake-model"
 
 
 @pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
-    with FakeOpenAIServer() as srv:
-        yield srv
+def server(fake_openai):
+    return fake_openai
 
 
 def write_jsonl(path: Path, convs) -> Path:

@@ -104,11 +104,12 @@ def test_disabled_halves_neither_hit_nor_write(tmp_path) -> None:
 
 
 # --- through the stage, against the fake server -------------------------------------------------------------
+API_KEY = "sk-test-cache"
+
+
 @pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-cache")
-    with FakeOpenAIServer() as srv:
-        yield srv
+def server(fake_openai):
+    return fake_openai
 
 
 def models(server: FakeOpenAIServer, temperature: float = 0.2):
