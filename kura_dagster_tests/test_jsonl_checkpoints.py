@@ -124,3 +124,25 @@ def test_memory_filesystem(tmp_path):
     assert mgr.list_checkpoints() == ["summaries"]
     assert json.loads(mgr.sidecar_path(mgr.get_checkpoint_path("summaries")).read_text())["versions"][0]["rows"] == 2
     assert mgr.delete_checkpoint("summaries")
+
+
+def test_checkpoint_layer_works_without_importing_dagster(tmp_path):
+    """Layer 2 is usable in a notebook: saving and loading in every format never imports Dagster."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from kura_dagster.checkpoints import registry
+from kura_dagster.types import ConversationSummary
+rows = [ConversationSummary(summary="s", chat_id="c", metadata={{"ok": True}})]
+for fmt in registry.FORMATS:
+    mgr = registry.build_manager(fmt, {str(tmp_path)!r} + "/" + fmt)
+    mgr.save_checkpoint("summaries", rows)
+    assert mgr.load_checkpoint("summaries", ConversationSummary) == rows, fmt
+leaked = sorted(m for m in sys.modules if m == "dagster" or m.startswith("dagster."))
+print("LEAKED", leaked)
+sys.exit(1 if leaked else 0)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
