@@ -81,25 +81,12 @@ def effective_settings(resource: Any, resource_key: str = "kura") -> dict[str, A
 
 
 def _ancestors(assets: Sequence[dg.AssetsDefinition]) -> dict[str, set[str]]:
-    """Asset name → itself and every upstream asset name."""
-    parents: dict[str, set[str]] = {}
-    for a in assets:
-        for key in a.keys:
-            parents[key.to_user_string()] = {k.to_user_string() for k in a.asset_deps.get(key, ())}
-    out: dict[str, set[str]] = {}
-
-    def visit(name: str, trail: tuple[str, ...] = ()) -> set[str]:
-        if name not in out:
-            found = {name}
-            for p in parents.get(name, ()):
-                if p not in trail:
-                    found |= visit(p, trail + (name,))
-            out[name] = found
-        return out[name]
-
-    for name in parents:
-        visit(name)
-    return out
+    """Asset name → itself and every upstream asset name (Dagster's own upstream selection)."""
+    return {
+        key.to_user_string(): {k.to_user_string() for k in dg.AssetSelection.assets(key).upstream().resolve(assets)}
+        for a in assets
+        for key in a.keys
+    }
 
 
 def settings_by_asset(assets: Sequence[dg.AssetsDefinition], resources: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -121,25 +108,30 @@ def settings_hash(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(dict(settings), sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def versioned_assets(assets: Sequence[dg.AssetsDefinition], resources: Mapping[str, Any]) -> list[dg.AssetsDefinition]:
-    """The assets with ``code_version = "<version in assets.py>+<hash of the settings that shape it>"``."""
-    by_asset = settings_by_asset(assets, resources)
-
+def _versioner(by_asset: Mapping[str, Mapping[str, Any]]):
     def version(spec: dg.AssetSpec) -> dg.AssetSpec:
         settings = by_asset.get(spec.key.to_user_string())
         if not settings:
             return spec
         return spec.replace_attributes(code_version=f"{spec.code_version or '0'}+{settings_hash(settings)}")
 
-    return [a.map_asset_specs(version) if isinstance(a, dg.AssetsDefinition) else a for a in assets]
+    return version
+
+
+def versioned_assets(assets: Sequence[dg.AssetsDefinition], resources: Mapping[str, Any]) -> list[dg.AssetsDefinition]:
+    """The assets with ``code_version = "<version in assets.py>+<hash of the settings that shape it>"``."""
+    version = _versioner(settings_by_asset(assets, resources))
+    return [a.map_asset_specs(version) for a in assets]
 
 
 def with_settings_versions(defs: dg.Definitions) -> dg.Definitions:
-    """``defs`` with its assets' code versions extended by the settings of its own resources."""
+    """``defs`` with its assets' code versions extended by the settings of its own resources.
+
+    (``Definitions.map_asset_specs`` would do this in one call, but it is a preview API in Dagster 1.13 and warns
+    on every load.)"""
     assets = list(defs.assets or [])
-    resources = dict(defs.resources or {})
     return dg.Definitions(
-        assets=versioned_assets([a for a in assets if isinstance(a, dg.AssetsDefinition)], resources)
+        assets=versioned_assets([a for a in assets if isinstance(a, dg.AssetsDefinition)], dict(defs.resources or {}))
         + [a for a in assets if not isinstance(a, dg.AssetsDefinition)],
         asset_checks=defs.asset_checks,
         schedules=defs.schedules,
