@@ -67,9 +67,17 @@ class _NeedsJSON(Exception):
 
 
 # --- hashing ---------------------------------------------------------------------------------------------
+CHECKSUM_PREFIX = "xxh3_128:"
+
+
 def new_hasher() -> Any:
     """The checksum the formats record: XXH3-128 (several GB/s, so verifying on every load is cheap)."""
     return xxhash.xxh3_128()
+
+
+def checksum_text(hasher: Any) -> str:
+    """How a checksum is written in the files' metadata: ``xxh3_128:<hex digest>``."""
+    return CHECKSUM_PREFIX + hasher.hexdigest()
 
 
 def hash_file(path: Any, start: int = 0, length: int | None = None, chunk: int = 8 << 20) -> str:
@@ -86,7 +94,7 @@ def hash_file(path: Any, start: int = 0, length: int | None = None, chunk: int =
             h.update(block)
             if remaining is not None:
                 remaining -= len(block)
-    return "xxh3_128:" + h.hexdigest()
+    return checksum_text(h)
 
 
 def read_consistently(path: Any, read: Callable[[], R], attempts: int = 3) -> R:

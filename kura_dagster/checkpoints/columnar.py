@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from kura_dagster.checkpoints import storage
+from kura_dagster.checkpoints import arrow, storage
 from kura_dagster.checkpoints.arrow import new_hasher
 from kura_dagster.checkpoints.base import BaseCheckpointManager
 from kura_dagster.checkpoints.errors import CheckpointCorruptError
@@ -79,8 +79,6 @@ class SummaryColumns:
             if with_embeddings:
                 return models
             return [m.model_copy(update={"embedding": None}) for m in models]
-        from kura_dagster.checkpoints import arrow
-
         table = self.columns()
         if self.meta is not None:
             rows = arrow.table_rows(table, self.meta)
@@ -263,7 +261,7 @@ def _from_hf(manager: Any, path: Any) -> SummaryColumns:
         except (OSError, pa.ArrowException) as exc:
             raise CheckpointCorruptError(f, f"not a readable Arrow file ({exc})") from None
         expected = (meta or {}).get("files", {}).get(f.name)
-        if expected is not None and (count != expected["bytes"] or "xxh3_128:" + digest != expected["checksum"]):
+        if expected is not None and (count != expected["bytes"] or arrow.CHECKSUM_PREFIX + digest != expected["checksum"]):
             raise CheckpointCorruptError(f, "checksum mismatch: the file was changed or damaged after it was saved")
     if row != n:
         raise CheckpointCorruptError(path, f"read {row} embeddings but the dataset has {n} rows")

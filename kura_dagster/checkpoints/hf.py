@@ -99,7 +99,7 @@ def _check_buffer(f: UPath, buffer: pa.Buffer, expected: dict[str, Any]) -> None
                                      "truncated or changed")
     hasher = arrow.new_hasher()
     hasher.update(memoryview(buffer))
-    actual = "xxh3_128:" + hasher.hexdigest()
+    actual = arrow.checksum_text(hasher)
     if actual != expected["checksum"]:
         raise CheckpointCorruptError(f, f"checksum mismatch ({actual} != saved {expected['checksum']})")
 
@@ -184,7 +184,7 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
         for name, f in manifest["files"].items():
             checksum.update(f"{name}:{f['checksum']}\n".encode())
         return SavedCheckpoint(name=path.name, path=str(path), format=self.format_name, rows=len(models),
-                               bytes=size, model=meta.get("model"), checksum="xxh3_128:" + checksum.hexdigest(),
+                               bytes=size, model=meta.get("model"), checksum=arrow.checksum_text(checksum),
                                extra=extra)
 
     def _push(self, dataset: Any, name: str, rows: int) -> str:

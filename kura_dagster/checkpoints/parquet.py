@@ -182,7 +182,7 @@ class ParquetCheckpointManager(BaseCheckpointManager):
                 has_vectors = any(enc.get("encoding") == "embedding" and table.column(name).null_count < table.num_rows
                                   for name, enc in meta["columns"].items())
                 writer.write_table(plain, row_group_size=row_group_rows(table, has_vectors))
-                integrity.update(rows=table.num_rows, data_bytes=sink.count, checksum="xxh3_128:" + sink.hasher.hexdigest(),
+                integrity.update(rows=table.num_rows, data_bytes=sink.count, checksum=arrow.checksum_text(sink.hasher),
                                  footer_checksum="xxh3_128:" + FOOTER_PLACEHOLDER)
                 sink.capture()
                 writer.add_key_value_metadata({arrow.META_KEY: json.dumps(meta).encode(),
