@@ -146,3 +146,58 @@ sys.exit(1 if leaked else 0)
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 1 << 20])
+def test_streamed_lines_are_the_lines_of_the_whole_file(block):
+    """Reading in blocks (how a load avoids holding the whole file) finds exactly the lines and line numbers that
+    splitting the whole file does: blank lines, lines longer than a block and a last line without a newline."""
+    import io
+
+    data = b'{"a":1}\n\n{"b":"' + b"x" * 150 + b'"}\n  \n{"c":3}\n{"d":4}'
+    whole = [pair for lines, numbers in JSONLCheckpointManager._chunks(data) for pair in zip(lines, numbers)]
+    streamed = [pair for lines, numbers in JSONLCheckpointManager._stream_chunks(io.BytesIO(data), block=block)
+                for pair in zip(lines, numbers)]
+    assert streamed == whole
+    assert [n for _, n in whole] == [1, 3, 5, 6]
+
+
+def test_load_streams_the_file_instead_of_reading_it_whole(tmp_path, monkeypatch):
+    """A healthy load reads the file in blocks while hashing it (peak = the models plus one block), and damage
+    found that way is still reported with the lines, exactly as a whole-file check reports it."""
+    from kura_dagster.checkpoints import jsonl
+
+    monkeypatch.setattr(jsonl, "CHUNK_BYTES", 512)  # many blocks, lines cut across them
+    mgr = JSONLCheckpointManager(tmp_path)
+    data = _summaries(300)
+    mgr.save_checkpoint("summaries", data)
+    whole_reads = []
+    original = JSONLCheckpointManager._verified_bytes
+    monkeypatch.setattr(JSONLCheckpointManager, "_verified_bytes",
+                        lambda self, path: whole_reads.append(path) or original(self, path))
+    assert mgr.load_checkpoint("summaries", ConversationSummary) == data
+    assert list(mgr.iter_checkpoint("summaries", ConversationSummary)) == data
+    assert len(mgr.filter_checkpoint("summaries", lambda row: row["chat_id"].endswith("7"))) == 30
+    assert whole_reads == []  # nothing needed the whole file at once
+
+    path = tmp_path / "summaries.jsonl"
+    path.write_bytes(path.read_bytes().replace(b"summary 280", b"summary 281", 1))  # still valid JSON
+    with pytest.raises(CheckpointCorruptError, match="checksum mismatch in lines 257–300") as info:
+        mgr.load_checkpoint("summaries", ConversationSummary)
+    assert info.value.line == 257 and whole_reads  # the diagnosis reads the whole (damaged) file
+
+
+def test_a_kura_file_cut_mid_line_is_refused_before_streaming_any_row(tmp_path, monkeypatch):
+    from kura_dagster.checkpoints import jsonl
+
+    monkeypatch.setattr(jsonl, "CHUNK_BYTES", 256)
+    path = tmp_path / "summaries.jsonl"
+    text = "".join(s.model_dump_json() + "\n" for s in _summaries(50))  # as Kura writes it: no sidecar
+    path.write_text(text[: len(text) - 20])
+    got = []
+    with pytest.raises(CheckpointCorruptError, match="cut short") as info:
+        for row in JSONLCheckpointManager(tmp_path).iter_checkpoint("summaries", ConversationSummary):
+            got.append(row)
+    assert got == [] and info.value.line == 50
+    path.write_text(text[:-1])  # a whole last line without its line ending is fine (Kura reads it too)
+    assert len(list(JSONLCheckpointManager(tmp_path).iter_checkpoint("summaries", ConversationSummary))) == 50

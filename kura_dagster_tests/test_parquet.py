@@ -83,7 +83,7 @@ def test_row_groups_let_a_load_stream(tmp_path: Path, monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(parquet, "TARGET_ROW_GROUP_BYTES", 1 << 20)
     m = ParquetCheckpointManager(tmp_path)
-    data = summaries(3000, dim=256)  # ~3 MB of float32: several 1 MB row groups (the default target is 32 MB)
+    data = summaries(3000, dim=256)  # ~3 MB of float32: several 1 MB row groups (the default target is 8 MB)
     m.save_checkpoint("big", data)
     assert pq.ParquetFile(tmp_path / "big.parquet").metadata.num_row_groups >= 3
     it = m.iter_checkpoint("big", batch_size=500)

@@ -5,8 +5,8 @@ returns :class:`SummaryColumns`:
 
 * from an HF dataset, the matrix is a zero-copy ``numpy`` view of the memory-mapped Arrow buffer (when the
   embeddings are one ``fixed_size_list<float32>`` chunk without nulls, which is what we write);
-* from Parquet, row groups are decoded one at a time into one preallocated ``float32`` matrix, so the peak
-  is the matrix plus one row group;
+* from Parquet, row groups (~8 MB each) are decoded one at a time into one preallocated ``float32`` matrix,
+  so the peak is the matrix plus one row group's decoding;
 * from JSONL (or any other format) the models are loaded and converted: correct, just slower.
 
 The other columns (summary text, request…) stay in an Arrow table; :meth:`SummaryColumns.to_models` builds
@@ -127,11 +127,14 @@ def _from_parquet(manager: Any, path: Any) -> SummaryColumns:
     # as they are decoded (page_checksum_verification), which spares a second pass over the whole file.
     pf, meta = manager.open_verified(path, verify=False)
     others = [n for n in pf.schema_arrow.names if n != EMBEDDING]
-    chat_ids = manager._read_table(pf, path, ["chat_id"]).column(0).to_pylist()  # noqa: SLF001 - same package
     n = pf.metadata.num_rows
     emb_index = pf.schema_arrow.get_field_index(EMBEDDING)
     if emb_index < 0:
         raise CheckpointCorruptError(path, "has no embedding column")
+    # The peak is the matrix plus one decoded row group: each group's decoding buffers go back to the system
+    # before the next (the allocator would otherwise keep the largest for reuse), and chat_ids are read last,
+    # when no group is being decoded.
+    pool = pa.default_memory_pool()
     out: np.ndarray | None = None
     row = 0
     try:
@@ -143,9 +146,12 @@ def _from_parquet(manager: Any, path: Any) -> SummaryColumns:
             out[row:row + len(part)] = part
             row += len(part)
             del col, part
+            pool.release_unused()
     except (pa.ArrowException, OSError) as exc:
         raise CheckpointCorruptError(path, f"damaged data ({exc})") from None
     matrix = out if out is not None else np.empty((0, 0), dtype=np.float32)
+    chat_ids = manager._read_table(pf, path, ["chat_id"]).column(0).to_pylist()  # noqa: SLF001 - same package
+    pool.release_unused()
     # The text columns are only read when a stage asks for them (to_models / columns()), from the same open file.
     return SummaryColumns(chat_ids, matrix, None, meta, str(path), "parquet", False,
                           _load_table=lambda: manager._read_table(pf, path, others))  # noqa: SLF001

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -21,6 +21,7 @@ from kura_dagster.checkpoints.errors import CheckpointCorruptError
 from kura_dagster.checkpoints.models import describe_validation_error, list_adapter
 
 T = TypeVar("T", bound=BaseModel)
+R = TypeVar("R")
 SIDECAR_SUFFIX = ".meta.json"
 CHUNK_BYTES = 4 << 20
 READ_ATTEMPTS = 5
@@ -175,12 +176,13 @@ class JSONLCheckpointManager(BaseCheckpointManager):
         return None
 
     @staticmethod
-    def _chunks(data: bytes, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[list[bytes], list[int]]]:
-        """Non-blank lines with their 1-based line numbers, a few MB at a time (so a load never holds a second
-        copy of the whole file)."""
+    def _chunks(data: bytes, chunk_bytes: int = CHUNK_BYTES, first_number: int = 1
+                ) -> Iterator[tuple[list[bytes], list[int]]]:
+        """Non-blank lines with their 1-based line numbers (counting from ``first_number``), a few MB at a time."""
         lines: list[bytes] = []
         numbers: list[int] = []
-        size = pos = number = 0
+        size = pos = 0
+        number = first_number - 1
         while pos < len(data):
             end = data.find(b"\n", pos)
             end = len(data) if end < 0 else end
@@ -198,6 +200,29 @@ class JSONLCheckpointManager(BaseCheckpointManager):
             yield lines, numbers
 
     @classmethod
+    def _stream_chunks(cls, fh: Any, hasher: Any = None, block: int = CHUNK_BYTES
+                       ) -> Iterator[tuple[list[bytes], list[int]]]:
+        """:meth:`_chunks` over an open file, read ``block`` bytes at a time (fed to ``hasher`` as they are read),
+        so a load holds a few MB of the file, never all of it."""
+        rest = b""
+        number = 1  # the number of the first line of the next piece
+        while True:
+            buf = fh.read(block)
+            if not buf:
+                if rest:
+                    yield from cls._chunks(rest, first_number=number)
+                return
+            if hasher is not None:
+                hasher.update(buf)
+            cut = buf.rfind(b"\n")
+            if cut < 0:
+                rest += buf  # one line longer than a block: keep reading
+                continue
+            piece, rest = rest + buf[: cut + 1], buf[cut + 1:]
+            yield from cls._chunks(piece, chunk_bytes=len(piece) + 1, first_number=number)
+            number += piece.count(b"\n")
+
+    @classmethod
     def _lines(cls, data: bytes) -> tuple[list[bytes], list[int]]:
         """All non-blank lines and their numbers at once (only for diagnosing a damaged file)."""
         lines: list[bytes] = []
@@ -207,9 +232,10 @@ class JSONLCheckpointManager(BaseCheckpointManager):
             numbers += chunk_numbers
         return lines, numbers
 
-    def _parse_chunks(self, path: UPath, data: bytes, model: type[T]) -> Iterator[list[T]]:
+    def _parse_chunks(self, path: UPath, chunks: Iterable[tuple[list[bytes], list[int]]], model: type[T]
+                      ) -> Iterator[list[T]]:
         adapter = list_adapter(model)
-        for lines, numbers in self._chunks(data):
+        for lines, numbers in chunks:
             try:
                 yield adapter.validate_json(b"[" + b",".join(lines) + b"]")
                 continue
@@ -227,16 +253,101 @@ class JSONLCheckpointManager(BaseCheckpointManager):
                     raise CheckpointCorruptError(path, f"not a valid {model.__name__}: {text}", line=number) from None
             raise CheckpointCorruptError(path, "the file is not valid JSON Lines")  # pragma: no cover
 
+    def _accepted(self, digest: str, *sidecars: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The sidecar version whose checksum is ``digest``, if any."""
+        for sidecar in sidecars:
+            for version in (sidecar or {}).get("versions", []):
+                if version["sha256"] == digest:
+                    return version
+        return None
+
+    def _verified_stream(self, path: UPath, parse: Callable[[Iterator[tuple[list[bytes], list[int]]]], R]
+                         ) -> tuple[R, dict[str, Any] | None]:
+        """``parse`` over the file's lines, read once, in blocks, from one open file while hashing them; the result
+        counts only if the bytes match the sidecar (read before and after, as in :meth:`_verified_bytes`), so a load
+        holds its models plus a few MB of the file, not the whole file too. Anything off (a parse error, a checksum
+        mismatch) is diagnosed by :meth:`_verified_bytes`, whose errors name the damaged lines."""
+        for _attempt in range(READ_ATTEMPTS):
+            before = self._read_sidecar(path)
+            hasher = hashlib.sha256()
+            try:
+                with path.open("rb") as fh:
+                    result = parse(self._stream_chunks(fh, hasher))
+                    empty = fh.tell() == 0
+            except FileNotFoundError:
+                continue  # replaced or deleted meanwhile: look again
+            except CheckpointCorruptError:
+                self._verified_bytes(path)  # a file that differs from its sidecar is reported as such
+                raise
+            meta = self._read_sidecar(path)
+            if meta is None:
+                if before is not None:
+                    continue
+                if empty or result == []:
+                    break  # an empty (or blank) file without a sidecar: _verified_bytes explains
+                return result, None
+            version = self._accepted(hasher.hexdigest(), meta, before)
+            if version is not None:
+                return result, version
+            if before == meta:
+                break
+        data, version = self._verified_bytes(path)  # raises, naming the damage, unless the file is intact now
+        return parse(self._chunks(data)), version
+
     def _read(self, path: UPath, model: type[T], **_: Any) -> list[T]:
-        data, version = self._verified_bytes(path)
-        models = [m for chunk in self._parse_chunks(path, data, model) for m in chunk]
+        def parse(chunks: Iterator[tuple[list[bytes], list[int]]]) -> list[T]:
+            return [m for chunk in self._parse_chunks(path, chunks, model) for m in chunk]
+
+        models, version = self._verified_stream(path, parse)
         if version is not None and version.get("rows") is not None and version["rows"] != len(models):
             raise CheckpointCorruptError(path, f"holds {len(models)} rows but was saved with {version['rows']}")
         return models
 
+    def _verified_chunks(self, path: UPath) -> Iterator[tuple[list[bytes], list[int]]]:
+        """The file's lines after its checksum was verified: one hashing pass, then a parsing pass over the same
+        open file (the same version, even if a writer replaces the checkpoint meanwhile)."""
+        for _attempt in range(READ_ATTEMPTS):
+            before = self._read_sidecar(path)
+            try:
+                fh = path.open("rb")
+            except FileNotFoundError:
+                continue
+            with fh:
+                hasher = hashlib.sha256()
+                newlines, tail = 0, b""
+                while block := fh.read(CHUNK_BYTES):
+                    hasher.update(block)
+                    count = block.count(b"\n")
+                    tail = block[block.rfind(b"\n") + 1:] if count else tail + block
+                    newlines += count
+                empty = fh.tell() == 0
+                meta = self._read_sidecar(path)
+                if meta is None and before is None and tail.strip():
+                    self._check_last_line(path, tail, newlines + 1)
+                if (meta is None and before is None and not empty) or (
+                        meta is not None and self._accepted(hasher.hexdigest(), meta, before) is not None):
+                    fh.seek(0)
+                    yield from self._stream_chunks(fh)
+                    return
+            if meta is not None and before == meta or meta is None and before is None:
+                break
+        data, _ = self._verified_bytes(path)  # raises, naming the damage, unless the file is intact now
+        yield from self._chunks(data)
+
+    @staticmethod
+    def _check_last_line(path: UPath, line: bytes, number: int) -> None:
+        """A file without a sidecar (Kura wrote it) has no checksum; a last line without a line ending must at least
+        be a whole JSON object, or the file was cut short, and a streaming read refuses it before the first row."""
+        try:
+            whole = isinstance(json.loads(line), dict)
+        except ValueError:
+            whole = False
+        if not whole:
+            raise CheckpointCorruptError(path, "the last line is not a complete JSON object and has no line ending: "
+                                         "the file was cut short", line=number)
+
     def _iter_rows(self, path: UPath) -> Iterator[dict[str, Any]]:
-        data, _ = self._verified_bytes(path)
-        for lines, numbers in self._chunks(data):
+        for lines, numbers in self._verified_chunks(path):
             for line, number in zip(lines, numbers):
                 try:
                     yield json.loads(line)
@@ -245,8 +356,7 @@ class JSONLCheckpointManager(BaseCheckpointManager):
 
     def _iter(self, path: UPath, model: type[T], *, batch_size: int) -> Iterator[T]:
         """Streams models chunk by chunk; the whole file's checksum is verified before the first one."""
-        data, _ = self._verified_bytes(path)
-        for chunk in self._parse_chunks(path, data, model):
+        for chunk in self._parse_chunks(path, self._verified_chunks(path), model):
             yield from chunk
 
     def _describe(self, path: UPath) -> dict[str, Any]:

@@ -31,9 +31,12 @@ logger = logging.getLogger(__name__)
 
 INTEGRITY_KEY = b"kura_dagster.integrity"
 COMPRESSIONS = ("snappy", "gzip", "brotli", "lz4", "zstd", "none")
-# Row groups: with embeddings ~32 MB each, so the columnar path holds the matrix plus one group (≤1.1×);
-# without, up to 256 MB / 1M rows, because every group restarts the dictionaries (Kura writes one group).
-TARGET_ROW_GROUP_BYTES = 32 << 20
+# Row groups: with embeddings ~8 MB each (~1,300 rows at 1536-d), because decoding a group of vectors needs about
+# 3× its size on top (the compressed chunk, repetition levels, the decoded array), so the columnar path peaks at
+# the matrix plus ~25 MB (32 MB groups cost ~110 MB, ~1.26× the 586 MB matrix of 100k×1536 summaries; measured in
+# benchmarks/results/checkpoint_formats.md). Without embeddings, up to 256 MB / 1M rows, because every group
+# restarts the dictionaries (Kura writes one group).
+TARGET_ROW_GROUP_BYTES = 8 << 20
 TEXT_ROW_GROUP_BYTES = 256 << 20
 MAX_ROW_GROUP_ROWS = 1 << 20
 
