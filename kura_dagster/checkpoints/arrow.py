@@ -31,6 +31,7 @@ import contextlib
 import datetime as dt
 import gc
 import json
+import operator
 import os
 import types
 import typing
@@ -249,7 +250,8 @@ def _arrow_type(tp: Any, values: list[Any]) -> pa.DataType:
     if tp is bool:
         return pa.bool_()
     if tp is int:  # int32 when every value fits (half the bytes, and what Kura's datasets hold), else int64
-        fits = all(v is None or -(1 << 31) <= v < (1 << 31) for v in values)
+        present = [v for v in values if v is not None]
+        fits = not present or (-(1 << 31) <= min(present) and max(present) < (1 << 31))
         return pa.int32() if fits else pa.int64()
     if tp is float:
         return pa.float64()
@@ -317,11 +319,12 @@ def _column_values(models: Sequence[BaseModel], fields: dict[str, Any]) -> Any:
         rows = models_to_rows(models)
         return lambda name: [r.get(name) for r in rows]
     annotations = {name: f.annotation for name, f in cls.model_fields.items()}
+    dicts = [m.__dict__ for m in models]
 
     def values(name: str) -> list[Any]:
         if name not in annotations:  # a computed field
             return [getattr(m, name) for m in models]
-        raw = [m.__dict__[name] for m in models]
+        raw = list(map(operator.itemgetter(name), dicts))
         tp = annotations[name]
         if _contains_model(tp):
             return TypeAdapter(list[tp]).dump_python(raw)  # type: ignore[valid-type]

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import functools
 import os
 import re
 import shutil
@@ -206,13 +207,18 @@ def atomic_write_bytes(path: UPath, data: bytes) -> int:
 _RENAME_EXCHANGE = 2
 
 
-def _renameat2_exchange(a: str, b: str) -> bool:
-    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``). False if unsupported here."""
+@functools.lru_cache(maxsize=1)
+def _renameat2() -> Any:
+    """libc's ``renameat2``, or ``None`` where there is none. Looked up once: ``find_library`` runs ``ldconfig``."""
     libc_name = ctypes.util.find_library("c")
     if not libc_name:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    fn = getattr(libc, "renameat2", None)
+        return None
+    return getattr(ctypes.CDLL(libc_name, use_errno=True), "renameat2", None)
+
+
+def _renameat2_exchange(a: str, b: str) -> bool:
+    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``). False if unsupported here."""
+    fn = _renameat2()
     if fn is None:
         return False
     at_fdcwd = -100
