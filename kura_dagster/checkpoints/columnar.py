@@ -19,11 +19,14 @@ import contextlib
 import io
 import mmap
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from kura_dagster.checkpoints import arrow, storage
 from kura_dagster.checkpoints.arrow import new_hasher
@@ -32,6 +35,8 @@ from kura_dagster.checkpoints.errors import CheckpointCorruptError
 from kura_dagster.types import ConversationSummary
 
 EMBEDDING = "embedding"
+MAX_DECODE_THREADS = 4
+"""Parquet row groups decoded at once by the columnar path: each adds one group's decoding (~25 MB) to the peak."""
 
 
 @dataclass
@@ -125,28 +130,59 @@ def _matrix_from_chunks(col: pa.ChunkedArray, source: object) -> tuple[np.ndarra
 def _from_parquet(manager: Any, path: Any) -> SummaryColumns:
     # Footer checksum, row count and structure are checked here; the data pages are checked by their CRC32s
     # as they are decoded (page_checksum_verification), which spares a second pass over the whole file.
-    pf, meta = manager.open_verified(path, verify=False)
+    local = storage.is_local(path)
+    try:  # one open file that every decoding thread reads (pread): all of them see the same version of the file
+        source = pa.OSFile(storage.local_path(path)) if local else None
+    except FileNotFoundError:
+        raise CheckpointCorruptError(path, "the file disappeared while it was being read") from None
+    pf, meta = manager.open_verified(path, verify=False, source=source)
     others = [n for n in pf.schema_arrow.names if n != EMBEDDING]
-    n = pf.metadata.num_rows
-    emb_index = pf.schema_arrow.get_field_index(EMBEDDING)
-    if emb_index < 0:
+    md = pf.metadata
+    n = md.num_rows
+    if pf.schema_arrow.get_field_index(EMBEDDING) < 0:
         raise CheckpointCorruptError(path, "has no embedding column")
-    # The peak is the matrix plus one decoded row group: each group's decoding buffers go back to the system
-    # before the next (the allocator would otherwise keep the largest for reuse), and chat_ids are read last,
-    # when no group is being decoded.
+    starts = np.cumsum([0] + [md.row_group(g).num_rows for g in range(md.num_row_groups)])
     pool = pa.default_memory_pool()
     out: np.ndarray | None = None
-    row = 0
+
+    def decode(reader: Any, g: int) -> None:
+        # The peak is the matrix plus the groups being decoded: each group's decoding buffers go back to the
+        # system at once (the allocator would otherwise keep the largest for reuse).
+        nonlocal out
+        col = reader.read_row_group(g, columns=[EMBEDDING], use_threads=False).column(0)
+        part, _ = _matrix_from_chunks(col, path)
+        del col
+        if len(part) == 0:
+            return
+        if out is None:  # the first group (decoded before any thread starts) tells the dimension
+            out = np.empty((n, part.shape[1]), dtype=np.float32)
+        if part.shape != (starts[g + 1] - starts[g], out.shape[1]):
+            raise CheckpointCorruptError(path, f"row group {g} holds {part.shape} embeddings; the file's other rows "
+                                         f"have {out.shape[1]} values each")
+        out[starts[g]:starts[g + 1]] = part
+        del part
+        pool.release_unused()
+
     try:
-        for g in range(pf.metadata.num_row_groups):
-            col = pf.read_row_group(g, columns=[EMBEDDING]).column(0)
-            part, _ = _matrix_from_chunks(col, path)
-            if out is None:
-                out = np.empty((n, part.shape[1]), dtype=np.float32)
-            out[row:row + len(part)] = part
-            row += len(part)
-            del col, part
-            pool.release_unused()
+        if md.num_row_groups:
+            decode(pf, 0)
+            if out is None and n:
+                raise CheckpointCorruptError(path, f"row group 0 holds no embeddings but the file has {n} rows")
+        rest = range(1, md.num_row_groups)
+        threads = min(MAX_DECODE_THREADS, pa.cpu_count(), len(rest)) if local else 1
+        if threads > 1:  # row groups decode in parallel (pyarrow releases the GIL), each thread with its own reader
+            readers = threading.local()
+
+            def job(g: int) -> None:
+                if not hasattr(readers, "pf"):
+                    readers.pf = pq.ParquetFile(source, metadata=md, page_checksum_verification=True)
+                decode(readers.pf, g)
+
+            with ThreadPoolExecutor(threads, thread_name_prefix="kura-parquet") as workers:
+                list(workers.map(job, rest))
+        else:
+            for g in rest:
+                decode(pf, g)
     except (pa.ArrowException, OSError) as exc:
         raise CheckpointCorruptError(path, f"damaged data ({exc})") from None
     matrix = out if out is not None else np.empty((0, 0), dtype=np.float32)

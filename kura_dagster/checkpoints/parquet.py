@@ -217,8 +217,10 @@ class ParquetCheckpointManager(BaseCheckpointManager):
     def _source(self, path: UPath) -> Any:
         return storage.local_path(path) if storage.is_local(path) else path.open("rb")
 
-    def open_verified(self, path: UPath, *, verify: bool = True) -> tuple[pq.ParquetFile, dict[str, Any] | None]:
-        """The open file and our metadata (``None`` for a Kura file), after the integrity checks."""
+    def open_verified(self, path: UPath, *, verify: bool = True, source: Any = None
+                      ) -> tuple[pq.ParquetFile, dict[str, Any] | None]:
+        """The open file and our metadata (``None`` for a Kura file), after the integrity checks. ``source`` is an
+        already open file to read (e.g. one that several readers share), else ``path`` is opened."""
         try:
             size = path.stat().st_size
         except FileNotFoundError:
@@ -226,7 +228,7 @@ class ParquetCheckpointManager(BaseCheckpointManager):
         if size == 0:
             raise CheckpointCorruptError(path, "the file is empty (0 bytes): it was truncated")
         try:
-            pf = pq.ParquetFile(self._source(path), page_checksum_verification=True)
+            pf = pq.ParquetFile(self._source(path) if source is None else source, page_checksum_verification=True)
             meta = arrow.kura_meta(pf.metadata.metadata)
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise CheckpointCorruptError(path, f"not a readable Parquet file ({exc}); it is truncated or damaged") from None
