@@ -253,3 +253,35 @@ def test_default_definitions_use_the_env(tmp_path, monkeypatch):
     expected = MultiIOManager if len(FORMATS) > 1 else JSONLIOManager
     assert isinstance(io, expected) and io.base_dir == str(tmp_path)
     assert {"migrate_checkpoints_job", "checkpoint_storage_job"} <= {j.name for j in defs.jobs}
+
+
+@pytest.mark.skipif("parquet" not in FORMATS, reason="needs the Parquet backend")
+def test_summary_columns_input_takes_the_serving_backends_columnar_path(tmp_path):
+    """An input annotated SummaryColumns (the clusters asset's) gets the embedding matrix from the backend that
+    serves the load, through its own fast path, and falls back like any load when that copy is damaged."""
+    import numpy as np
+
+    from kura_dagster.checkpoints import SummaryColumns
+
+    seen = []
+
+    @dg.asset
+    def cols(up: SummaryColumns) -> None:
+        seen.append(up)
+
+    instance = dg.DagsterInstance.ephemeral()
+    io = MultiIOManager(backends=_backends(tmp_path, ("parquet", "jsonl")))
+    assert dg.materialize([up, cols], resources={"io_manager": io}, instance=instance).success
+    got = seen[-1]
+    assert isinstance(got, SummaryColumns) and got.format == "parquet"
+    assert got.chat_ids == ["c0", "c1", "c2"] and got.embeddings.dtype == np.float32
+    np.testing.assert_array_equal(got.embeddings, [[0.0, 1.0], [0.5, 1.0], [1.0, 1.0]])
+
+    parquet_copy = tmp_path / "parquet-0" / "up.parquet"
+    parquet_copy.write_bytes(parquet_copy.read_bytes()[:100])  # damaged: first_found serves the JSONL copy
+    result = dg.materialize([up, cols], selection=[cols], resources={"io_manager": io}, instance=instance)
+    assert result.success
+    assert seen[-1].format == "jsonl" and seen[-1].chat_ids == ["c0", "c1", "c2"]
+    np.testing.assert_array_equal(seen[-1].embeddings, got.embeddings)
+    assert any("Skipped the unreadable copy of up in backend 'parquet'" in msg
+               for _, msg in _run_logs(instance, result))

@@ -312,9 +312,16 @@ def _from_hf(manager: Any, path: Any) -> SummaryColumns:
 
 
 def load_summary_columns(manager: BaseCheckpointManager, filename: str) -> SummaryColumns | None:
-    """Load summaries checkpoint ``filename`` as :class:`SummaryColumns`; ``None`` when it is absent."""
+    """Load summaries checkpoint ``filename`` as :class:`SummaryColumns`; ``None`` when it is absent. A
+    :class:`~kura_dagster.checkpoints.multi.MultiCheckpointManager` serves it from the child its load strategy
+    picks, through that child's own fast path."""
     if not manager.enabled:
         return None
+    from kura_dagster.checkpoints.multi import MultiCheckpointManager
+
+    if isinstance(manager, MultiCheckpointManager):
+        loaded = manager.load_with_source(filename, loader=load_summary_columns)
+        return None if loaded is None else loaded.data
     path = manager.get_checkpoint_path(filename)
     if not manager.has_checkpoint(filename):
         return None

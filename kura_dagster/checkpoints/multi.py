@@ -262,19 +262,23 @@ class MultiCheckpointManager(BaseCheckpointManager):
 
     # --- load -------------------------------------------------------------------------------------------
     def load_with_source(
-        self, filename: str, model_class: type[T] | None = None, **kwargs: Any
+        self, filename: str, model_class: type[T] | None = None, *,
+        loader: Callable[[BaseCheckpointManager, str], Any] | None = None, **kwargs: Any
     ) -> MultiLoadResult | None:
-        """Like :meth:`load_checkpoint`, but also says which child served the load and what was skipped."""
+        """Like :meth:`load_checkpoint`, but also says which child served the load and what was skipped.
+        ``loader(child, name)`` replaces ``child.load_checkpoint(name, model_class)`` (e.g. the columnar path,
+        :func:`~kura_dagster.checkpoints.columnar.load_summary_columns`), under the same strategies."""
         if self.load_strategy not in LOAD_STRATEGIES:
             raise ValueError(f"Unknown load strategy {self.load_strategy!r}: choose from {', '.join(LOAD_STRATEGIES)}")
         if not self.enabled:
             return None
         name = self.checkpoint_name(filename)
         children = self._enabled()
+        load = loader or (lambda mgr, name: mgr.load_checkpoint(name, model_class, **kwargs))
         if self.load_strategy == "priority":
             label, mgr = children[0]
             try:
-                data = mgr.load_checkpoint(name, model_class, **kwargs)
+                data = load(mgr, name)
             except CheckpointCorruptError as exc:
                 raise CheckpointCorruptError(
                     exc.path, f"{exc.problem} (the primary backend {label!r}; load_strategy='priority' does not "
@@ -289,7 +293,7 @@ class MultiCheckpointManager(BaseCheckpointManager):
         failures: list[ChildFailure] = []
         for label, mgr in children:
             try:
-                data = mgr.load_checkpoint(name, model_class, **kwargs)
+                data = load(mgr, name)
             except Exception as exc:  # noqa: BLE001 - an unreadable copy is reported and the next backend serves
                 path = self._path_of(mgr, name)
                 logger.warning("Skipping the unreadable copy of checkpoint %r in %s (%s): %s", name, label, path,

@@ -44,7 +44,7 @@ from kura_dagster.checkpoints.multi import (
 )
 from kura_dagster.checkpoints.registry import FORMATS, build_manager
 from kura_dagster.checkpoints.storage import to_upath
-from kura_dagster.io_managers.base import CheckpointIOManager
+from kura_dagster.io_managers.base import CheckpointIOManager, wants_summary_columns
 from kura_dagster.io_managers.metadata import checkpoint_metadata
 from kura_dagster.io_managers.typing import input_model, output_model
 
@@ -205,8 +205,14 @@ class MultiIOManager(CheckpointIOManager):
     def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
         manager, name = self._manager_and_name(path)
         asset = context.asset_key.to_user_string() if context.has_asset_key else name
+        if wants_summary_columns(context):  # the columnar fast path, from whichever backend serves the load
+            from kura_dagster.checkpoints.columnar import load_summary_columns
+
+            load = {"loader": load_summary_columns}
+        else:
+            load = {"model_class": input_model(context)}
         try:
-            loaded = manager.load_with_source(name, input_model(context))
+            loaded = manager.load_with_source(name, **load)
         except NoReadableCopyError as exc:
             for failure in exc.failures:
                 context.log.error(f"Backend {failure.label!r} holds an unreadable copy of {asset} at "
@@ -224,7 +230,7 @@ class MultiIOManager(CheckpointIOManager):
                                 f"({failure.path}): {failure.error}")
         passed = [f"{label} (missing)" for label in loaded.missing] + [f"{f.label} (unreadable)" for f in loaded.skipped]
         fallback = f" after passing over {', '.join(passed)}" if passed else ""
-        rows = f"{len(loaded.data)} rows" if isinstance(loaded.data, list) else "a stream"
+        rows = f"{len(loaded.data)} rows" if hasattr(loaded.data, "__len__") else "a stream"
         context.log.info(f"Loaded {rows} of {asset} from backend {loaded.label!r} "
                          f"({loaded.format}, {loaded.path}){fallback}")
         if not context.has_asset_partitions or len(context.asset_partition_keys) == 1:
