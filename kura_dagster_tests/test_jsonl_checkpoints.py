@@ -201,3 +201,25 @@ def test_a_kura_file_cut_mid_line_is_refused_before_streaming_any_row(tmp_path, 
     assert got == [] and info.value.line == 50
     path.write_text(text[:-1])  # a whole last line without its line ending is fine (Kura reads it too)
     assert len(list(JSONLCheckpointManager(tmp_path).iter_checkpoint("summaries", ConversationSummary))) == 50
+
+
+def test_sidecars_with_sha256_block_digests_still_narrow_damage_down(tmp_path):
+    """Sidecars written before block digests were XXH3 (no ``block_hash`` key, SHA-256 prefixes) still load and
+    still name the changed lines."""
+    import hashlib
+
+    mgr = JSONLCheckpointManager(tmp_path)
+    data = _summaries(600)
+    mgr.save_checkpoint("summaries", data)
+    path, sidecar = tmp_path / "summaries.jsonl", tmp_path / "summaries.jsonl.meta.json"
+    meta = json.loads(sidecar.read_text())
+    version = meta["versions"][0]
+    assert version["block_hash"] == "xxh3_64" and len(version["blocks"]) == 3
+    lines = path.read_bytes().splitlines(keepends=True)
+    version["blocks"] = [hashlib.sha256(b"".join(lines[i:i + 256])).hexdigest()[:16] for i in range(0, 600, 256)]
+    del version["block_hash"]
+    sidecar.write_text(json.dumps(meta))
+    assert mgr.load_checkpoint("summaries", ConversationSummary) == data
+    path.write_bytes(path.read_bytes().replace(b"summary 300", b"summary 301", 1))
+    with pytest.raises(CheckpointCorruptError, match="checksum mismatch in lines 257–512"):
+        mgr.load_checkpoint("summaries", ConversationSummary)

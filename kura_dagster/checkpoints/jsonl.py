@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+import xxhash
 from pydantic import BaseModel, ValidationError
 from upath import UPath
 
@@ -27,13 +28,34 @@ CHUNK_BYTES = 4 << 20
 READ_ATTEMPTS = 5
 BLOCK_LINES = 256
 """Lines per block digest in the sidecar (a 1M-row file gets ~4,000 digests, ~75 kB)."""
+BLOCK_HASH = "xxh3_64"
+"""The block digests' hash (only for narrowing damage down to lines; the file's own checksum is SHA-256)."""
 
 
-def _block_digests(lines: list[bytes], block: int = 0) -> list[str]:
-    """Short SHA-256 digests of each run of ``block`` lines (line endings included), so that a damaged file can
-    be narrowed down to the lines that changed."""
+def _block_digest(chunk: bytes, algorithm: str) -> str:
+    if algorithm == "xxh3_64":
+        return xxhash.xxh3_64_hexdigest(chunk)
+    return hashlib.sha256(chunk).hexdigest()[:16]  # sidecars written before block_hash was recorded
+
+
+def _block_digests(lines: list[bytes], block: int = 0, algorithm: str = BLOCK_HASH) -> list[str]:
+    """Short digests of each run of ``block`` lines (line endings included), so that a damaged file can be
+    narrowed down to the lines that changed."""
     block = block or BLOCK_LINES
-    return [hashlib.sha256(b"".join(lines[i : i + block])).hexdigest()[:16] for i in range(0, len(lines), block)]
+    return [_block_digest(b"".join(lines[i : i + block]), algorithm) for i in range(0, len(lines), block)]
+
+
+def _digests(lines: list[bytes]) -> tuple[str, list[str], int]:
+    """(SHA-256 of the whole file, block digests, bytes) of the file made of ``lines``, in one pass over one block
+    at a time: the file's bytes are never joined into one buffer."""
+    whole = hashlib.sha256()
+    blocks, size = [], 0
+    for i in range(0, len(lines), BLOCK_LINES):
+        chunk = b"".join(lines[i : i + BLOCK_LINES])
+        whole.update(chunk)
+        blocks.append(_block_digest(chunk, BLOCK_HASH))
+        size += len(chunk)
+    return whole.hexdigest(), blocks, size
 
 
 def _first_changed_block(data: bytes, saved: dict[str, Any]) -> tuple[int, int] | None:
@@ -43,7 +65,7 @@ def _first_changed_block(data: bytes, saved: dict[str, Any]) -> tuple[int, int] 
         return None
     lines = data.split(b"\n")
     lines = [line + b"\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
-    current = _block_digests(lines, block)
+    current = _block_digests(lines, block, saved.get("block_hash", "sha256"))
     for i, digest in enumerate(digests):
         if i >= len(current) or current[i] != digest:
             return i * block + 1, min((i + 1) * block, len(lines))
@@ -84,9 +106,9 @@ class JSONLCheckpointManager(BaseCheckpointManager):
     # --- format -------------------------------------------------------------------------------------------
     def _write(self, path: UPath, models: list[BaseModel], model: type[BaseModel] | None, **_: Any) -> SavedCheckpoint:
         lines = [m.__pydantic_serializer__.to_json(m) + b"\n" for m in models]
-        body = b"".join(lines)
-        entry = {"sha256": hashlib.sha256(body).hexdigest(), "rows": len(models), "bytes": len(body),
-                 "model": identity_of(model), "block_lines": BLOCK_LINES, "blocks": _block_digests(lines)}
+        sha256, blocks, size = _digests(lines)
+        entry = {"sha256": sha256, "rows": len(models), "bytes": size, "model": identity_of(model),
+                 "block_lines": BLOCK_LINES, "block_hash": BLOCK_HASH, "blocks": blocks}
         # Two-phase sidecar: accept old and new while the data file is replaced, then only the new one.
         # A crash at any moment leaves a data file that the sidecar accepts, old or new.
         accepted = [entry]
@@ -99,7 +121,7 @@ class JSONLCheckpointManager(BaseCheckpointManager):
                 accepted.append({"sha256": hashlib.sha256(data).hexdigest(), "rows": None, "bytes": len(data),
                                  "model": None})
         self._write_sidecar(path, accepted)
-        size = storage.atomic_write_bytes(path, body)
+        size = storage.atomic_write_file(path, lambda fh: fh.writelines(lines))
         self._write_sidecar(path, [entry])
         return SavedCheckpoint(name=path.name, path=str(path), format=self.format_name, rows=len(models),
                                bytes=size, model=entry["model"], checksum="sha256:" + entry["sha256"])
