@@ -141,10 +141,9 @@ class JSONLCheckpointManager(BaseCheckpointManager):
                                                  "file without an integrity sidecar, so it was truncated")
                 return data, None
             digest = hashlib.sha256(data).hexdigest()
-            for candidate in (meta, before):
-                for version in (candidate or {}).get("versions", []):
-                    if version["sha256"] == digest:
-                        return data, version
+            version = self._accepted(digest, meta, before)
+            if version is not None:
+                return data, version
             if before == meta:
                 break
         if meta is None:
