@@ -2,8 +2,11 @@
 
     conversations → summaries → clusters → meta_clusters → projected_clusters
 
-Checkpoint file names are Kura's: ``conversations``, ``summaries``, ``clusters``, ``meta_clusters`` and
-``dimensionality`` for the projected clusters.
+:func:`build_kura_assets` builds them for one pipeline's :class:`~kura_dagster.names.KuraNames` (the factory
+``build_kura_defs`` calls it once per pipeline). Each asset is thin: it takes its resources by the pipeline's
+resource keys, calls the stage function of layer 4 (``*_step`` below) and returns its metadata, built by the
+helpers of :mod:`kura_dagster.observability`. Checkpoint file names are Kura's: ``conversations``,
+``summaries``, ``clusters``, ``meta_clusters`` and ``dimensionality`` for the projected clusters.
 """
 
 
@@ -12,19 +15,21 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 import dagster as dg
 from pydantic import BaseModel
 
 from kura_dagster.checkpoints.columnar import SummaryColumns
+from kura_dagster.checkpoints.storage import atomic_write_bytes, remove_path, to_upath, validate_name
 from kura_dagster.checkpoints.summary_cache import SummaryCache
 from kura_dagster.io_managers.base import summary_columns_type
-from kura_dagster.checkpoints.storage import atomic_write_bytes, remove_path, to_upath, validate_name
 from kura_dagster.io_managers.typing import CHECKPOINT_NAME_KEY, model_metadata
+from kura_dagster.names import CHECKPOINT_NAMES, KuraNames
 from kura_dagster.observability import cluster_size_metadata, projection_metadata, settings_metadata, tree_metadata
 from kura_dagster.pipeline.cluster import generate_base_clusters
 from kura_dagster.pipeline.dimensionality import project_clusters
-from kura_dagster.pipeline.inputs import quarantine_jsonl
+from kura_dagster.pipeline.inputs import ReadResult, quarantine_jsonl
 from kura_dagster.pipeline.meta_cluster import reduce_clusters
 from kura_dagster.pipeline.summarise import summarise_conversations
 from kura_dagster.resources import ConversationSource, KuraPipelineResource
@@ -32,6 +37,15 @@ from kura_dagster.types import Cluster, Conversation, ConversationSummary, Proje
 from kura_dagster.versioning import effective_settings
 
 GROUP = "kura"
+"""The group of the standalone pipeline (``kura_dagster.definitions``); a prefixed pipeline's group is its prefix."""
+
+MODELS: dict[str, type[BaseModel]] = {
+    "conversations": Conversation,
+    "summaries": ConversationSummary,
+    "clusters": Cluster,
+    "meta_clusters": Cluster,
+    "projected_clusters": ProjectedCluster,
+}
 
 
 def content_version(models: Sequence[BaseModel]) -> dg.DataVersion:
@@ -43,21 +57,16 @@ def content_version(models: Sequence[BaseModel]) -> dg.DataVersion:
     return dg.DataVersion(h.hexdigest()[:24])
 
 
-def _asset_metadata(model: type[BaseModel], checkpoint_name: str) -> dict[str, str]:
-    return {**model_metadata(model), CHECKPOINT_NAME_KEY: checkpoint_name}
+def _asset_metadata(stage: str) -> dict[str, str]:
+    return {**model_metadata(MODELS[stage]), CHECKPOINT_NAME_KEY: CHECKPOINT_NAMES[stage]}
 
 
-@dg.asset(
-    group_name=GROUP,
-    code_version="1",
-    kinds={"python", "kura"},
-    metadata=_asset_metadata(Conversation, "conversations"),
-    description="The conversations to analyse: KURA_CONVERSATIONS (a Kura dump or JSONL) or the built-in demo set.",
-)
-def conversations(
-    context: dg.AssetExecutionContext, source: ConversationSource, kura: KuraPipelineResource
-) -> dg.MaterializeResult[list[Conversation]]:
-    result = source.read()  # on_bad_record="fail" raises here, listing the first bad lines
+# --- the steps: what each asset does, independent of its keys ------------------------------------------
+
+
+def conversations_step(
+    context: dg.AssetExecutionContext, kura: KuraPipelineResource, result: ReadResult
+) -> dg.MaterializeResult:
     convs = result.conversations
     context.log.info(f"Read {len(convs)} conversations from {result.source}")
     # Skipped records are never dropped silently: they go to a quarantine file beside the checkpoints.
@@ -71,31 +80,28 @@ def conversations(
     else:
         remove_path(quarantine)  # a quarantine file from an earlier run no longer describes this input
     messages = [len(c.messages) for c in convs]
+    dropped = dict(getattr(result, "dropped", None) or {})
     return dg.MaterializeResult(
         value=convs,
         data_version=content_version(convs),
         metadata={
             "source": result.source,
+            **({"source_format": result.format} if getattr(result, "format", "") else {}),
             "conversations": len(convs),
             "messages": sum(messages),
             "mean_messages_per_conversation": float(statistics.fmean(messages)) if messages else 0.0,
             "bad_records": len(result.bad_records),
             "quarantined": len(result.bad_records),
+            **({"dropped": dg.MetadataValue.json(dropped)} if dropped else {}),
+            **{f"dropped/{k}": v for k, v in sorted(dropped.items())},
             **({"quarantine_path": dg.MetadataValue.path(str(quarantine))} if result.bad_records else {}),
         },
     )
 
 
-@dg.asset(
-    group_name=GROUP,
-    code_version="1",
-    kinds={"python", "kura"},
-    metadata=_asset_metadata(ConversationSummary, "summaries"),
-    description="One summary per conversation (summary model) with an embedding (embedding model).",
-)
-def summaries(
+def summaries_step(
     context: dg.AssetExecutionContext, kura: KuraPipelineResource, conversations: list[Conversation]
-) -> dg.MaterializeResult[list[ConversationSummary]]:
+) -> dg.MaterializeResult:
     model, embedder = kura.summary_model(), kura.embedding_model()
     # LLM work is cached per conversation under the checkpoint directory and saved batch by batch, so a rerun
     # or a resumed run only pays for what is new; the offline local models are cheaper to recompute.
@@ -158,19 +164,9 @@ def summaries(
     )
 
 
-@dg.asset(
-    group_name=GROUP,
-    code_version="1",
-    kinds={"python", "kura"},
-    metadata=_asset_metadata(Cluster, "clusters"),
-    description="Base clusters: k-means over summary embeddings, k = ceil(n / clusters_per_group), named from members.",
-    # The columnar fast path: the IO manager hands over the embedding matrix (zero-copy from HF, one buffer
-    # from Parquet) plus the other columns, instead of building every summary's embedding as Python floats.
-    ins={"summaries": dg.AssetIn(dagster_type=summary_columns_type())},
-)
-def clusters(
+def clusters_step(
     context: dg.AssetExecutionContext, kura: KuraPipelineResource, summaries: SummaryColumns
-) -> dg.MaterializeResult[list[Cluster]]:
+) -> dg.MaterializeResult:
     columns = SummaryColumns.coerce(summaries)
     out = generate_base_clusters(columns.to_models(), kura.naming_model(), kura.settings(),
                                  embeddings=columns.embeddings)
@@ -182,16 +178,9 @@ def clusters(
     )
 
 
-@dg.asset(
-    group_name=GROUP,
-    code_version="1",
-    kinds={"python", "kura"},
-    metadata=_asset_metadata(Cluster, "meta_clusters"),
-    description="Kura's hierarchy: roots grouped until at most max_clusters remain; every cluster, parents included.",
-)
-def meta_clusters(
+def meta_clusters_step(
     context: dg.AssetExecutionContext, kura: KuraPipelineResource, clusters: list[Cluster]
-) -> dg.MaterializeResult[list[Cluster]]:
+) -> dg.MaterializeResult:
     out = reduce_clusters(clusters, kura.naming_model(), kura.embedding_model(), kura.settings())
     return dg.MaterializeResult(
         value=out,
@@ -200,16 +189,9 @@ def meta_clusters(
     )
 
 
-@dg.asset(
-    group_name=GROUP,
-    code_version="1",
-    kinds={"python", "kura"},
-    metadata=_asset_metadata(ProjectedCluster, "dimensionality"),
-    description="Every meta cluster projected to 2D for the cluster map, with its level in the tree.",
-)
-def projected_clusters(
+def projected_clusters_step(
     context: dg.AssetExecutionContext, kura: KuraPipelineResource, meta_clusters: list[Cluster]
-) -> dg.MaterializeResult[list[ProjectedCluster]]:
+) -> dg.MaterializeResult:
     out = project_clusters(meta_clusters, kura.embedding_model(), kura.settings())
     return dg.MaterializeResult(
         value=out,
@@ -218,4 +200,107 @@ def projected_clusters(
     )
 
 
-kura_assets = [conversations, summaries, clusters, meta_clusters, projected_clusters]
+# --- the assets of one pipeline ---------------------------------------------------------------------------
+
+
+def build_kura_assets(
+    names: KuraNames = KuraNames(),
+    *,
+    upstream: Optional[dg.AssetKey] = None,
+    partitions_def: Optional[dg.PartitionsDefinition] = None,
+) -> list[dg.AssetsDefinition]:
+    """The five assets of one pipeline. ``upstream``: the key of a project asset whose value holds the
+    conversations (it then appears upstream of ``conversations`` in the lineage)."""
+    kura_key, source_key = names.kura, names.source
+
+    def spec(stage: str, description: str, **kwargs: Any) -> dict[str, Any]:
+        return dict(
+            key=names.key(stage),
+            group_name=names.group,
+            code_version="1",
+            kinds={"python", "kura"},
+            metadata=_asset_metadata(stage),
+            io_manager_key=names.io_manager,
+            description=description,
+            **kwargs,
+        )
+
+    def resources(context: dg.AssetExecutionContext, *keys: str) -> list[Any]:
+        return [getattr(context.resources, k) for k in keys]
+
+    if upstream is None:
+
+        @dg.asset(
+            **spec("conversations", "The conversations to analyse, read from the pipeline's source (a path, glob, "
+                   "URL or the built-in demo set).", partitions_def=partitions_def),
+            required_resource_keys={kura_key, source_key},
+        )
+        def conversations(context: dg.AssetExecutionContext) -> dg.MaterializeResult[list[Conversation]]:
+            kura, source = resources(context, kura_key, source_key)
+            return conversations_step(context, kura, source.read())  # "fail" raises here, listing bad lines
+
+    else:
+
+        @dg.asset(
+            **spec("conversations", f"The conversations to analyse, from the project's asset "
+                   f"{upstream.to_user_string()!r}.", partitions_def=partitions_def),
+            ins={"records": dg.AssetIn(key=upstream)},
+            required_resource_keys={kura_key, source_key},
+        )
+        def conversations(context: dg.AssetExecutionContext, records: Any) -> dg.MaterializeResult[list[Conversation]]:
+            kura, source = resources(context, kura_key, source_key)
+            return conversations_step(context, kura, source.from_value(records, upstream.to_user_string()))
+
+    @dg.asset(
+        **spec("summaries", "One summary per conversation (summary model) with an embedding (embedding model).",
+               partitions_def=partitions_def),
+        ins={"conversations": dg.AssetIn(key=names.key("conversations"))},
+        required_resource_keys={kura_key},
+    )
+    def summaries(
+        context: dg.AssetExecutionContext, conversations: list[Conversation]
+    ) -> dg.MaterializeResult[list[ConversationSummary]]:
+        (kura,) = resources(context, kura_key)
+        return summaries_step(context, kura, conversations)
+
+    @dg.asset(
+        **spec("clusters", "Base clusters: k-means over summary embeddings, k = ceil(n / clusters_per_group), "
+               "named from members."),
+        # The columnar fast path: the IO manager hands over the embedding matrix (zero-copy from HF, one buffer
+        # from Parquet) plus the other columns, instead of building every summary's embedding as Python floats.
+        ins={"summaries": dg.AssetIn(key=names.key("summaries"), dagster_type=summary_columns_type())},
+        required_resource_keys={kura_key},
+    )
+    def clusters(context: dg.AssetExecutionContext, summaries: SummaryColumns) -> dg.MaterializeResult[list[Cluster]]:
+        (kura,) = resources(context, kura_key)
+        return clusters_step(context, kura, summaries)
+
+    @dg.asset(
+        **spec("meta_clusters", "Kura's hierarchy: roots grouped until at most max_clusters remain; every "
+               "cluster, parents included."),
+        ins={"clusters": dg.AssetIn(key=names.key("clusters"))},
+        required_resource_keys={kura_key},
+    )
+    def meta_clusters(context: dg.AssetExecutionContext, clusters: list[Cluster]) -> dg.MaterializeResult[list[Cluster]]:
+        (kura,) = resources(context, kura_key)
+        return meta_clusters_step(context, kura, clusters)
+
+    @dg.asset(
+        **spec("projected_clusters", "Every meta cluster projected to 2D for the cluster map, with its level "
+               "in the tree."),
+        ins={"meta_clusters": dg.AssetIn(key=names.key("meta_clusters"))},
+        required_resource_keys={kura_key},
+    )
+    def projected_clusters(
+        context: dg.AssetExecutionContext, meta_clusters: list[Cluster]
+    ) -> dg.MaterializeResult[list[ProjectedCluster]]:
+        (kura,) = resources(context, kura_key)
+        return projected_clusters_step(context, kura, meta_clusters)
+
+    return [conversations, summaries, clusters, meta_clusters, projected_clusters]
+
+
+kura_assets = build_kura_assets()
+"""The standalone pipeline's assets (unprefixed keys, resources ``kura``, ``source`` and ``io_manager``), for
+code and tests that build their own ``Definitions`` or call ``dg.materialize`` directly."""
+conversations, summaries, clusters, meta_clusters, projected_clusters = kura_assets

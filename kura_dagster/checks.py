@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 
 import dagster as dg
 
-from kura_dagster.resources import KuraPipelineResource
+from kura_dagster.names import KuraNames
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, ProjectedCluster
 
 SHOWN_PROBLEMS = 20
@@ -169,48 +169,57 @@ def result(problems: Sequence[str], **counts: int) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=not problems, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata)
 
 
-@dg.asset_check(
-    asset="summaries",
-    additional_ins={"conversations": dg.AssetIn("conversations")},
-    blocking=True,
-    description="Every conversation has exactly one summary, and no summary is orphaned.",
-)
-def summaries_cover_conversations(
-    summaries: list[ConversationSummary], conversations: list[Conversation]
-) -> dg.AssetCheckResult:
-    return result(summary_problems(conversations, summaries), conversations=len(conversations), summaries=len(summaries))
+def build_kura_checks(names: KuraNames = KuraNames()) -> list[dg.AssetChecksDefinition]:
+    """The four checks of one pipeline, on its own asset keys and its ``kura`` resource."""
+    key = names.key
+
+    @dg.asset_check(
+        asset=key("summaries"),
+        additional_ins={"conversations": dg.AssetIn(key("conversations"))},
+        blocking=True,
+        description="Every conversation has exactly one summary, and no summary is orphaned.",
+    )
+    def summaries_cover_conversations(
+        summaries: list[ConversationSummary], conversations: list[Conversation]
+    ) -> dg.AssetCheckResult:
+        return result(summary_problems(conversations, summaries), conversations=len(conversations),
+                      summaries=len(summaries))
+
+    @dg.asset_check(
+        asset=key("clusters"),
+        additional_ins={"summaries": dg.AssetIn(key("summaries"))},
+        blocking=True,
+        description="Every summary is in exactly one base cluster, and every cluster member is a summary.",
+    )
+    def every_summary_in_one_cluster(clusters: list[Cluster], summaries: list[ConversationSummary]) -> dg.AssetCheckResult:
+        chat_ids = [s.chat_id for s in summaries]
+        return result(base_cluster_problems(chat_ids, clusters), clusters=len(clusters), summaries=len(chat_ids))
+
+    @dg.asset_check(
+        asset=key("meta_clusters"),
+        blocking=True,
+        required_resource_keys={names.kura},
+        description="The tree is well formed: parents exist, no cycles, a parent's chat_ids are the union of its "
+        "children's, and there are at most max_clusters roots.",
+    )
+    def meta_tree_well_formed(context, meta_clusters: list[Cluster]) -> dg.AssetCheckResult:
+        max_clusters = getattr(context.resources, names.kura).max_clusters
+        roots = sum(1 for c in meta_clusters if c.parent_id is None)
+        return result(meta_tree_problems(meta_clusters, max_clusters), clusters=len(meta_clusters), roots=roots,
+                      max_clusters=max_clusters)
+
+    @dg.asset_check(
+        asset=key("projected_clusters"),
+        additional_ins={"meta_clusters": dg.AssetIn(key("meta_clusters"))},
+        description="Coordinates are finite, levels follow the tree, and every meta cluster is projected once.",
+    )
+    def projections_consistent(
+        projected_clusters: list[ProjectedCluster], meta_clusters: list[Cluster]
+    ) -> dg.AssetCheckResult:
+        return result(projection_problems(projected_clusters, meta_clusters), clusters=len(projected_clusters))
+
+    return [summaries_cover_conversations, every_summary_in_one_cluster, meta_tree_well_formed, projections_consistent]
 
 
-@dg.asset_check(
-    asset="clusters",
-    additional_ins={"summaries": dg.AssetIn("summaries")},
-    blocking=True,
-    description="Every summary is in exactly one base cluster, and every cluster member is a summary.",
-)
-def every_summary_in_one_cluster(clusters: list[Cluster], summaries: list[ConversationSummary]) -> dg.AssetCheckResult:
-    chat_ids = [s.chat_id for s in summaries]
-    return result(base_cluster_problems(chat_ids, clusters), clusters=len(clusters), summaries=len(chat_ids))
-
-
-@dg.asset_check(
-    asset="meta_clusters",
-    blocking=True,
-    description="The tree is well formed: parents exist, no cycles, a parent's chat_ids are the union of its "
-    "children's, and there are at most max_clusters roots.",
-)
-def meta_tree_well_formed(meta_clusters: list[Cluster], kura: KuraPipelineResource) -> dg.AssetCheckResult:
-    roots = sum(1 for c in meta_clusters if c.parent_id is None)
-    return result(meta_tree_problems(meta_clusters, kura.max_clusters), clusters=len(meta_clusters), roots=roots,
-                  max_clusters=kura.max_clusters)
-
-
-@dg.asset_check(
-    asset="projected_clusters",
-    additional_ins={"meta_clusters": dg.AssetIn("meta_clusters")},
-    description="Coordinates are finite, levels follow the tree, and every meta cluster is projected once.",
-)
-def projections_consistent(projected_clusters: list[ProjectedCluster], meta_clusters: list[Cluster]) -> dg.AssetCheckResult:
-    return result(projection_problems(projected_clusters, meta_clusters), clusters=len(projected_clusters))
-
-
-kura_checks = [summaries_cover_conversations, every_summary_in_one_cluster, meta_tree_well_formed, projections_consistent]
+kura_checks = build_kura_checks()
+"""The standalone pipeline's checks (unprefixed keys)."""

@@ -1,4 +1,6 @@
-"""The default Definitions, configured from the environment (see README).
+"""The standalone code location, configured from the environment (see README): one call of
+:func:`kura_dagster.build_kura_defs`, with unprefixed asset keys (``conversations``, ``summaries`` …), group
+``kura`` and the resource keys ``kura``, ``source`` and ``io_manager``, as before the factory existed.
 
     dagster asset materialize -m kura_dagster --select '*'
 """
@@ -6,24 +8,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Optional
 
 import dagster as dg
 
-from kura_dagster.assets import kura_assets
-from kura_dagster.automation import (
-    build_conversations_sensor,
-    build_stale_refresh_schedule,
-    executor_from_env,
-    kura_job,
-)
-from kura_dagster.checks import kura_checks
-from kura_dagster.migration_job import checkpoint_jobs
-from kura_dagster.resources import ConversationSource, KuraPipelineResource
-from kura_dagster.versioning import with_settings_versions
+from kura_dagster.factory import build_kura_defs, default_checkpoint_root
 
 
-def _env_int(name: str, default: int, minimum: int = 1) -> int:
-    raw = os.environ.get(name)
+def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
     if not raw:
         return default
     try:
@@ -35,50 +29,64 @@ def _env_int(name: str, default: int, minimum: int = 1) -> int:
     return value
 
 
-def _env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = os.environ.get(name) or default
+def _env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (env.get(name) or default).strip()
     if value not in choices:
         raise ValueError(f"{name}={value!r}: choose one of {', '.join(choices)}")
     return value
 
 
 def checkpoint_dir_from_env() -> str:
-    return os.path.abspath(os.path.expanduser(os.environ.get("KURA_CHECKPOINT_DIR", "checkpoints")))
+    return default_checkpoint_root()
 
 
-def io_manager_from_env() -> dg.ConfigurableIOManager:
-    """``KURA_CHECKPOINT_FORMATS`` (comma list in priority order of jsonl/parquet/hf, default jsonl): one format →
-    that format's IO manager; several → a MultiIOManager with the formats side by side under KURA_CHECKPOINT_DIR
-    (plus KURA_SAVE_STRATEGY, KURA_LOAD_STRATEGY, KURA_PARQUET_COMPRESSION, KURA_HF_HUB_REPO, HF_TOKEN)."""
-    from kura_dagster.io_managers.multi import io_manager_from_env as from_env
+def _formats(env: Mapping[str, str]) -> list[str]:
+    from kura_dagster.checkpoints.registry import FORMATS
 
-    return from_env()
+    raw = env.get("KURA_CHECKPOINT_FORMATS", "jsonl")
+    formats = [f.strip().lower() for f in raw.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats or len(set(formats)) != len(formats):
+        raise ValueError(
+            f"KURA_CHECKPOINT_FORMATS={raw!r}: "
+            + (f"unknown format(s) {bad}" if bad else "repeated formats" if formats else "no format")
+            + f"; give a comma-separated list of {', '.join(FORMATS)} in priority order, e.g. 'jsonl,parquet'"
+        )
+    return formats
 
 
-def build_definitions() -> dg.Definitions:
-    checkpoint_dir = checkpoint_dir_from_env()
-    defs = dg.Definitions(
-        assets=kura_assets,
-        asset_checks=kura_checks,
-        schedules=[build_stale_refresh_schedule()],
-        sensors=[build_conversations_sensor()],
-        executor=executor_from_env(),
-        jobs=[kura_job, *checkpoint_jobs],
-        resources={
-            "io_manager": io_manager_from_env(),
-            "kura": KuraPipelineResource(
-                checkpoint_dir=checkpoint_dir,
-                llm=os.environ.get("KURA_LLM") or "local",
-                embeddings=os.environ.get("KURA_EMBEDDINGS") or "local",
-                max_concurrency=_env_int("KURA_LLM_MAX_CONCURRENCY", 8),
-            ),
-            "source": ConversationSource(
-                path=os.environ.get("KURA_CONVERSATIONS") or None,
-                on_bad_record=_env_choice("KURA_ON_BAD_RECORD", "fail", ("fail", "skip")),  # type: ignore[arg-type]
-            ),
-        },
+def _parquet_compression(env: Mapping[str, str], formats: list[str]) -> Optional[str]:
+    compression = (env.get("KURA_PARQUET_COMPRESSION") or "").strip().lower() or None
+    if compression and "parquet" in formats:
+        from kura_dagster.checkpoints.parquet import COMPRESSIONS
+
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"KURA_PARQUET_COMPRESSION={compression!r} is not valid; choose from {', '.join(COMPRESSIONS)}")
+    return compression
+
+
+def build_definitions(environ: Optional[Mapping[str, str]] = None) -> dg.Definitions:
+    """The Definitions of ``kura_dagster.definitions`` for an environment (``os.environ`` by default)."""
+    from kura_dagster.automation import CRON_ENV, DEFAULT_CRON, EXECUTOR_ENV
+
+    env = os.environ if environ is None else environ
+    formats = _formats(env)
+    return build_kura_defs(
+        None,
+        conversations=env.get("KURA_CONVERSATIONS") or None,
+        formats=formats,
+        save_strategy=_env_choice(env, "KURA_SAVE_STRATEGY", "all_enabled", ("all_enabled", "primary_only")),  # type: ignore[arg-type]
+        load_strategy=_env_choice(env, "KURA_LOAD_STRATEGY", "first_found", ("first_found", "priority")),  # type: ignore[arg-type]
+        llm=env.get("KURA_LLM") or "local",
+        embeddings=env.get("KURA_EMBEDDINGS") or "local",
+        max_concurrency=_env_int(env, "KURA_LLM_MAX_CONCURRENCY", 8),
+        on_bad_record=_env_choice(env, "KURA_ON_BAD_RECORD", "fail", ("fail", "skip")),  # type: ignore[arg-type]
+        schedule_cron=(env.get(CRON_ENV) or "").strip() or DEFAULT_CRON,
+        executor=env.get(EXECUTOR_ENV) or "in_process",
+        parquet_compression=_parquet_compression(env, formats),
+        hf_hub_repo=env.get("KURA_HF_HUB_REPO") or None,
+        hf_hub_token=dg.EnvVar("HF_TOKEN") if env.get("HF_TOKEN") else None,
     )
-    return with_settings_versions(defs)  # the resources' settings become part of each asset's code_version
 
 
 defs = build_definitions()

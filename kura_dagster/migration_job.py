@@ -12,6 +12,7 @@ from typing import Any, Optional
 import dagster as dg
 from pydantic import Field
 
+from kura_dagster.names import KuraNames
 from kura_dagster.migrate import StorageOverview, migrate, open_location, storage_overview
 
 
@@ -75,14 +76,27 @@ def checkpoint_storage(context: dg.OpExecutionContext, config: StorageConfig) ->
     return dg.Output(None, metadata=storage_metadata(overview))
 
 
-@dg.job(description="Copy existing checkpoints to another format or directory without recomputing (verified).")
-def migrate_checkpoints_job() -> None:
-    migrate_checkpoints()
+def build_checkpoint_jobs(names: Optional[KuraNames] = None, checkpoint_dir: Optional[str] = None) -> list[dg.JobDefinition]:
+    """``<prefix>_migrate_checkpoints_job`` and ``<prefix>_checkpoint_storage_job`` for one pipeline (the storage
+    job inspects the pipeline's checkpoint directory unless told otherwise); unprefixed names standalone."""
+    prefix = f"{names.prefix}_" if names is not None and names.prefix else ""
+
+    @dg.job(name=f"{prefix}migrate_checkpoints_job",
+            description="Copy existing checkpoints to another format or directory without recomputing (verified).")
+    def migrate_checkpoints_job() -> None:
+        migrate_checkpoints()
+
+    storage_config = (
+        {"ops": {"checkpoint_storage": {"config": {"directory": checkpoint_dir}}}} if checkpoint_dir else None
+    )
+
+    @dg.job(name=f"{prefix}checkpoint_storage_job", config=storage_config,
+            description="Storage overview: bytes of each checkpoint per format (the seed's compare_checkpoint_sizes).")
+    def checkpoint_storage_job() -> None:
+        checkpoint_storage()
+
+    return [migrate_checkpoints_job, checkpoint_storage_job]
 
 
-@dg.job(description="Storage overview: bytes of each checkpoint per format (the seed's compare_checkpoint_sizes).")
-def checkpoint_storage_job() -> None:
-    checkpoint_storage()
-
-
-checkpoint_jobs = [migrate_checkpoints_job, checkpoint_storage_job]
+checkpoint_jobs = build_checkpoint_jobs()
+migrate_checkpoints_job, checkpoint_storage_job = checkpoint_jobs

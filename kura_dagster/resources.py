@@ -6,12 +6,12 @@ Both are editable in the launchpad; the default Definitions fill them from the e
 
 
 import os
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import dagster as dg
 from pydantic import Field
 
-from kura_dagster.pipeline.inputs import ReadResult, read_conversations
+from kura_dagster.pipeline.inputs import ReadResult
 from kura_dagster.pipeline.demo_data import demo_conversations
 from kura_dagster.pipeline.models.base import ClusterNamingModel, EmbeddingModel, SummaryModel
 from kura_dagster.pipeline.models.local import LocalClusterNamingModel, LocalEmbeddingModel, LocalSummaryModel
@@ -93,15 +93,38 @@ class KuraPipelineResource(dg.ConfigurableResource):
 
 
 class ConversationSource(dg.ConfigurableResource):
-    """Where the conversations come from: a Kura dump (.json), a .jsonl file, or the built-in demo set."""
+    """Where the conversations come from: a path, glob, directory or fsspec URL (format detected from the
+    content: Kura's dump or JSONL, a Claude.ai export, OpenAI-style chat records, Parquet, an HF dataset), the
+    value of a project asset (see :meth:`from_value`), or the built-in demo set."""
 
-    path: Optional[str] = Field(None, description="A .json Kura conversation dump or a .jsonl file; empty for the demo data.")
+    path: Optional[str] = Field(
+        None, description="A file, glob, directory or fsspec URL (s3://, gs://, memory://); empty for the demo data."
+    )
+    column_map: dict[str, str] = Field(
+        default_factory=dict, description="Kura field → source column, e.g. {chat_id: id, created_at: ts, messages: turns}."
+    )
+    format: Optional[str] = Field(None, description="Force a source format instead of detecting it from the content.")
     on_bad_record: Literal["fail", "skip"] = Field(
         "fail", description="'fail' stops with the first problems listed; 'skip' quarantines bad records."
     )
     demo_size: int = Field(320, description="How many demo conversations to generate when no path is set.")
+    fs_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec storage options for path (credentials: prefer the environment)."
+    )
 
     def read(self) -> ReadResult:
         if not self.path:
             return ReadResult(source="built-in demo data", conversations=demo_conversations(self.demo_size))
-        return read_conversations(os.path.expanduser(self.path), on_bad_record=self.on_bad_record)
+        from kura_dagster.sources import read_source
+
+        location = self.path if "://" in self.path else os.path.expanduser(self.path)
+        return read_source(location, column_map=self.column_map or None, on_bad_record=self.on_bad_record,
+                           storage_options=self.fs_options or None, format=self.format)
+
+    def from_value(self, value: Any, source: str = "upstream asset") -> ReadResult:
+        """Conversations from a project asset's value: ``list[Conversation]``, a list of dicts, a pyarrow Table,
+        or a pandas or polars DataFrame, with ``column_map``."""
+        from kura_dagster.sources import conversations_from_value
+
+        return conversations_from_value(value, column_map=self.column_map or None, on_bad_record=self.on_bad_record,
+                                        source=f"asset {source}")

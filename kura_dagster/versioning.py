@@ -23,6 +23,8 @@ from typing import Any
 
 import dagster as dg
 
+from kura_dagster.names import STAGES, KuraNames
+
 SHAPES_FROM: dict[str, dict[str, str]] = {
     "kura": {
         "llm": "summaries",
@@ -35,13 +37,15 @@ SHAPES_FROM: dict[str, dict[str, str]] = {
         "clusters_per_group": "clusters",
         "max_clusters": "meta_clusters",
     },
-    "source": {"path": "conversations", "on_bad_record": "conversations", "demo_size": "conversations"},
+    "source": {"path": "conversations", "on_bad_record": "conversations", "demo_size": "conversations",
+               "column_map": "conversations", "format": "conversations"},
 }
 """resource key → setting → the first asset whose output it shapes (that asset and all downstream take it)."""
 
 NOT_SHAPING: dict[str, frozenset[str]] = {
     "kura": frozenset({"checkpoint_dir", "max_concurrency", "request_timeout", "max_retries",
                        "embedding_batch_size", "summary_batch_size"}),
+    "source": frozenset({"fs_options"}),  # where to read, and credentials: never hashed or shown
 }
 """Settings that change where or how fast work is done, not its result."""
 
@@ -89,16 +93,24 @@ def _ancestors(assets: Sequence[dg.AssetsDefinition]) -> dict[str, set[str]]:
     }
 
 
-def settings_by_asset(assets: Sequence[dg.AssetsDefinition], resources: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Asset name → ``{"resource.setting": value}`` of every setting that shapes its output."""
+def settings_by_asset(
+    assets: Sequence[dg.AssetsDefinition], resources: Mapping[str, Any], names: KuraNames = KuraNames()
+) -> dict[str, dict[str, Any]]:
+    """Asset name → ``{"role.setting": value}`` of every setting that shapes its output. ``resources`` are keyed
+    by the pipeline's resource keys (``support_kura`` …); the roles are ``kura`` and ``source``."""
     ancestors = _ancestors(assets)
-    shaping = {key: resource_settings(key, r) for key, r in resources.items() if key in SHAPES_FROM}
+    shaping = {
+        role: resource_settings(role, resources[names.resource(role)])
+        for role in SHAPES_FROM
+        if names.resource(role) in resources
+    }
+    first = {stage: names.key(stage).to_user_string() for stage in STAGES}
     return {
         name: {
-            f"{rkey}.{field}": value
-            for rkey, fields in shaping.items()
-            for field, (first, value) in fields.items()
-            if first in ups
+            f"{role}.{field}": value
+            for role, fields in shaping.items()
+            for field, (stage, value) in fields.items()
+            if first[stage] in ups
         }
         for name, ups in ancestors.items()
     }
@@ -118,9 +130,11 @@ def _versioner(by_asset: Mapping[str, Mapping[str, Any]]):
     return version
 
 
-def versioned_assets(assets: Sequence[dg.AssetsDefinition], resources: Mapping[str, Any]) -> list[dg.AssetsDefinition]:
+def versioned_assets(
+    assets: Sequence[dg.AssetsDefinition], resources: Mapping[str, Any], names: KuraNames = KuraNames()
+) -> list[dg.AssetsDefinition]:
     """The assets with ``code_version = "<version in assets.py>+<hash of the settings that shape it>"``."""
-    version = _versioner(settings_by_asset(assets, resources))
+    version = _versioner(settings_by_asset(assets, resources, names))
     return [a.map_asset_specs(version) for a in assets]
 
 

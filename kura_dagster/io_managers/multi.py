@@ -306,6 +306,7 @@ def io_manager_for_formats(
     parquet_compression: Optional[str] = None,
     hf_hub_repo: Optional[str] = None,
     hf_hub_token: Any = None,
+    fs_options: Optional[dict[str, Any]] = None,
 ) -> CheckpointIOManager:
     """One format → that format's IO manager; several → a :class:`MultiIOManager` with every format side by side
     in ``base_dir`` (``summaries.jsonl``, ``summaries.parquet``, ``summaries/``), in the given priority order."""
@@ -335,10 +336,13 @@ def io_manager_for_formats(
         return {}
 
     if len(formats) == 1:
-        return _single_format_class(formats[0])(base_dir=base_dir, **options(formats[0]))
+        return _single_format_class(formats[0])(base_dir=base_dir, fs_options=dict(fs_options or {}),
+                                                **options(formats[0]))
     return MultiIOManager(
         base_dir=base_dir,
-        backends=[Backend(format=fmt, **options(fmt)) for fmt in formats],  # type: ignore[arg-type]
+        fs_options=dict(fs_options or {}),
+        backends=[Backend(format=fmt, fs_options=dict(fs_options or {}), **options(fmt))  # type: ignore[arg-type]
+                  for fmt in formats],
         save_strategy=save_strategy,  # type: ignore[arg-type]
         load_strategy=load_strategy,  # type: ignore[arg-type]
     )
