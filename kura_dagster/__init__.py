@@ -1,29 +1,29 @@
 """kura-dagster: Kura's conversation-analysis pipeline as Dagster assets, with Kura-compatible checkpoints.
 
 Layers (each works without the ones above it): ``types`` → ``checkpoints`` → ``io_managers`` →
-``pipeline`` → ``assets``/``definitions``. Importing this package does not import Dagster; ``defs`` is
-loaded on first access.
+``pipeline`` → ``assets``/``definitions``. Importing this package imports neither Dagster nor anything that
+wires Definitions: ``build_kura_defs`` and ``KuraPipelineComponent`` are imported on first use, and the
+standalone code location is the module ``kura_dagster.definitions``.
 """
-
-import sys
 
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, Message, ProjectedCluster
 
 __version__ = "0.1.0"
 
-
-if "dagster" in sys.modules:
-    # Loaded by Dagster (`dagster ... -m kura_dagster`): expose the Definitions eagerly so autodiscovery
-    # finds them. Anywhere else (a notebook using the checkpoints layer) Dagster is not imported.
-    from kura_dagster.definitions import defs
+_LAZY = {
+    "build_kura_defs": "kura_dagster.factory",
+    "KuraNames": "kura_dagster.names",
+    "KuraPipelineComponent": "kura_dagster.component",
+}
 
 
 def __getattr__(name: str):
-    if name == "defs":
-        from kura_dagster.definitions import defs
+    if name in _LAZY:
+        import importlib
 
-        return defs
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'kura_dagster' has no attribute {name!r}")
 
 
-__all__ = ["Cluster", "Conversation", "ConversationSummary", "Message", "ProjectedCluster", "defs"]
+__all__ = ["Cluster", "Conversation", "ConversationSummary", "Message", "ProjectedCluster", "build_kura_defs",
+           "KuraNames", "KuraPipelineComponent"]

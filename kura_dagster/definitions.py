@@ -2,7 +2,7 @@
 :func:`kura_dagster.build_kura_defs`, with unprefixed asset keys (``conversations``, ``summaries`` …), group
 ``kura`` and the resource keys ``kura``, ``source`` and ``io_manager``, as before the factory existed.
 
-    dagster asset materialize -m kura_dagster --select '*'
+    dagster asset materialize -m kura_dagster.definitions --select '*'
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def test_cli_materializes_every_asset(tmp_path):
     (tmp_path / "home").mkdir()
     cli = Path(sys.executable).parent / "dagster"
     proc = subprocess.run(
-        [str(cli), "asset", "materialize", "-m", "kura_dagster", "--select", "*"],
+        [str(cli), "asset", "materialize", "-m", "kura_dagster.definitions", "--select", "*"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -90,7 +90,7 @@ def _cached(checkpoint_dir: Path, convs) -> int:
 def _materialize_cli(env: dict[str, str]) -> subprocess.Popen:
     dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
     return subprocess.Popen(
-        [dagster, "asset", "materialize", "-m", "kura_dagster", "--select", "conversations,summaries"],
+        [dagster, "asset", "materialize", "-m", "kura_dagster.definitions", "--select", "conversations,summaries"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,  # its own process group: kill -9 reaches the step subprocesses too
     )

@@ -169,7 +169,7 @@ def test_materialize_all_from_the_asset_graph(server: Webserver, page) -> None:
 def test_cli_runs_share_the_ui_instance_history(server: Webserver, page) -> None:
     before = {r["runId"] for r in _runs(server)}
     proc = subprocess.run(
-        [str(BIN / "dagster"), "asset", "materialize", "-m", "kura_dagster", "--select", "conversations"],
+        [str(BIN / "dagster"), "asset", "materialize", "-m", "kura_dagster.definitions", "--select", "conversations"],
         env=server.env, capture_output=True, text=True, timeout=180,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -136,7 +136,7 @@ class CheckpointIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
             raise FileNotFoundError(
                 f"No {manager.format_name} checkpoint at {path} for asset "
                 f"{context.asset_key.to_user_string()}: materialize it first (for example "
-                f"`dagster asset materialize --select {context.asset_key.to_user_string()} -m kura_dagster`)."
+                f"`dagster asset materialize --select {context.asset_key.to_user_string()} -m kura_dagster.definitions`)."
             )
         rows = len(result) if hasattr(result, "__len__") else "streamed"
         context.log.info(f"Loaded {rows} rows of {context.asset_key.to_user_string()} from {path}")

@@ -223,7 +223,7 @@ class MultiIOManager(CheckpointIOManager):
                               for label, child in zip(manager.labels, manager.managers) if child.enabled)
             raise FileNotFoundError(
                 f"No backend holds {asset} (looked in {where}; load_strategy={self.load_strategy!r}). "
-                f"Materialize it first, e.g. `dagster asset materialize --select {asset} -m kura_dagster`."
+                f"Materialize it first, e.g. `dagster asset materialize --select {asset} -m kura_dagster.definitions`."
             )
         for failure in loaded.skipped:
             context.log.warning(f"Skipped the unreadable copy of {asset} in backend {failure.label!r} "

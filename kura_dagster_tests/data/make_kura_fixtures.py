@@ -2,7 +2,7 @@
 
 The source rows are our own: the demo pipeline's JSONL checkpoints (no third-party text is shipped):
 
-    KURA_CHECKPOINT_DIR=/tmp/kura-src dagster asset materialize -m kura_dagster --select '*'
+    KURA_CHECKPOINT_DIR=/tmp/kura-src dagster asset materialize -m kura_dagster.definitions --select '*'
     benchmarks/.kura-venv/bin/python kura_dagster_tests/data/make_kura_fixtures.py /tmp/kura-src
 
 Reads the first rows of those checkpoints and writes ``kura054/parquet/*.parquet`` and ``kura054/hf/*/``,
