@@ -85,11 +85,14 @@ def effective_settings(resource: Any, resource_key: str = "kura") -> dict[str, A
 
 
 def _ancestors(assets: Sequence[dg.AssetsDefinition]) -> dict[str, set[str]]:
-    """Asset name → itself and every upstream asset name (Dagster's own upstream selection)."""
+    """Asset name → itself and every upstream asset name (Dagster's own upstream selection). Upstream assets
+    of the project that are not among ``assets`` (a pipeline fed by the project's own asset) stand in as specs."""
+    produced = {key for a in assets for key in a.keys}
+    external = {dep for a in assets for deps in a.asset_deps.values() for dep in deps} - produced
+    graph = [*assets, *(dg.AssetsDefinition(specs=[dg.AssetSpec(k)]) for k in sorted(external, key=lambda k: k.path))]
     return {
-        key.to_user_string(): {k.to_user_string() for k in dg.AssetSelection.assets(key).upstream().resolve(assets)}
-        for a in assets
-        for key in a.keys
+        key.to_user_string(): {k.to_user_string() for k in dg.AssetSelection.assets(key).upstream().resolve(graph)}
+        for key in sorted(produced, key=lambda k: k.path)
     }
 
 
