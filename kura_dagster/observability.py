@@ -12,7 +12,8 @@ import base64
 import io
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
@@ -173,6 +174,57 @@ def projection_metadata(projected: Sequence[ProjectedCluster]) -> dict[str, Any]
         "max_level": max((p.level for p in projected), default=0),
         **cluster_map_metadata(projected),
     }
+
+
+class ProgressReporter:
+    """Logs ``what: done/total unit (n from cache, m duplicates), rate unit/s, ETA`` for a stage, at most every
+    ``every`` seconds, and always once at the end.
+
+    Create it when the stage starts: its clock starts then, so the rate is right from the first line on. Rate
+    and ETA count only the work done in this run: ``skipped()`` (cache hits and duplicates, which the stage
+    reports before its first request) is left out of both. A stage that finishes before the first interval
+    logs one line, with its real rate. Use it as the stage's ``progress(done, total)`` callback.
+    """
+
+    def __init__(
+        self, what: str, unit: str, log: Callable[[str], None], *,
+        cached: Callable[[], int] = lambda: 0, deduplicated: Callable[[], int] = lambda: 0,
+        every: float = 5.0, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.what, self.unit, self.log = what, unit, log
+        self.cached, self.deduplicated = cached, deduplicated
+        self.every, self.clock = every, clock
+        self.started = clock()
+        self._last_at = self.started
+        self._last_done = -1
+        self.lines: list[str] = []
+
+    def rate(self, done: int, now: float | None = None) -> float:
+        """Work done in this run per second since the stage started (cache hits and duplicates left out)."""
+        elapsed = (self.clock() if now is None else now) - self.started
+        work = max(0, done - self.cached() - self.deduplicated())
+        return work / elapsed if elapsed > 0 else 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self.clock()
+        finished = done >= total
+        if done == self._last_done or (not finished and now - self._last_at < self.every):
+            return
+        self._last_at, self._last_done = now, done
+        rate = self.rate(done, now)
+        if finished:
+            eta = "0 s"
+        elif rate > 0:
+            eta = f"{(total - done) / rate:.0f} s"
+        else:
+            eta = "unknown"
+        skipped = [f"{self.cached()} from cache"]
+        if self.deduplicated():
+            skipped.append(f"{self.deduplicated()} duplicates")
+        line = (f"{self.what}: {done}/{total} {self.unit} ({', '.join(skipped)}), {rate:.1f} {self.unit}/s, "
+                f"ETA {eta}")
+        self.lines.append(line)
+        self.log(line)
 
 
 def settings_metadata(settings: Mapping[str, Any]) -> dict[str, Any]:

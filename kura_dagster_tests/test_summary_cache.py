@@ -3,7 +3,13 @@ reruns pay only for new conversations, settings changes invalidate, batches are 
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
 
 import numpy as np
 import pytest
@@ -58,28 +64,94 @@ def test_embeddings_are_exact_and_keyed_by_text_and_model(tmp_path) -> None:
     assert SummaryCache(tmp_path).get_embeddings("emb-b", ["x"]) == [None]
 
 
-def test_each_batch_is_one_atomic_segment_and_leftovers_are_ignored(tmp_path) -> None:
+def journals(root, kind: str = "summaries") -> list[str]:
+    base = os.path.join(root, CACHE_DIRNAME, kind)
+    return sorted(f for d in os.listdir(base) for f in os.listdir(os.path.join(base, d)) if f.startswith("journal-"))
+
+
+def test_answers_are_journaled_at_once_and_each_commit_is_one_atomic_segment(tmp_path) -> None:
     convs = fake_conversations(6)
     cache = SummaryCache(tmp_path)
-    cache.put_summaries(IDENTITY, convs[:2], [gen(0), gen(1)])
+    cache.put_summaries(IDENTITY, convs[:1], [gen(0)])
+    cache.put_summaries(IDENTITY, convs[1:2], [gen(1)])
+    assert segments(tmp_path) == [] and len(journals(tmp_path)) == 1  # one journal, appended per answer
+    assert SummaryCache(tmp_path).get_summaries(IDENTITY, convs[:2]) == [gen(0), gen(1)]  # readable at once
+    cache.commit()  # a batch boundary: the journal becomes one atomic segment
+    assert len(segments(tmp_path)) == 1 and journals(tmp_path) == [] and cache.stats.segments_written == 1
     cache.put_summaries(IDENTITY, convs[2:4], [gen(2), gen(3)])
+    cache.commit()
+    cache.commit()  # nothing new: no empty segment
     assert len(segments(tmp_path)) == 2 and cache.stats.segments_written == 2
     ns_dir = cache.namespace("summaries", IDENTITY).directory
-    # what a kill -9 in the middle of a write leaves behind: a temporary file, never a half segment
+    # what a kill -9 in the middle of a compaction leaves behind: a temporary file, never a half segment
     with open(os.path.join(str(ns_dir), f"{TMP_MARK}seg-x.jsonl-1-abc"), "w") as fh:
         fh.write('{"k": "trunc')
     assert SummaryCache(tmp_path).get_summaries(IDENTITY, convs) == [gen(0), gen(1), gen(2), gen(3), None, None]
 
 
-def test_a_damaged_segment_is_reported_with_file_and_line(tmp_path) -> None:
-    convs = fake_conversations(2)
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_torn_last_journal_line_is_ignored_and_a_dead_writers_journal_is_folded(tmp_path) -> None:
+    convs = fake_conversations(3)
     cache = SummaryCache(tmp_path)
-    cache.put_summaries(IDENTITY, convs, [gen(0), gen(1)])
-    path = os.path.join(str(cache.namespace("summaries", IDENTITY).directory), segments(tmp_path)[0])
-    with open(path, "a") as fh:
-        fh.write("not json\n")
-    with pytest.raises(CheckpointCorruptError, match=r"seg-.*\.jsonl line 3: unreadable cache record"):
+    cache.put_summaries(IDENTITY, convs[:2], [gen(0), gen(1)])
+    ns_dir = str(cache.namespace("summaries", IDENTITY).directory)
+    mine = os.path.join(ns_dir, journals(tmp_path)[0])
+    # a journal as a writer killed mid-line leaves it: two whole lines, then a torn one
+    dead = os.path.join(ns_dir, f"journal-{0:020d}-{_dead_pid()}-deadbeef.jsonl")
+    shutil.copy(mine, dead)
+    with open(dead, "ab") as fh:
+        fh.write(b'{"k":"' + conversation_hash(convs[2]).encode() + b'","v":{"summ')
+    fresh = SummaryCache(tmp_path)
+    assert fresh.get_summaries(IDENTITY, convs) == [gen(0), gen(1), None]  # the torn answer is simply not there
+    assert not os.path.exists(dead) and os.path.exists(mine)  # folded into a segment; a live writer's stays
+    assert len(segments(tmp_path)) == 1
+    # a bad line that is not the last one is damage, reported with file and line
+    with open(mine, "ab") as fh:
+        fh.write(b"not json\n" + json.dumps({"k": "x", "v": 1}).encode() + b"\n")
+    with pytest.raises(CheckpointCorruptError, match=r"journal-.*\.jsonl line 3: unreadable cache record"):
         SummaryCache(tmp_path).get_summaries(IDENTITY, convs)
+
+
+def test_group_commit_syncs_at_most_once_per_interval(tmp_path) -> None:
+    convs = fake_conversations(400)
+    cache = SummaryCache(tmp_path, commit_interval=0.2)
+    started = time.monotonic()
+    for i, c in enumerate(convs):  # an answer every ~2 ms for ~0.8 s
+        cache.put_summaries(IDENTITY, [c], [gen(i)])
+        time.sleep(0.002)
+    journal = cache.namespace("summaries", IDENTITY).journal
+    deadline = time.monotonic() + 5
+    while journal.dirty and time.monotonic() < deadline:  # the last answers are synced by the next commit
+        time.sleep(0.02)
+    elapsed = time.monotonic() - started
+    assert not journal.dirty
+    assert 1 <= journal.syncs <= elapsed / 0.2 + 1, (journal.syncs, elapsed)  # not one fsync per answer
+    cache.commit()
+    assert cache.stats.journal_commits == journal.syncs or cache.stats.journal_commits >= 1
+    assert SummaryCache(tmp_path).get_summaries(IDENTITY, convs) == [gen(i) for i in range(400)]
+
+
+def test_an_object_store_gets_a_small_segment_per_group_commit(tmp_path) -> None:
+    url = f"memory://kura-cache-test-{uuid.uuid4().hex[:8]}/ckpt"
+    convs = fake_conversations(5)
+    cache = SummaryCache(url, commit_interval=0.05)
+    cache.put_summaries(IDENTITY, convs[:2], [gen(0), gen(1)])
+    ns = cache.namespace("summaries", IDENTITY)
+    deadline = time.monotonic() + 5
+    while ns.journal.dirty and time.monotonic() < deadline:
+        time.sleep(0.01)
+    small = [p.name for p in ns.directory.iterdir() if p.name.startswith("seg-")]
+    assert len(small) == 1  # no append on an object store: the group commit wrote a segment object
+    assert SummaryCache(url).get_summaries(IDENTITY, convs) == [gen(0), gen(1), None, None, None]
+    cache.put_summaries(IDENTITY, convs[2:3], [gen(2)])
+    cache.commit()  # compaction: one segment for both answers of this run instead of the small ones
+    assert len([p for p in ns.directory.iterdir() if p.name.startswith("seg-")]) == 1
+    assert SummaryCache(url).get_summaries(IDENTITY, convs) == [gen(0), gen(1), gen(2), None, None]
 
 
 def test_many_segments_are_compacted_without_losing_entries(tmp_path) -> None:
@@ -87,6 +159,7 @@ def test_many_segments_are_compacted_without_losing_entries(tmp_path) -> None:
     cache = SummaryCache(tmp_path)
     for i, c in enumerate(convs):
         cache.put_summaries(IDENTITY, [c], [gen(i)])
+        cache.commit()
     assert len(segments(tmp_path)) == 12
     compacting = SummaryCache(tmp_path, compact_after=4)
     assert compacting.get_summaries(IDENTITY, convs) == [gen(i) for i in range(12)]

@@ -1,37 +1,30 @@
 """Stage 1: one ``ConversationSummary`` per conversation (summary model + embedding model).
 
-With a :class:`SummaryCache` the stage is incremental and resumable: conversations whose summary (and
-embedding) is cached cost nothing, and new work is saved to the cache batch by batch as it finishes, so an
-interrupted run loses at most the batch in flight. The output is always in input order, whatever came
-from the cache, so a resumed run returns exactly what an uninterrupted one would.
+* **Single flight.** Conversations with the same content (the summary cache key) are summarised once, and
+  texts with the same content embedded once; every conversation still gets its own ``chat_id`` and metadata.
+* **Cache.** With an ``AnswerCache`` the stage is incremental and resumable: conversations whose summary (and
+  embedding) is cached cost nothing, and each new answer is handed to the cache as soon as it arrives (its
+  journal makes it durable within ~200 ms); the cache is compacted every ``batch_size`` answers or
+  ``flush_seconds``, and at the end. An interrupted run loses at most the answers in flight.
+* The output is always in input order, whatever came from the cache, so a resumed run returns exactly what an
+  uninterrupted one would. :class:`SummaryCounts` tells cache hits, duplicates and requests apart.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from kura_dagster.pipeline.models.base import EmbeddingModel, Progress, SummaryModel
+from kura_dagster.pipeline.models.cached import AnswerCache, RequestCounts, batches, cached_embed, single_flight
 from kura_dagster.types import Conversation, ConversationSummary, GeneratedSummary
 
-
-class SummaryCache(Protocol):
-    """Where finished work is kept between runs (implemented in ``kura_dagster.checkpoints.summary_cache``).
-
-    ``identity`` is the model's identity: every setting that shapes the output. ``put_*`` persists one batch.
-    """
-
-    def get_summaries(self, identity: str, conversations: Sequence[Conversation]) -> list[GeneratedSummary | None]: ...
-
-    def put_summaries(self, identity: str, conversations: Sequence[Conversation],
-                      summaries: Sequence[GeneratedSummary]) -> None: ...
-
-    def get_embeddings(self, identity: str, texts: Sequence[str]) -> list[np.ndarray | None]: ...
-
-    def put_embeddings(self, identity: str, texts: Sequence[str], vectors: np.ndarray) -> None: ...
+SummaryCache = AnswerCache
+"""The cache protocol the stage needs (the former name; implemented in ``kura_dagster.checkpoints.summary_cache``)."""
 
 
 @runtime_checkable
@@ -47,26 +40,17 @@ class StreamingSummaryModel(Protocol):
     ) -> list[GeneratedSummary]: ...
 
 
-class _BatchWriter:
-    """Collects finished summaries and saves them to the cache every ``batch_size`` of them or ``seconds``."""
+@dataclass
+class SummaryCounts:
+    """What one run of the stage cost: conversations (``summaries``) and texts (``embeddings``)."""
 
-    def __init__(self, cache: SummaryCache, identity: str, conversations: Sequence[Conversation],
-                 batch_size: int, seconds: float) -> None:
-        self.cache, self.identity, self.conversations = cache, identity, conversations
-        self.batch_size, self.seconds = batch_size, seconds
-        self.pending: list[tuple[int, GeneratedSummary]] = []
-        self.last = time.monotonic()
+    summaries: RequestCounts = field(default_factory=RequestCounts)
+    embeddings: RequestCounts = field(default_factory=RequestCounts)
 
-    def add(self, i: int, summary: GeneratedSummary) -> None:
-        self.pending.append((i, summary))
-        if len(self.pending) >= self.batch_size or time.monotonic() - self.last >= self.seconds:
-            self.flush()
 
-    def flush(self) -> None:
-        if self.pending:
-            batch, self.pending = self.pending, []
-            self.cache.put_summaries(self.identity, [self.conversations[i] for i, _ in batch], [s for _, s in batch])
-        self.last = time.monotonic()
+def content_key(conversation: Conversation) -> tuple[tuple[str, str], ...]:
+    """What a summary depends on: the messages' roles and contents, in order (the summary cache hashes the same)."""
+    return tuple((m.role, m.content) for m in conversation.messages)
 
 
 def embedding_text(summary: GeneratedSummary) -> str:
@@ -96,75 +80,78 @@ def assemble_summaries(
     return out
 
 
-def _batches(indices: Sequence[int], size: int | None) -> list[Sequence[int]]:
-    size = size or max(len(indices), 1)
-    return [indices[i: i + size] for i in range(0, len(indices), size)]
+class _Compactor:
+    """Compacts the cache every ``batch_size`` answers or ``seconds``, whichever comes first."""
+
+    def __init__(self, cache: AnswerCache, batch_size: int, seconds: float) -> None:
+        self.cache, self.batch_size, self.seconds = cache, batch_size, seconds
+        self.since = 0
+        self.last = time.monotonic()
+
+    def answered(self) -> None:
+        self.since += 1
+        if self.since >= self.batch_size or time.monotonic() - self.last >= self.seconds:
+            self.cache.commit()
+            self.since, self.last = 0, time.monotonic()
 
 
 def _summaries_with_cache(
-    conversations: Sequence[Conversation], model: SummaryModel, cache: SummaryCache | None,
-    batch_size: int | None, progress: Progress | None, flush_seconds: float,
+    conversations: Sequence[Conversation], model: SummaryModel, cache: AnswerCache | None,
+    batch_size: int | None, progress: Progress | None, flush_seconds: float, counts: RequestCounts,
 ) -> list[GeneratedSummary]:
     total = len(conversations)
     found = cache.get_summaries(model.identity, conversations) if cache is not None else [None] * total
     generated: list[GeneratedSummary | None] = list(found)
     todo = [i for i, g in enumerate(generated) if g is None]
-    done = total - len(todo)
+    keys = [content_key(c) for c in conversations]
+    leaders, followers = single_flight(todo, keys.__getitem__)
+    counts.items += total
+    counts.cache_hits += total - len(todo)
+    counts.deduplicated += len(todo) - len(leaders)
+    counts.requested += len(leaders)
+    done = total - len(leaders)
     if progress is not None:
         progress(done, total)
-    if cache is not None and todo and isinstance(model, StreamingSummaryModel):
-        # One call keeps every request slot busy; the writer saves results batch by batch as they arrive.
-        chunk = [conversations[i] for i in todo]
-        writer = _BatchWriter(cache, model.identity, chunk, batch_size or len(chunk), flush_seconds)
-        try:
-            out = model.summarise_streaming(
-                chunk, writer.add, None if progress is None else lambda d, _t: progress(done + d, total))
-        finally:
-            writer.flush()  # a failure keeps what succeeded
-        batches: list[tuple[Sequence[int], list[GeneratedSummary]]] = [(todo, out)]
-    else:
-        batches = []
-        for batch in _batches(todo, batch_size):
-            chunk = [conversations[i] for i in batch]
-            offset = done
-            out = model.summarise(chunk, progress=None if progress is None else lambda d, _t: progress(offset + d, total))
-            if len(out) == len(chunk) and cache is not None:
-                cache.put_summaries(model.identity, chunk, out)
-            batches.append((batch, out))
-            done += len(batch)
-            if progress is not None:
-                progress(done, total)
-    for batch, out in batches:
+
+    def take(batch: Sequence[int], out: Sequence[GeneratedSummary]) -> None:
         if len(out) != len(batch):
             raise ValueError(f"the summary model returned {len(out)} summaries for {len(batch)} conversations")
         for i, g in zip(batch, out):
             generated[i] = g
-    return generated  # type: ignore[return-value]
+            for j in followers.get(i, ()):
+                generated[j] = g
 
-
-def _embeddings_with_cache(
-    texts: Sequence[str], embedder: EmbeddingModel, cache: SummaryCache | None, batch_size: int | None,
-    progress: Progress | None,
-) -> np.ndarray:
-    found = cache.get_embeddings(embedder.identity, texts) if cache is not None else [None] * len(texts)
-    vectors: list[np.ndarray | None] = list(found)
-    todo = [i for i, v in enumerate(vectors) if v is None]
-    done = len(texts) - len(todo)
-    for batch in _batches(todo, batch_size):
-        chunk = [texts[i] for i in batch]
-        out = np.asarray(embedder.embed(chunk), dtype=np.float32)
-        if len(out) != len(chunk):
-            raise ValueError(f"the embedding model returned {len(out)} vectors for {len(chunk)} texts")
+    if leaders and isinstance(model, StreamingSummaryModel):
+        # One call keeps every request slot busy; each answer is saved as it arrives.
+        chunk = [conversations[i] for i in leaders]
+        on_result = None
         if cache is not None:
-            cache.put_embeddings(embedder.identity, chunk, out)
-        for i, v in zip(batch, out):
-            vectors[i] = v
-        done += len(batch)
-        if progress is not None:
-            progress(done, len(texts))
-    if not vectors:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.stack(vectors).astype(np.float32, copy=False)  # type: ignore[arg-type]
+            compactor = _Compactor(cache, batch_size or len(chunk), flush_seconds)
+
+            def on_result(j: int, summary: GeneratedSummary) -> None:
+                cache.put_summaries(model.identity, [chunk[j]], [summary])
+                compactor.answered()
+
+        try:
+            out = model.summarise_streaming(
+                chunk, on_result, None if progress is None else lambda d, _t: progress(done + d, total))
+        finally:
+            if cache is not None:
+                cache.commit()  # a failure keeps what succeeded
+        take(leaders, out)
+    else:
+        for batch in batches(leaders, batch_size):
+            chunk = [conversations[i] for i in batch]
+            offset = done
+            out = model.summarise(chunk, progress=None if progress is None else lambda d, _t: progress(offset + d, total))
+            take(batch, out)
+            if cache is not None:
+                cache.put_summaries(model.identity, chunk, out)
+                cache.commit()
+            done += len(batch)
+            if progress is not None:
+                progress(done, total)
+    return generated  # type: ignore[return-value]
 
 
 def summarise_conversations(
@@ -173,24 +160,29 @@ def summarise_conversations(
     embedder: EmbeddingModel | None,
     progress: Progress | None = None,
     *,
-    cache: SummaryCache | None = None,
+    cache: AnswerCache | None = None,
     batch_size: int | None = None,
     embedding_batch_size: int | None = None,
     flush_seconds: float = 10.0,
     embedding_progress: Progress | None = None,
+    counts: SummaryCounts | None = None,
 ) -> list[ConversationSummary]:
     """Summarise (and embed) ``conversations``; the output is in input order.
 
-    ``cache``: look finished work up first and save new work to it, one batch of ``batch_size`` conversations
-    (``embedding_batch_size`` texts for embeddings) at a time. ``None`` sizes mean one batch for everything.
-    A :class:`StreamingSummaryModel` runs all its conversations in one go and its summaries are saved every
-    ``batch_size`` results or ``flush_seconds``, whichever comes first.
-    ``progress(done, total)`` counts conversations summarised, cached ones included;
-    ``embedding_progress(done, total)`` the texts embedded, after each embedding batch.
+    ``cache``: look finished work up first and save new work to it. A :class:`StreamingSummaryModel` runs all
+    its conversations in one go, each summary saved as it arrives and the cache compacted every ``batch_size``
+    answers or ``flush_seconds``; other models run ``batch_size`` conversations at a time, and embeddings
+    ``embedding_batch_size`` distinct texts at a time. ``None`` sizes mean one batch for everything.
+    ``progress(done, total)`` counts conversations and ``embedding_progress(done, total)`` texts; the first
+    call, before any request, counts those that cost nothing (cached or duplicates).
+    ``counts`` (optional) receives cache hits, duplicates and requests of both halves.
     """
-    generated = _summaries_with_cache(conversations, model, cache, batch_size, progress, flush_seconds)
+    counts = counts if counts is not None else SummaryCounts()
+    generated = _summaries_with_cache(conversations, model, cache, batch_size, progress, flush_seconds,
+                                      counts.summaries)
     embeddings = None
     if embedder is not None:
-        embeddings = _embeddings_with_cache([embedding_text(g) for g in generated], embedder, cache,
-                                            embedding_batch_size, embedding_progress)
+        embeddings = cached_embed([embedding_text(g) for g in generated], embedder, cache,
+                                  batch_size=embedding_batch_size, progress=embedding_progress,
+                                  counts=counts.embeddings)
     return assemble_summaries(conversations, generated, embeddings)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import hashlib
 import json
 import logging
 import random
@@ -36,7 +37,7 @@ import openai
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, ValidationError
 
-from kura_dagster.pipeline.models.base import Progress
+from kura_dagster.pipeline.models.base import NamingRequest, Progress
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, GeneratedCluster, GeneratedSummary
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R")
 
 SUMMARY_PROMPT_VERSION = "summary-v1"
-NAMING_PROMPT_VERSION = "naming-v1"
+NAMING_PROMPT_VERSION = "naming-v2"
+"""v2: examples sampled by statement, not by position (see ``OpenAIClusterNamingModel``)."""
 MAX_TRANSCRIPT_CHARS = 48_000
 """Longer conversations keep their first and last parts (part of the prompt version)."""
 
@@ -498,54 +500,88 @@ class OpenAIEmbeddingModel(_OpenAIModel):
         return (out / norms).astype(np.float32)
 
 
-def _sample_indices(rng: random.Random, n: int, k: int) -> list[int]:
-    """``k`` distinct positions out of ``range(n)`` (all of them, in order, if ``n <= k``)."""
-    return list(range(n)) if n <= k else sorted(rng.sample(range(n), k))
+def naming_score(seed: int, text: str) -> int:
+    """A seeded pseudo-random rank for a statement: sampling by it does not depend on the other groups."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}\x00{text}".encode("utf-8"), digest_size=8).digest(), "little")
 
 
 class OpenAIClusterNamingModel(_OpenAIModel):
-    """``ClusterNamingModel``: one request per group, with a seeded sample of members and contrastive examples."""
+    """``ClusterNamingModel``: one request per group, with a seeded sample of members and contrastive examples.
+
+    Every request depends on as little as possible, so that a cache keyed by the request re-asks only what a
+    change touches: a group's examples are its ``max_examples`` members of lowest :func:`naming_score` (not
+    positions, which shift when other groups change), and its contrastive examples are representatives of
+    ``max_contrastive`` other groups (each group's lowest-scoring member), picked by a per-group ranking from a
+    pool of the ``4 × max_contrastive`` lowest-scoring representatives. A change to one group changes another
+    group's request only if it changes a representative in that pool."""
 
     def __init__(self, config: OpenAIConfig, seed: int = 0, max_examples: int = 25, max_contrastive: int = 10) -> None:
         super().__init__(config)
         self.seed, self.max_examples, self.max_contrastive = seed, max_examples, max_contrastive
-        self.identity = f"openai:{config.model}/{NAMING_PROMPT_VERSION}/temperature={config.temperature:g}/seed={seed}"
+        # The seed is not here: it shapes the requests, which are the cache keys.
+        self.identity = f"openai:{config.model}/{NAMING_PROMPT_VERSION}/temperature={config.temperature:g}"
 
-    def _name(self, prompts: list[tuple[str, list[dict[str, str]]]]) -> list[GeneratedCluster]:
-        jobs = [lambda client, sem, s=subject, m=messages: self._client.ask(client, sem, m, GeneratedCluster, s)
-                for subject, messages in prompts]
-        results = self._gather(jobs)
+    def answer_requests(self, requests: Sequence[NamingRequest],
+                        on_result: Callable[[int, GeneratedCluster], None] | None = None) -> list[GeneratedCluster]:
+        """One name per request, in order; ``on_result(i, name)`` as each arrives. Raises the first failure
+        after the others finished."""
+        sink_errors: list[BaseException] = []
+
+        def job(i: int, request: NamingRequest):
+            async def run(client: openai.AsyncOpenAI, sem: asyncio.Semaphore) -> GeneratedCluster:
+                result = await self._client.ask(client, sem, request.as_openai(), GeneratedCluster, request.subject)
+                if on_result is not None:
+                    try:
+                        on_result(i, result)
+                    except BaseException as exc:
+                        sink_errors.append(exc)
+                        raise
+                return result
+
+            return run
+
+        results = self._gather([job(i, r) for i, r in enumerate(requests)])
+        if sink_errors:
+            raise sink_errors[0]
         _raise_first(results)
         return results  # type: ignore[return-value]
 
-    def name_clusters(self, groups: Sequence[Sequence[ConversationSummary]]) -> list[GeneratedCluster]:
-        rng = random.Random(self.seed)
-        flat = [s for g in groups for s in g]  # contrastive examples: a sample of every other group's members
-        prompts = []
-        start = 0
+    def _examples(self, statements: Sequence[str]) -> list[str]:
+        ranked = sorted(statements, key=lambda t: (naming_score(self.seed, t), t))
+        return ranked[: self.max_examples]
+
+    def cluster_requests(self, groups: Sequence[Sequence[ConversationSummary]]) -> list[NamingRequest]:
+        statements = [[_statement(s) for s in g] for g in groups]
+        reps = [min(g, key=lambda t: (naming_score(self.seed, t), t)) if g else "" for g in statements]
+        pool = sorted((i for i, g in enumerate(statements) if g),
+                      key=lambda i: (naming_score(self.seed, reps[i]), reps[i]))[: 4 * self.max_contrastive]
+        out = []
         for i, group in enumerate(groups):
-            size = len(group)
-            positives = [_statement(group[j]) for j in _sample_indices(rng, size, self.max_examples)]
-            others = _sample_indices(rng, len(flat) - size, self.max_contrastive)
-            contrast = [_statement(flat[j if j < start else j + size]) for j in others]
-            start += size
-            body = ("<positive_examples>\n" + "\n".join(positives) + "\n</positive_examples>\n\n"
+            others = sorted((j for j in pool if j != i),
+                            key=lambda j: (naming_score(self.seed, f"{reps[i]}\x00{reps[j]}"), j))
+            contrast = [reps[j] for j in others[: self.max_contrastive]]
+            body = ("<positive_examples>\n" + "\n".join(self._examples(statements[i])) + "\n</positive_examples>\n\n"
                     "Statements from other groups, NOT part of this one:\n<contrastive_examples>\n"
                     + "\n".join(contrast) + "\n</contrastive_examples>")
             first = group[0].chat_id if group else "-"
-            prompts.append((f"Naming base cluster {i} ({len(group)} conversations, first chat_id {first!r})",
-                            [{"role": "system", "content": CLUSTER_INSTRUCTIONS}, {"role": "user", "content": body}]))
-        return self._name(prompts)
+            out.append(NamingRequest(f"Naming base cluster {i} ({len(group)} conversations, first chat_id {first!r})",
+                                     (("system", CLUSTER_INSTRUCTIONS), ("user", body))))
+        return out
 
-    def name_meta_clusters(self, groups: Sequence[Sequence[Cluster]]) -> list[GeneratedCluster]:
-        prompts = []
+    def meta_cluster_requests(self, groups: Sequence[Sequence[Cluster]]) -> list[NamingRequest]:
+        out = []
         for i, group in enumerate(groups):
             body = "<clusters>\n" + "\n".join(
                 f"<cluster>{c.name}: {' '.join(c.description.split())}</cluster>" for c in group) + "\n</clusters>"
-            prompts.append((f"Naming meta cluster {i} (children {[c.id for c in group][:3]}…)",
-                            [{"role": "system", "content": META_CLUSTER_INSTRUCTIONS},
-                             {"role": "user", "content": body}]))
-        return self._name(prompts)
+            out.append(NamingRequest(f"Naming meta cluster {i} (children {[c.id for c in group][:3]}…)",
+                                     (("system", META_CLUSTER_INSTRUCTIONS), ("user", body))))
+        return out
+
+    def name_clusters(self, groups: Sequence[Sequence[ConversationSummary]]) -> list[GeneratedCluster]:
+        return self.answer_requests(self.cluster_requests(groups))
+
+    def name_meta_clusters(self, groups: Sequence[Sequence[Cluster]]) -> list[GeneratedCluster]:
+        return self.answer_requests(self.meta_cluster_requests(groups))
 
 
 def parse_backend(spec: str, what: str) -> str | None:
