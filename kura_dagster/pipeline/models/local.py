@@ -16,9 +16,11 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -95,7 +97,7 @@ _CODE_NAMES = {"python": "python", "javascript": "javascript", "sql": "sql", "ja
 
 _GREETING = re.compile(r"^(?:hi|hello|hey|hiya|greetings|good (?:morning|afternoon|evening)|thanks|thank you|"
                        r"quick question|dear \w+)\b", re.I)
-_POLITE = re.compile(r"^(?:(?:please|kindly)\s+|(?:can|could|would|will) you(?: please)?\s+|"
+_POLITE = re.compile(r"^(?:(?:please\s+)?help\s*:\s*|(?:please|kindly)\s+|(?:can|could|would|will) you(?: please)?\s+|"
                      r"i was wondering if you could\s+|i'd like you to\s+)", re.I)
 _QUESTION_WORDS = frozenset("how what why where when which who whom whose what's how's".split())
 _AUXILIARIES = frozenset("is are am was were do does did should can could would will shall may might must has have".split())
@@ -136,8 +138,9 @@ def key_sentence(text: str, max_words: int = 30) -> str:
 
 
 def _lower_first(text: str) -> str:
-    if re.match(r"I\b", text):  # the pronoun, not a capital to drop
-        return text
+    first = text.split(maxsplit=1)[0] if text.strip() else ""
+    if re.match(r"I\b", text) or not first.isalpha() or any(ch.isupper() for ch in first[1:]):
+        return text  # the pronoun, "W&B", "wandb.Table", "PyTorch": not a capital to drop
     return text[:1].lower() + text[1:] if text[:1].isupper() and not text[1:2].isupper() else text
 
 
@@ -182,7 +185,12 @@ def as_instruction(sentence: str) -> str:
         out = f"explain {_lower_first(s)}"
     elif first in _AUXILIARIES and second in _SUBJECT_PRONOUNS and len(words) > 2:
         verb = "" if first in ("do", "does", "did") else f" {first}"
-        out = f"advise whether {words[1]}{verb} {rest(2)}"
+        tail = rest(2)
+        if first == "does" and re.match(r"[a-z]+(?<![sy])\b", tail):  # "does it log" -> "it logs"
+            tail = re.sub(r"^([a-z]+)", r"\1s", tail)
+        out = f"advise whether {words[1]}{verb} {tail}"
+    elif first in _MODALS and len(words) > 2 and (words[1][:1].isupper() or words[1].lower() in _TOOL_WORDS):
+        out = f"explain whether {words[1]} {first} {rest(2)}"  # "Can W&B send alerts?"
     elif first in _AUXILIARIES:
         out = f"answer whether {_lower_first(s)}"
     elif m := re.match(r"(?:i|we) (?:really )?(?:need|want|would like|'d like|have) to (.+)$", s, re.I):
@@ -191,10 +199,38 @@ def as_instruction(sentence: str) -> str:
         out = f"help when {s}"
     elif first in _DROP_ME_AFTER and second == "me" and len(words) > 2:
         out = f"{_lower_first(words[0])} {rest(2)}"
-    else:
+    elif m := re.match(r"(?:the )?(differences?) between (.+)$", s, re.I):
+        out = f"explain the {m.group(1).lower()} between {m.group(2)}"
+    elif first.strip(",:;") in _IMPERATIVES or first in _SUBJECT_PRONOUNS or first == "let's":
         out = _lower_first(s)
+    else:  # a query of a few words ("W&B best practices", "experiment tracking")
+        out = f"help with {_lower_first(s)}"
     return third_person(out)
 
+
+_MODALS = frozenset("is are can could should would will does".split()) - {"does"}
+_TOOL_WORDS = frozenset("wandb weave it this that there".split())
+_IMPERATIVES = frozenset("""
+    accept access act add adapt adjust advise analyse analyze answer apply approve arrange ask assess assign assist
+    assume avoid automate back balance brainstorm break build calculate call cancel categorize categorise change check
+    choose clarify classify clean clear close collect combine come compare compile complete compose compute
+    configure connect consider construct continue convert copy correct count craft create critique customise
+    customize debug decide decode define delete demonstrate deploy derive describe design detail detect determine
+    develop devise diagnose discuss display do double download draft draw edit elaborate email embed enable encode
+    enhance estimate evaluate examine expand explain explore export extract find finish fix follow format formulate
+    generate get give go group guess guide handle help highlight identify illustrate imagine implement import improve
+    include increase infer install integrate interpret introduce investigate join keep label launch learn let link
+    list load locate log look make manage map measure merge migrate mimic modify monitor move name navigate note
+    obtain offer open optimise optimize order organise organize outline paraphrase parse pass paste pick plan play
+    plot point polish predict prepare present pretend prevent print prioritize produce promote proofread propose
+    prove provide publish pull push put rank rate read recommend refactor reformat register remove rename render
+    reorder rephrase replace report reproduce request rerun reset resolve respond restart restructure resume retrieve
+    return reverse review revise rewrite roleplay run save scale schedule score search select send separate set share
+    show simplify simulate sketch solve sort specify split start stop store structure suggest summarise summarize
+    supply suppose support swap switch sync take teach tell test think track train transform translate troubleshoot
+    try tune turn update upgrade upload use validate verify version visualise visualize walk watch write
+    """.split())
+"""Verbs a request can start with ("Write …", "Log …"); a query starting otherwise is a topic ("help with …")."""
 
 _CODE_HINTS = ("```", "def ", "import ", "print(", "const ", "function ", "console.log", "select", "public static",
                "#include", "std::", "$ ", "fn main", "<div", "<html")
@@ -246,36 +282,277 @@ _LANG_INDEX = _inverted(_LANG_STOPWORDS)
 _TOPIC_INDEX = _inverted(TOPICS)
 
 
+# --- finding the request: the corpus pass (template detection) and per-message cleaning ------------------
+
+_FENCE = re.compile(r"```.*?(?:```|\Z)", re.S)
+_SLOW_PATH = re.compile(r"[\n`#*|>\[]|https?://|www\.|:")
+"""Messages without any of these are a plain sentence or two: no markup, template label or code to remove."""
+_HEAD = re.compile(r"^(?:[#>*_\s-]*)([A-Za-z][\w'&/ -]{0,40}?)\s*:(?!//)\s*")
+"""A line's label: "User Query: …", "Retrieved Information :", "Question:" (at most five words)."""
+_SKIP_LINE = re.compile(
+    r"^(?:#{1,6}\s|\||>|[-*_=]{3,}\s*$|<[a-z/!]|!\[|"  # heading, table row, quote, rule, HTML, image
+    r"Traceback \(most recent|File \"|\s*at [\w.$]+\(|"  # tracebacks
+    r"[\w.]*(?:Error|Exception|Warning)\b:?|wandb: (?:ERROR|WARNING)|"  # error lines
+    r"(?:import |from [\w.]+ import |def |class |return |print\(|@\w|%\w|!pip |\$ |>>> |\w+(?:\.\w+)*\s*=\s*\S|"
+    r"\w+(?:\.\w+)+\(|[\w.]+\(.*\)\s*$|[{}\[\]();]+\s*$))"  # code-looking lines
+)
+_LIST_ITEM = re.compile(r"^(?:[-*+•]|\d{1,2}[.)])\s+")
+_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+_URL = re.compile(r"(?:https?://|www\.)\S+")
+_EMPHASIS = re.compile(r"(\*\*|__|\*|`+)")
+_LONG_QUOTE = re.compile(r"""["“][^"”]{80,}["”]|'[^']{80,}'""")
+_GREETING_PREFIX = re.compile(r"^(?:(?:hi|hello|hey|hiya|greetings|dear)(?: there| team| all| everyone| folks)?|"
+                              r"good (?:morning|afternoon|evening))[,!.]*\s+(?=\S)", re.I)
+_ACKNOWLEDGEMENT = re.compile(r"^(?:ok(?:ay)?|thanks?|thank you|thx|great|perfect|cool|nice|awesome|got it|"
+                              r"that (?:worked|helps|works)|sounds good|yes|no|sure)\b[\w ,!.']{0,40}$", re.I)
+_VAGUE = re.compile(r"^(?:(?:i|we) (?:have|got|had) (?:a|an|some|one more|another) (?:quick |small |short )?"
+                    r"(?:question|issue|problem)s?(?: (?:about|regarding|on|with) [\w&. -]{1,30})?|"
+                    r"(?:i|we) need (?:some )?help|can (?:you|someone|anyone) help(?: me| us)?|"
+                    r"(?:is )?anyone (?:there|around)|i'?m stuck)[.!?]*$", re.I)
+_NORM_STRIP = "#>*-|:_=` \t"
+_CONTENT = re.compile(r"[A-Za-z][A-Za-z0-9&+#.-]{2,}")
+
+
+def _norm(line: str) -> str:
+    """A line or sentence as the corpus pass counts it: lower case, markup at its ends and spacing ignored."""
+    return " ".join(line.lower().replace("**", "").replace("`", "").strip(_NORM_STRIP).split())
+
+
+def _units(text: str) -> set[str]:
+    """The lines of a message, and the sentences of lines that have several (what a template repeats)."""
+    out = set()
+    for line in text.split("\n"):
+        n = _norm(line)
+        if n:
+            out.add(n)
+            if _SENTENCE.search(n):
+                out.update(s for s in (p.strip(_NORM_STRIP) for p in _SENTENCE.split(n)) if s)
+    return out
+
+
+class TemplateStats:
+    """What a corpus repeats around its requests, learnt from the corpus itself.
+
+    A line or sentence that occurs in at least ``threshold`` *distinct* user messages is template: a prompt
+    preamble, a "Retrieved Information" header, pasted documentation, a stock "Here is my code:". A line
+    label ("User Query:", "Question:") that starts lines in that many distinct messages is a template label,
+    and what follows it is the request. Identical messages count once, so a question that many users send
+    word for word (MT-Bench repeats each of its questions ~80 times) is never mistaken for template.
+    """
+
+    def __init__(self, units: frozenset[str], heads: frozenset[str], threshold: int, messages: int) -> None:
+        self.units, self.heads, self.threshold, self.messages = units, heads, threshold, messages
+
+    @classmethod
+    def fit(cls, conversations: Sequence[Conversation]) -> TemplateStats:
+        distinct = {m.content for c in conversations for m in c.messages if m.role == "user"}
+        threshold = max(3, min(20, math.ceil(0.01 * len(distinct))))
+        units: Counter[str] = Counter()
+        heads: Counter[str] = Counter()
+        for text in distinct:
+            if len(text) > _MAX_CHARS:
+                text = text[: _MAX_CHARS // 2] + "\n" + text[-_MAX_CHARS // 2:]
+            if "\n" in text or _SENTENCE.search(text):
+                units.update(_units(text))
+            if ":" in text:
+                heads.update({_norm(m.group(1)) for line in text.split("\n") if (m := _HEAD.match(line))
+                              and len(m.group(1).split()) <= 5})
+        return cls(frozenset(u for u, n in units.items() if n >= threshold),
+                   frozenset(h for h, n in heads.items() if n >= threshold and h), threshold, len(distinct))
+
+
+_MAX_CHARS = 20_000
+"""A longer message is read at its start and its end (where a template puts the question)."""
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    text: str
+    slot: bool
+    """It followed a template label ("User Query: <this>"): the strongest sign of the request."""
+    material: bool
+    """It sits in pasted material (after a markdown heading, in a list) rather than in the user's own words."""
+
+
+def _clean_markup(line: str) -> str:
+    line = _LINK.sub(r"\1", line)
+    line = _URL.sub("", line)
+    line = _LONG_QUOTE.sub("the quoted text", line)
+    return _EMPHASIS.sub("", line).strip()
+
+
+def message_candidates(text: str, stats: TemplateStats | None) -> list[_Candidate]:
+    """The sentences of a user message that may state its request, in order, without template lines,
+    code blocks, tracebacks, markdown markup, URLs and long quotations."""
+    if len(text) > _MAX_CHARS:
+        text = text[: _MAX_CHARS // 2] + "\n" + text[-_MAX_CHARS // 2:]
+    units = stats.units if stats is not None else frozenset()
+    heads = stats.heads if stats is not None else frozenset()
+    fast = not _SLOW_PATH.search(text)
+    lines = [text] if fast else _FENCE.sub("\n", text).split("\n")
+    out: list[_Candidate] = []
+    material = False
+    for raw in lines:
+        line = raw.strip()
+        if not line:
+            continue
+        slot = False
+        if not fast:
+            if _norm(line) in units:
+                material = False  # a template line ("### Question") ends the pasted material before it
+                continue
+            if line.startswith("#"):
+                material = True
+                continue
+            if _SKIP_LINE.match(line):
+                continue
+            if m := _HEAD.match(line):
+                head = _norm(m.group(1))
+                if head in heads:
+                    line, slot, material = line[m.end():].strip(), True, False
+                    if not line:
+                        continue
+            if _LIST_ITEM.match(line):
+                line = _LIST_ITEM.sub("", line)
+                if not slot:
+                    material = True
+            line = _clean_markup(line)
+        intro = line.endswith(":")  # "Here is my code:", "Edit the following paragraph:" -> material follows
+        for sentence in _SENTENCE.split(line) if _SENTENCE.search(line) else (line,):
+            sentence = sentence.strip()
+            if sentence and (fast is False or units) and _norm(sentence) in units:
+                continue
+            if sentence and _CONTENT.search(sentence):
+                out.append(_Candidate(sentence, slot, material and not slot))
+        material = material or intro
+    return out
+
+
+def _content_words(sentence: str) -> int:
+    return sum(w.lower() not in _stopword_set() for w in _CONTENT.findall(sentence))
+
+
+def _is_question(sentence: str) -> bool:
+    first = sentence.split(maxsplit=1)[0].lower().strip(",:") if sentence else ""
+    return sentence.rstrip().endswith("?") or first in _QUESTION_WORDS or first in _AUXILIARIES
+
+
+def choose_request(candidates: Sequence[_Candidate]) -> str:
+    """The sentence that states the request: what follows a template label if anything does, else the
+    user's own words before pasted material; greetings, acknowledgements and "Here is my code:" skipped,
+    and a short statement of context gives way to the question or instruction after it."""
+    if not candidates:
+        return ""
+    pool = [c for c in candidates if c.slot] or [c for c in candidates if not c.material] or list(candidates)
+    sentences = [_GREETING_PREFIX.sub("", c.text).strip() for c in pool]
+    content = [s for s in sentences if s and not (_GREETING.match(s) and len(s.split()) <= 4)
+               and not _ACKNOWLEDGEMENT.match(s)
+               and not (s.endswith(":") and not _is_question(s) and not _looks_imperative(s))] or [s for s in sentences if s]
+    if not content:
+        return ""
+    chosen = content[0]
+    if (_is_statement(chosen) or _VAGUE.match(chosen)) and not _WANT.match(chosen):
+        later = next((s for s in content[1:4] if (_is_question(s) or _looks_imperative(s))
+                      and _content_words(s) >= 3), None)
+        if later is not None and (len(chosen.split()) <= 5 or _VAGUE.match(chosen) or _is_question(later)
+                                  and _content_words(later) >= _content_words(chosen)):
+            chosen = later
+        elif len(chosen.split()) <= 5:
+            chosen = next((s for s in content[1:3] if not _is_statement(s) and len(s.split()) >= 5), chosen)
+    return chosen
+
+
+_WANT = re.compile(r"^(?:i|we) (?:really )?(?:need|want|would like|'d like|am trying|'m trying|are trying|have) to\b",
+                   re.I)
+
+
+def _looks_imperative(sentence: str) -> bool:
+    s = _POLITE.sub("", sentence.strip())
+    first = s.split(maxsplit=1)[0].lower().strip(",:") if s else ""
+    return first in _IMPERATIVES
+
+
+def _clip(sentence: str, max_words: int) -> str:
+    words = sentence.split()
+    if len(words) > max_words:
+        return " ".join(words[:max_words]) + "…"
+    return sentence.rstrip(" .!?:;")
+
+
+def _substantive(sentence: str) -> bool:
+    """Whether a chosen sentence states a request (not "I have a question", "thanks", "ok")."""
+    return bool(sentence) and not _VAGUE.match(sentence) and not _ACKNOWLEDGEMENT.match(sentence) \
+        and _content_words(sentence) >= 1
+
+
+def _times(n: int) -> str:
+    return {1: "once", 2: "twice"}.get(n, f"{n} times")
+
+
 class LocalSummaryModel:
-    """Extractive summaries from the user's own words, in the third person."""
+    """Extractive summaries from the user's own words, in the third person.
 
-    identity = "local-summary/v2"
+    Before summarising, :meth:`prepare` reads the whole corpus once (``summarise_conversations`` calls it)
+    to learn its template text (see :class:`TemplateStats`); :meth:`summarise` without it learns from the
+    conversations it is given. So a summary depends on the corpus around it: this model is not cached
+    (only remote models are), and a cache for it would need the corpus in its key.
+    """
 
-    def summarise_one(self, conversation: Conversation) -> GeneratedSummary:
-        users = [m.content for m in conversation.messages if m.role == "user"]
-        assistants = [m.content for m in conversation.messages if m.role == "assistant"]
-        ask = as_instruction(key_sentence(users[0])) if users else "start a conversation"
-        follow = as_instruction(key_sentence(users[1], 20)) if len(users) > 1 else ""
-        first = f"The user asked the assistant to {ask}" if users else "The user sent no message"
-        replies = f"the assistant replied {len(assistants)} time{'s' if len(assistants) != 1 else ''}"
-        if follow:
-            second = f"They followed up asking the assistant to {follow}, and {replies}."
+    identity = "local-summary/v3"
+
+    def __init__(self) -> None:
+        self._stats: TemplateStats | None = None
+
+    def prepare(self, conversations: Sequence[Conversation]) -> None:
+        """Learn the corpus's template text (lines and labels many distinct user messages repeat)."""
+        self._stats = TemplateStats.fit(conversations)
+
+    def requests(self, conversation: Conversation, stats: TemplateStats | None = None) -> list[str]:
+        """The main request and the follow-ups, as the user wrote them (template and material removed)."""
+        stats = stats if stats is not None else self._stats
+        out: list[str] = []
+        for m in conversation.messages:
+            if m.role == "user":
+                sentence = choose_request(message_candidates(m.content, stats))
+                if _substantive(sentence) and sentence.lower() not in (s.lower() for s in out):
+                    out.append(sentence)
+        return out
+
+    def summarise_one(self, conversation: Conversation, stats: TemplateStats | None = None) -> GeneratedSummary:
+        asks = self.requests(conversation, stats)
+        n_users = sum(m.role == "user" for m in conversation.messages)
+        n_replies = sum(m.role == "assistant" for m in conversation.messages)
+        if asks:
+            ask = as_instruction(_clip(asks[0], 30))
+            first = f"The user asked the assistant to {ask.rstrip('.…')}"
+        elif n_users:
+            ask = "help with a short message"
+            first = "The user sent a short message with no clear request"
         else:
-            second = f"{replies[:1].upper()}{replies[1:]}."
-        text = "\n".join(users + assistants)
+            ask, first = "start a conversation", "The user sent no message"
+        follows = [as_instruction(_clip(s, 20)).rstrip(".…") for s in asks[1:3]]
+        replies = f"the assistant replied {_times(n_replies)}" if n_replies else ""
+        if follows:
+            second = f"They followed up asking the assistant to {', then to '.join(follows)}"
+            second += f", and {replies}." if replies else "."
+        else:
+            second = f"{replies[:1].upper()}{replies[1:]}." if replies else ""
+        request_text = " ".join(asks) if asks else "\n".join(m.content for m in conversation.messages
+                                                             if m.role == "user")[:2_000]
         return GeneratedSummary(
-            summary=f"{first.rstrip('.…')}. {second}",
+            summary=f"{first.rstrip('.…')}. {second}".strip(),
             request=f"The user's overall request for the assistant is to {ask.rstrip('.…')}.",
-            topic=classify_topic("\n".join(users)),
-            languages=detect_languages(text),
+            topic=classify_topic(request_text),
+            languages=detect_languages("\n".join(m.content for m in conversation.messages)),
             task=f"The task is to {ask.rstrip('.…')}.",
         )
 
     def summarise(self, conversations: Sequence[Conversation], progress: Progress | None = None) -> list[GeneratedSummary]:
+        stats = self._stats if self._stats is not None else TemplateStats.fit(conversations)
         out = []
         total = len(conversations)
         for i, conversation in enumerate(conversations, start=1):
-            out.append(self.summarise_one(conversation))
+            out.append(self.summarise_one(conversation, stats))
             if progress is not None and (i % 1000 == 0 or i == total):
                 progress(i, total)
         return out
