@@ -85,6 +85,12 @@ class CheckpointIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
     def base_path(self) -> UPath:
         return self._base_path
 
+    @property
+    def storage_options(self) -> dict[str, Any]:
+        """The fsspec options of ``base_dir``. Dagster 1.13.27's own property reads ``UPath._kwargs``, which
+        universal_pathlib 0.3 removed (fixed in 1.13.28); reading the UPath's public attribute works on both."""
+        return dict(getattr(self._base_path, "storage_options", {}) or {})
+
     # --- paths -----------------------------------------------------------------------------------------
     def get_asset_relative_path(self, context: dg.InputContext | dg.OutputContext) -> UPath:
         return UPath(*asset_checkpoint_name(context))
