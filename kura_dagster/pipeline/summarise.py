@@ -178,6 +178,8 @@ def summarise_conversations(
     ``counts`` (optional) receives cache hits, duplicates and requests of both halves.
     """
     counts = counts if counts is not None else SummaryCounts()
+    if callable(prepare := getattr(model, "prepare", None)):
+        prepare(conversations)  # corpus-level pass first (the local model learns the corpus's template text)
     generated = _summaries_with_cache(conversations, model, cache, batch_size, progress, flush_seconds,
                                       counts.summaries)
     embeddings = None
