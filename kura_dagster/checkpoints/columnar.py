@@ -20,6 +20,7 @@ import io
 import mmap
 import os
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,18 @@ from kura_dagster.checkpoints.arrow import new_hasher
 from kura_dagster.checkpoints.base import BaseCheckpointManager
 from kura_dagster.checkpoints.errors import CheckpointCorruptError
 from kura_dagster.types import ConversationSummary
+
+
+def embedding_matrix(summaries: Sequence[ConversationSummary]) -> np.ndarray:
+    """The ``(n, d)`` float32 matrix of the summaries' embeddings; every summary must have one."""
+    missing = [s.chat_id for s in summaries if not s.embedding]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} summaries have no embedding (first: {missing[:3]}); clustering needs one per summary. "
+            "Re-run the summaries asset with an embedding model."
+        )
+    return np.asarray([s.embedding for s in summaries], dtype=np.float32)
+
 
 EMBEDDING = "embedding"
 MAX_DECODE_THREADS = 4
@@ -71,8 +84,6 @@ class SummaryColumns:
         """``value`` itself, or columns built from a list of summaries (the slower path)."""
         if isinstance(value, SummaryColumns):
             return value
-        from kura_dagster.pipeline.cluster import embedding_matrix
-
         models = list(value)
         matrix = embedding_matrix(models) if models else np.empty((0, 0), dtype=np.float32)
         return cls([m.chat_id for m in models], matrix, format="models", _models=models)
