@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from kura_dagster.checkpoints.columnar import embedding_matrix  # noqa: F401 (also importable from here)
 from kura_dagster.pipeline.kmeans import cluster_labels
 from kura_dagster.pipeline.models.base import ClusterNamingModel
 from kura_dagster.pipeline.settings import PipelineSettings
@@ -20,16 +21,6 @@ def cluster_id(seed: int, kind: str, chat_ids: Sequence[str]) -> str:
     for cid in sorted(chat_ids):
         h.update(b"\x00" + cid.encode())
     return h.hexdigest()[:32]
-
-
-def embedding_matrix(summaries: Sequence[ConversationSummary]) -> np.ndarray:
-    missing = [s.chat_id for s in summaries if not s.embedding]
-    if missing:
-        raise ValueError(
-            f"{len(missing)} summaries have no embedding (first: {missing[:3]}); clustering needs one per summary. "
-            "Re-run the summaries asset with an embedding model."
-        )
-    return np.asarray([s.embedding for s in summaries], dtype=np.float32)
 
 
 def generate_base_clusters(
