@@ -32,7 +32,6 @@ import datetime as dt
 import gc
 import json
 import operator
-import os
 import types
 import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -104,14 +103,8 @@ def read_consistently(path: Any, read: Callable[[], R], attempts: int = 3) -> R:
     because it changed mid-read. Damage that is still there on an unchanged checkpoint is raised."""
     from kura_dagster.checkpoints import storage
 
-    def identity() -> tuple[int, int] | None:
-        if not storage.is_local(path):
-            return None
-        try:
-            st = os.stat(storage.local_path(path))
-        except FileNotFoundError:
-            return None
-        return st.st_ino, st.st_mtime_ns
+    def identity() -> Any:  # inode and mtime locally; the pointer or ETag on object stores
+        return storage.version_token(path)
 
     for attempt in range(attempts):
         before = identity()

@@ -156,12 +156,10 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
         dataset = Dataset(table, fingerprint=os.urandom(8).hex())  # 16 hex digits, as datasets' own
         manifest: dict[str, Any] = {**meta, "compression": self.compression}
 
-        def build(tmp: UPath) -> None:
-            target = storage.local_path(tmp) if storage.is_local(tmp) else str(tmp)
-            opts = {} if storage.is_local(tmp) else {"storage_options": self.storage_options}
+        def build(tmp: UPath) -> None:  # always a local directory (object stores upload it afterwards)
             shards = {"num_shards": 1} if len(dataset) == 0 else {"max_shard_size": MAX_SHARD_SIZE}
             with _save_settings(len(dataset)):
-                dataset.save_to_disk(target, **shards, **opts)
+                dataset.save_to_disk(storage.local_path(tmp), **shards)
             files = {}
             for entry in sorted(tmp.iterdir(), key=lambda p: p.name):
                 if entry.is_file():
@@ -220,6 +218,9 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
 
     def _verify(self, path: UPath, manifest: dict[str, Any], skip: frozenset[str] = frozenset()) -> None:
         """Check every file the manifest lists (except ``skip``, which the caller hashes while reading)."""
+        self._verify_dir(storage.resolve_dir(path), manifest, skip)
+
+    def _verify_dir(self, path: UPath, manifest: dict[str, Any], skip: frozenset[str] = frozenset()) -> None:
         for name, expected in manifest["files"].items():
             if name in skip:
                 continue
@@ -241,8 +242,10 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
 
         This reads the files ``save_to_disk`` wrote (listed in ``state.json``) with pyarrow, exactly as
         ``datasets.load_from_disk`` does, minus its per-process copy of remote datasets, which is keyed by
-        path and would serve stale rows after an overwrite.
+        path and would serve stale rows after an overwrite. On an object store ``path``'s pointer names the
+        version that is read (:func:`~kura_dagster.checkpoints.storage.resolve_dir`).
         """
+        path = storage.resolve_dir(path)
         manifest = self._manifest(path)
         try:
             state = json.loads((path / "state.json").read_bytes())
@@ -256,7 +259,7 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
         data = self.data_files(path, files)
         check = manifest is not None and verify
         if check:  # local data files are hashed below, in the same pass (and mapping) that serves their rows
-            self._verify(path, manifest, skip=frozenset(f.name for f in data if storage.is_local(f)))
+            self._verify_dir(path, manifest, skip=frozenset(f.name for f in data if storage.is_local(f)))
         tables = []
         for f in data:
             try:
@@ -282,6 +285,7 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
     def data_files(self, path: UPath, files: list[str] | None = None) -> list[UPath]:
         """The Arrow files of the dataset at ``path``, in order (from ``state.json``)."""
         if files is None:
+            path = storage.resolve_dir(path)
             files = [f["filename"] for f in json.loads((path / "state.json").read_bytes())["_data_files"]]
         return [path / storage.validate_name(name, what="data file name") for name in files]
 
@@ -294,6 +298,7 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
         """ClassLabel names from ``dataset_info.json`` (Kura stores message roles as class labels)."""
         from datasets import Features
 
+        path = storage.resolve_dir(path)
         try:
             info = json.loads((path / "dataset_info.json").read_bytes())
             return _class_labels(Features.from_dict(info["features"])) if info.get("features") else {}
@@ -355,7 +360,7 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
     def _describe(self, path: UPath) -> dict[str, Any]:
         table, manifest = self.open_verified(path, verify=False)
         try:
-            hf_features = json.loads((path / "dataset_info.json").read_bytes()).get("features")
+            hf_features = json.loads((storage.resolve_dir(path) / "dataset_info.json").read_bytes()).get("features")
         except (FileNotFoundError, ValueError):
             hf_features = None
         return {
@@ -373,4 +378,5 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
     def _is_checkpoint(self, path: UPath) -> bool:
         if not path.is_dir():
             return False
-        return (path / "state.json").exists() or (path / MANIFEST).exists()
+        files = storage.resolve_dir(path)
+        return (files / "state.json").exists() or (files / MANIFEST).exists()

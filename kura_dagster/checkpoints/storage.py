@@ -2,8 +2,30 @@
 
 Local paths get the full treatment: write a temporary sibling, fsync it, rename it into place, fsync the
 directory, and hold an advisory lock so that two processes saving the same checkpoint leave one complete
-version. Object stores (``s3://``, ``gs://``, ``memory://``…) get the best they allow: write a temporary
-object, then move it over the final key.
+version.
+
+Object stores get what their API guarantees, and nothing that relies on a rename they do not have:
+
+* **One object** (a JSONL file, its sidecar, a Parquet file, a cache segment, a quarantine file, a pointer). On
+  S3 (``s3://``, ``s3a://``) the object is uploaded straight to its key as a multipart upload that is completed
+  only after the last byte was written (``autocommit=False``, then ``commit()``), and aborted (``discard()``) on
+  any error. S3 makes an object visible only when its PUT or CompleteMultipartUpload succeeds, so a reader sees
+  the old object or the new one, never a part; a writer killed mid-upload leaves an incomplete multipart upload,
+  which is invisible (a bucket lifecycle rule ``AbortIncompleteMultipartUpload`` reclaims its parts). Reads are
+  pinned to the ETag they opened (s3fs), so an object replaced mid-read raises instead of mixing versions.
+  Other object stores (``memory://``, …) write a temporary object and move it over the final key.
+* **A directory** (an HF dataset: several objects). There is no atomic directory swap, so the directory holds
+  immutable *versions* and one small pointer object, the commit record::
+
+      summaries/.kura-current.json              {"version": ".kura-v-<time>-<random>"}
+      summaries/.kura-v-<time>-<random>/…       a complete save_to_disk directory
+
+  A save builds the new tree in a local temporary directory, uploads it under a fresh version prefix (nothing
+  points at it yet), then publishes the pointer with one atomic PUT, and only then deletes the version the
+  pointer named before (and versions of crashed writers older than :data:`STALE_VERSION_SECONDS`). Readers
+  follow the pointer (:func:`resolve_dir`); a reader whose version was deleted under it sees the pointer change
+  and reads again (:func:`version_token`). A failed or killed save never changes the pointer, so the previous
+  version stays loadable, and a failed save deletes its own partial version before it raises.
 """
 
 from __future__ import annotations
@@ -14,28 +36,62 @@ import ctypes.util
 import errno
 import functools
 import os
+import json
+import logging
 import re
 import shutil
+import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from upath import UPath
 
-from kura_dagster.checkpoints.errors import InvalidCheckpointName
+from kura_dagster.checkpoints.errors import CheckpointCorruptError, InvalidCheckpointName
+
+logger = logging.getLogger(__name__)
 
 TMP_MARK = ".kura-tmp-"
 OLD_MARK = ".kura-old-"
+VERSION_MARK = ".kura-v-"
+"""Prefix of a directory version on an object store (``summaries/.kura-v-<time_ns>-<random>/``)."""
+POINTER_NAME = ".kura-current.json"
+"""The pointer object of a directory on an object store: names the version readers follow."""
+STALE_VERSION_SECONDS = 6 * 3600
+"""Unpublished versions older than this are a crashed writer's and are deleted by the next save (a younger one
+may be another writer's upload in progress)."""
+S3_PROTOCOLS = ("s3", "s3a")
+"""Object stores whose single-object writes go straight to the key (atomic PUT / CompleteMultipartUpload)."""
+
+
+def resolve_location(path_or_url: str | os.PathLike[str]) -> str:
+    """A checkpoint location as configured: URLs (anything with ``://``: ``s3://bucket/kura``, ``memory://x``)
+    unchanged; local paths with ``~`` expanded and made absolute."""
+    text = os.fspath(path_or_url)
+    if "://" in text:
+        return text
+    return os.path.abspath(os.path.expanduser(text))
 
 
 def to_upath(location: str | os.PathLike[str] | UPath, storage_options: dict[str, Any] | None = None) -> UPath:
+    """``location`` as a UPath with ``storage_options``. On S3, s3fs's listings cache is off unless the options set
+    it: a listing cached in a long-lived process would hide checkpoints that other processes wrote since."""
     if isinstance(location, UPath) and not storage_options:
         return location
-    return UPath(str(location) if not isinstance(location, str) else location, **(storage_options or {}))
+    text = str(location) if not isinstance(location, str) else location
+    options = dict(storage_options or {})
+    if text.split("://", 1)[0].lower() in S3_PROTOCOLS and "://" in text:
+        options.setdefault("use_listings_cache", False)
+    return UPath(text, **options)
 
 
 def is_local(path: UPath) -> bool:
     return path.protocol in ("", "file", "local")
+
+
+def is_s3(path: UPath) -> bool:
+    return path.protocol in S3_PROTOCOLS
 
 
 def local_path(path: UPath) -> str:
@@ -187,6 +243,8 @@ def atomic_write_file(path: UPath, write: Callable[[Any], None]) -> int:
             raise
         _fsync_dir(os.path.dirname(target))
         return size
+    if is_s3(path):
+        return _put_object(path, write)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with tmp.open("wb") as fh:
@@ -196,6 +254,27 @@ def atomic_write_file(path: UPath, write: Callable[[Any], None]) -> int:
     except BaseException:
         with contextlib.suppress(Exception):
             tmp.fs.rm(tmp.path)
+        raise
+    return size
+
+
+def _put_object(path: UPath, write: Callable[[Any], None]) -> int:
+    """Upload one S3 object that becomes visible complete or not at all: a multipart upload that is completed
+    only after ``write`` returned and the last part was sent, and aborted on any error. (No directory is created:
+    a missing bucket is an error, not something a save creates.)"""
+    fh = path.fs.open(path.path, "wb", autocommit=False)
+    try:
+        write(fh)
+        size = fh.tell()
+        fh.close()  # sends the last part; the upload is not completed yet
+        fh.commit()  # CompleteMultipartUpload (or one PUT): the object appears, whole
+    except BaseException:
+        try:
+            fh.discard()  # AbortMultipartUpload: the parts sent so far are dropped
+        except Exception as exc:  # noqa: BLE001 - the write's own error is the one to raise; this one is logged
+            logger.warning("Could not abort the unfinished upload of %s (%s: %s); its parts are invisible and a "
+                           "bucket lifecycle rule (AbortIncompleteMultipartUpload) reclaims them",
+                           path, type(exc).__name__, exc)
         raise
     return size
 
@@ -252,7 +331,8 @@ def atomic_write_dir(path: UPath, build: Callable[[UPath], None]) -> int:
 
     Locally the new directory is swapped in with one ``renameat2(RENAME_EXCHANGE)`` (or, where that is missing,
     two renames that :func:`recover_directory` can finish after a crash). On object stores the new tree is
-    written under a temporary prefix and then moved over the old one. Returns the bytes in the new tree.
+    uploaded as a new version and published by its pointer (module docstring); read it through
+    :func:`resolve_dir`. Returns the bytes in the new tree.
     """
     tmp = _tmp_sibling(path)
     if is_local(path):
@@ -281,31 +361,119 @@ def atomic_write_dir(path: UPath, build: Callable[[UPath], None]) -> int:
             raise
         _fsync_dir(os.path.dirname(target))
         return size
-    # Object store: no atomic directory swap exists. Move the old tree aside (not delete it), move the new
-    # one in, and only then delete the old; if moving the new tree in fails, move the old one back.
-    old_tree = path.parent / f"{OLD_MARK}{path.name}-{uuid.uuid4().hex[:8]}"
+    return _publish_version(path, build)
+
+
+def _version_name() -> str:
+    return f"{VERSION_MARK}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+
+
+def _version_age_seconds(name: str) -> float | None:
+    match = re.fullmatch(re.escape(VERSION_MARK) + r"(\d{20})-[0-9a-f]{8}", name)
+    return None if match is None else (time.time_ns() - int(match.group(1))) / 1e9
+
+
+def read_pointer(path: UPath) -> str | None:
+    """The version the pointer of directory ``path`` names (object stores), ``None`` without a pointer.
+    A damaged pointer raises :class:`CheckpointCorruptError` naming it."""
+    if is_local(path):
+        return None
+    pointer = path / POINTER_NAME
     try:
-        tmp.mkdir(parents=True, exist_ok=True)
-        build(tmp)
-        size = dir_size(tmp)
-        displaced = path.exists()
-        if displaced:
-            path.fs.mv(path.path, old_tree.path, recursive=True)
-        try:
-            tmp.fs.mv(tmp.path, path.path, recursive=True)
-        except BaseException:
-            if displaced:
-                with contextlib.suppress(FileNotFoundError):
-                    path.fs.rm(path.path, recursive=True)
-                path.fs.mv(old_tree.path, path.path, recursive=True)
-            raise
-        if displaced:
-            path.fs.rm(old_tree.path, recursive=True)
+        raw = pointer.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        version = json.loads(raw)["version"]
+        if not isinstance(version, str) or _version_age_seconds(version) is None:
+            raise ValueError(f"not a version name: {version!r}")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointCorruptError(pointer, f"the version pointer is damaged ({exc})") from None
+    return version
+
+
+def resolve_dir(path: UPath) -> UPath:
+    """Where the files of directory ``path`` are: the version its pointer names on an object store, else ``path``
+    itself (local directories, and directories written without a pointer, e.g. by Kura or ``save_to_disk``)."""
+    version = read_pointer(path)
+    return path if version is None else path / version
+
+
+def version_token(path: UPath) -> Any:
+    """Something that changes whenever the checkpoint at ``path`` is replaced (``None`` if it is absent): the
+    inode and mtime locally; on an object store the pointer of a directory, or the ETag and size of an object.
+    A read that failed on a checkpoint whose token changed meanwhile is retried."""
+    try:
+        if is_local(path):
+            st = os.stat(local_path(path))
+            return st.st_ino, st.st_mtime_ns
+        path.fs.invalidate_cache(path.path)
+        info = path.fs.info(path.path)
+        if info.get("type") == "directory":
+            return read_pointer(path) or "directory"
+    except (FileNotFoundError, CheckpointCorruptError):
+        return None
+    return tuple(str(info.get(k)) for k in ("size", "ETag", "LastModified", "created", "mtime"))
+
+
+def _publish_version(path: UPath, build: Callable[[UPath], None]) -> int:
+    """The object-store directory commit (module docstring): build locally, upload under a new version prefix,
+    publish the pointer, then delete the replaced version."""
+    local = tempfile.mkdtemp(prefix=f"{TMP_MARK}{path.name}-")
+    version = _version_name()
+    target = path / version
+    uploaded = False
+    try:
+        build(UPath(local))
+        size = dir_size(UPath(local))
+        sources, targets = [], []
+        for dirpath, _dirs, files in os.walk(local):
+            for f in sorted(files):
+                full = os.path.join(dirpath, f)
+                sources.append(full)
+                targets.append((target / os.path.relpath(full, local).replace(os.sep, "/")).path)
+        uploaded = True  # from here on, objects of this version may exist and are removed on failure
+        if sources:
+            path.fs.put(sources, targets)
+        else:  # an empty tree still needs its version to exist
+            atomic_write_bytes(target / ".kura-empty", b"")
+        previous = read_pointer(path)  # (re-read: another writer may have published meanwhile)
+        atomic_write_bytes(path / POINTER_NAME, json.dumps({"version": version}).encode())
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.fs.rm(tmp.path, recursive=True)
+        if uploaded:
+            _remove_tree(target, why="the unfinished upload of a failed save")
         raise
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+    _collect_versions(path, keep=version, previous=previous)
     return size
+
+
+def _remove_tree(path: UPath, *, why: str) -> None:
+    try:
+        path.fs.rm(path.path, recursive=True)
+    except FileNotFoundError:
+        pass
+    except Exception as exc:  # noqa: BLE001 - the caller's error (or success) stands; a leftover is only logged
+        logger.warning("Could not delete %s, %s (%s: %s); nothing points at it, so readers never see it, and a "
+                       "later save of this checkpoint deletes it", path, why, type(exc).__name__, exc)
+
+
+def _collect_versions(path: UPath, *, keep: str, previous: str | None) -> None:
+    """After publishing ``keep``: delete the version the pointer named before, versions of crashed writers older
+    than :data:`STALE_VERSION_SECONDS`, and files of an earlier layout without a pointer (e.g. a flat
+    ``save_to_disk`` directory). Younger unpublished versions may be other writers' uploads and are kept."""
+    try:
+        entries = path.fs.ls(path.path, detail=False)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        if name in (keep, POINTER_NAME):
+            continue
+        age = _version_age_seconds(name)
+        if age is None or name == previous or age > STALE_VERSION_SECONDS:
+            _remove_tree(path / name, why="a replaced version")
 
 
 def dir_size(path: UPath) -> int:
@@ -333,5 +501,8 @@ def remove_path(path: UPath) -> bool:
         else:
             os.unlink(p)
     else:
-        path.fs.rm(path.path, recursive=path.is_dir())
+        directory = path.is_dir()
+        if directory and (path / POINTER_NAME).exists():  # unpublish first: readers then find no checkpoint
+            path.fs.rm((path / POINTER_NAME).path)
+        path.fs.rm(path.path, recursive=directory)
     return True
