@@ -30,7 +30,7 @@ from upath import UPath
 from kura_dagster.checkpoints.base import BaseCheckpointManager
 from kura_dagster.checkpoints.errors import CheckpointError
 from kura_dagster.checkpoints.registry import FORMATS, build_manager
-from kura_dagster.checkpoints.storage import to_upath
+from kura_dagster.checkpoints.storage import resolve_location, to_upath
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, ProjectedCluster, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def parse_location(spec: str) -> tuple[str, str]:
 def open_location(spec: str, **options: Any) -> BaseCheckpointManager:
     """The checkpoint manager for ``FORMAT:DIR`` (``options`` go to the format, e.g. ``compression="zstd"``)."""
     fmt, directory = parse_location(spec)
-    return build_manager(fmt, directory, **options)
+    return build_manager(fmt, resolve_location(directory), **options)
 
 
 # --- content comparison ----------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any, Optional
 import dagster as dg
 from pydantic import Field
 
+from kura_dagster.checkpoints.storage import resolve_location
 from kura_dagster.names import KuraNames
 from kura_dagster.migrate import StorageOverview, migrate, open_location, storage_overview
 
@@ -71,7 +72,7 @@ def migrate_checkpoints(context: dg.OpExecutionContext, config: MigrationConfig)
 
 @dg.op(out=dg.Out(dg.Nothing), description="Bytes of each checkpoint in each format, and the totals.")
 def checkpoint_storage(context: dg.OpExecutionContext, config: StorageConfig) -> dg.Output:
-    overview = storage_overview(config.directory or os.path.abspath(os.environ.get("KURA_CHECKPOINT_DIR", "checkpoints")))
+    overview = storage_overview(resolve_location(config.directory or os.environ.get("KURA_CHECKPOINT_DIR") or "checkpoints"))
     context.log.info(overview.as_markdown())
     return dg.Output(None, metadata=storage_metadata(overview))
 

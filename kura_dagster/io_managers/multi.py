@@ -43,7 +43,7 @@ from kura_dagster.checkpoints.multi import (
     default_labels,
 )
 from kura_dagster.checkpoints.registry import FORMATS, build_manager
-from kura_dagster.checkpoints.storage import to_upath
+from kura_dagster.checkpoints.storage import resolve_location, to_upath
 from kura_dagster.io_managers.base import CheckpointIOManager, wants_summary_columns
 from kura_dagster.io_managers.metadata import checkpoint_metadata
 from kura_dagster.io_managers.typing import input_model, output_model
@@ -351,7 +351,9 @@ def io_manager_for_formats(
 def io_manager_from_env(environ: Optional[dict[str, str]] = None) -> CheckpointIOManager:
     """The default Definitions' IO manager (README): ``KURA_CHECKPOINT_FORMATS`` (comma list in priority order,
     default ``jsonl``), ``KURA_CHECKPOINT_DIR``, ``KURA_SAVE_STRATEGY``, ``KURA_LOAD_STRATEGY``,
-    ``KURA_PARQUET_COMPRESSION``, ``KURA_HF_HUB_REPO`` and ``HF_TOKEN`` (passed as ``dg.EnvVar``, never read)."""
+    ``KURA_PARQUET_COMPRESSION``, ``KURA_HF_HUB_REPO`` and ``HF_TOKEN`` (passed as ``dg.EnvVar``, never read).
+    An object-store ``KURA_CHECKPOINT_DIR`` (``s3://bucket/kura``) takes its endpoint and credentials from the
+    standard variables s3fs reads (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, …), never from this config."""
     env = os.environ if environ is None else environ
     raw = env.get("KURA_CHECKPOINT_FORMATS", "jsonl")
     formats = [f.strip().lower() for f in raw.split(",") if f.strip()]
@@ -375,7 +377,7 @@ def io_manager_from_env(environ: Optional[dict[str, str]] = None) -> CheckpointI
 
         if compression.lower() not in COMPRESSIONS:
             raise ValueError(f"KURA_PARQUET_COMPRESSION={compression!r} is not valid; choose from {', '.join(COMPRESSIONS)}")
-    base_dir = os.path.abspath(os.path.expanduser(env.get("KURA_CHECKPOINT_DIR", "checkpoints")))
+    base_dir = resolve_location(env.get("KURA_CHECKPOINT_DIR") or "checkpoints")  # s3://… stays a URL
     return io_manager_for_formats(
         formats,
         base_dir,
