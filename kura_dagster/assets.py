@@ -14,7 +14,7 @@ import hashlib
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import dagster as dg
@@ -26,12 +26,20 @@ from kura_dagster.checkpoints.summary_cache import SummaryCache
 from kura_dagster.io_managers.base import summary_columns_type
 from kura_dagster.io_managers.typing import CHECKPOINT_NAME_KEY, model_metadata
 from kura_dagster.names import CHECKPOINT_NAMES, KuraNames
-from kura_dagster.observability import cluster_size_metadata, projection_metadata, settings_metadata, tree_metadata
+from kura_dagster.observability import (
+    ProgressReporter,
+    cluster_size_metadata,
+    projection_metadata,
+    request_metadata,
+    settings_metadata,
+    tree_metadata,
+)
 from kura_dagster.pipeline.cluster import generate_base_clusters
 from kura_dagster.pipeline.dimensionality import project_clusters
 from kura_dagster.pipeline.inputs import ReadResult, quarantine_jsonl
 from kura_dagster.pipeline.meta_cluster import reduce_clusters
-from kura_dagster.pipeline.summarise import summarise_conversations
+from kura_dagster.pipeline.models.cached import CachedEmbeddingModel, CachedNamingModel
+from kura_dagster.pipeline.summarise import SummaryCounts, summarise_conversations
 from kura_dagster.resources import ConversationSource, KuraPipelineResource
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, ProjectedCluster
 from kura_dagster.versioning import effective_settings
@@ -90,13 +98,19 @@ def conversations_step(
             "conversations": len(convs),
             "messages": sum(messages),
             "mean_messages_per_conversation": float(statistics.fmean(messages)) if messages else 0.0,
-            "bad_records": len(result.bad_records),
-            "quarantined": len(result.bad_records),
+            "bad_records": len(result.bad_records),  # all of them quarantined (see quarantine_path)
             **({"dropped": dg.MetadataValue.json(dropped)} if dropped else {}),
             **{f"dropped/{k}": v for k, v in sorted(dropped.items())},
             **({"quarantine_path": dg.MetadataValue.path(str(quarantine))} if result.bad_records else {}),
         },
     )
+
+
+def answer_cache(kura: KuraPipelineResource) -> SummaryCache:
+    """The LLM and embedding answers already paid for, under the checkpoint directory. Only remote backends
+    use it: the offline local models are cheaper to recompute (single flight still applies to them)."""
+    return SummaryCache(kura.checkpoint_dir, summaries=kura.llm.strip() != "local",
+                        embeddings=kura.embeddings.strip() != "local")
 
 
 def summaries_step(
@@ -106,40 +120,26 @@ def summaries_step(
     # LLM work is cached per conversation under the checkpoint directory and saved batch by batch, so a rerun
     # or a resumed run only pays for what is new; the offline local models are cheaper to recompute.
     remote_llm, remote_embeddings = kura.llm.strip() != "local", kura.embeddings.strip() != "local"
-    cache = SummaryCache(kura.checkpoint_dir, summaries=remote_llm, embeddings=remote_embeddings)
+    cache = answer_cache(kura)
     started = time.monotonic()
-
-    def reporter(what: str, unit: str, hits: Callable[[], int]) -> Callable[[int, int], None]:
-        """Logs done/total, rate, ETA and cache hits, at most every 5 s (the LLM backend ticks every 2 s)."""
-        last = {"at": float("-inf"), "done": -1}
-
-        def report(done: int, total: int) -> None:
-            now = time.monotonic()
-            if done == last["done"] or (now - last["at"] < 5.0 and done < total):
-                return
-            if last["done"] < 0:
-                last["start"] = now
-            last.update(at=now, done=done)
-            rate = (done - hits()) / max(now - last["start"], 1e-9)
-            eta = f"{(total - done) / rate:.0f} s" if rate > 0 else ("0 s" if done >= total else "unknown")
-            context.log.info(f"{what}: {done}/{total} {unit} ({hits()} from cache), {rate:.1f} {unit}/s, ETA {eta}")
-
-        return report
-
+    counts = SummaryCounts()  # cache hits and duplicates (single flight) of this run, for logs and metadata
     batch = kura.summary_batch() if (remote_llm or remote_embeddings) else None
     out = summarise_conversations(
-        conversations, model, embedder, cache=cache, batch_size=batch,
-        progress=reporter("summaries", "conversations", lambda: cache.stats.summary_hits),
+        conversations, model, embedder, cache=cache, batch_size=batch, counts=counts,
+        progress=ProgressReporter("summaries", "conversations", context.log.info,
+                                  cached=lambda: counts.summaries.cache_hits,
+                                  deduplicated=lambda: counts.summaries.deduplicated),
         embedding_batch_size=max(kura.summary_batch(), kura.embedding_batch_size * kura.max_concurrency)
         if remote_embeddings else None,
-        embedding_progress=reporter("embeddings", "texts", lambda: cache.stats.embedding_hits),
+        embedding_progress=ProgressReporter("embeddings", "texts", context.log.info,
+                                            cached=lambda: counts.embeddings.cache_hits,
+                                            deduplicated=lambda: counts.embeddings.deduplicated),
     )
     languages = Counter(lang for s in out for lang in (s.languages or []))
     topics = Counter(s.topic or "(none)" for s in out)
     zero = {"requests": 0, "retries": 0, "failures": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     llm = model.usage.as_dict() if hasattr(model, "usage") else zero
     emb = embedder.usage.as_dict() if hasattr(embedder, "usage") else zero
-    stats = cache.stats
     return dg.MaterializeResult(
         value=out,
         data_version=content_version(out),
@@ -150,9 +150,11 @@ def summaries_step(
             "topics": dg.MetadataValue.json(dict(topics.most_common())),
             "model": model.identity,
             "embedding_model": embedder.identity,
-            "cache_hits": stats.summary_hits,
-            "summaries_generated": len(out) - stats.summary_hits,
-            "embedding_cache_hits": stats.embedding_hits,
+            "cache_hits": counts.summaries.cache_hits,
+            "deduplicated": counts.summaries.deduplicated,
+            "summaries_generated": counts.summaries.requested,
+            "embedding_cache_hits": counts.embeddings.cache_hits,
+            "embedding_deduplicated": counts.embeddings.deduplicated,
             "requests": llm["requests"] + emb["requests"],
             "retries": llm["retries"] + emb["retries"],
             "failures": llm["failures"] + emb["failures"],
@@ -168,35 +170,41 @@ def clusters_step(
     context: dg.AssetExecutionContext, kura: KuraPipelineResource, summaries: SummaryColumns
 ) -> dg.MaterializeResult:
     columns = SummaryColumns.coerce(summaries)
-    out = generate_base_clusters(columns.to_models(), kura.naming_model(), kura.settings(),
-                                 embeddings=columns.embeddings)
+    namer = CachedNamingModel(kura.naming_model(), answer_cache(kura))
+    out = generate_base_clusters(columns.to_models(), namer, kura.settings(), embeddings=columns.embeddings)
     context.log.info(f"{len(out)} base clusters from {len(columns)} summaries ({columns.format} columns)")
     return dg.MaterializeResult(
         value=out,
         data_version=content_version(out),
-        metadata={**cluster_size_metadata(out), **settings_metadata(effective_settings(kura))},
+        metadata={**cluster_size_metadata(out), **request_metadata(naming=namer),
+                  **settings_metadata(effective_settings(kura))},
     )
 
 
 def meta_clusters_step(
     context: dg.AssetExecutionContext, kura: KuraPipelineResource, clusters: list[Cluster]
 ) -> dg.MaterializeResult:
-    out = reduce_clusters(clusters, kura.naming_model(), kura.embedding_model(), kura.settings())
+    cache = answer_cache(kura)
+    namer, embedder = CachedNamingModel(kura.naming_model(), cache), CachedEmbeddingModel(kura.embedding_model(), cache)
+    out = reduce_clusters(clusters, namer, embedder, kura.settings())
     return dg.MaterializeResult(
         value=out,
         data_version=content_version(out),
-        metadata={**tree_metadata(out), **settings_metadata(effective_settings(kura))},
+        metadata={**tree_metadata(out), **request_metadata(naming=namer, embedding=embedder),
+                  **settings_metadata(effective_settings(kura))},
     )
 
 
 def projected_clusters_step(
     context: dg.AssetExecutionContext, kura: KuraPipelineResource, meta_clusters: list[Cluster]
 ) -> dg.MaterializeResult:
-    out = project_clusters(meta_clusters, kura.embedding_model(), kura.settings())
+    embedder = CachedEmbeddingModel(kura.embedding_model(), answer_cache(kura))
+    out = project_clusters(meta_clusters, embedder, kura.settings())
     return dg.MaterializeResult(
         value=out,
         data_version=content_version(out),
-        metadata={**projection_metadata(out), **settings_metadata(effective_settings(kura))},
+        metadata={**projection_metadata(out), **request_metadata(embedding=embedder),
+                  **settings_metadata(effective_settings(kura))},
     )
 
 

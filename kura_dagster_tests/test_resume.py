@@ -67,7 +67,8 @@ def test_asset_rerun_with_new_conversations_pays_only_for_them(server: FakeOpenA
         second = materialize(server, ckpt, write_jsonl(tmp_path / "b.jsonl", convs), instance)
         assert server.count("chat") == 4
         assert (second["requests"], second["cache_hits"], second["summaries_generated"]) == (4, 40, 4)
-        assert any("summaries: 40/44 conversations (40 from cache)" in m for m in second["logs"])
+        assert any("summaries: 44/44 conversations (40 from cache)" in m for m in second["logs"])
+        assert second["deduplicated"] == 0
         assert (ckpt / "summaries.jsonl").read_text().splitlines()[:40] == before
 
 
