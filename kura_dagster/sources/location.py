@@ -7,7 +7,7 @@ import os
 import posixpath
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from fsspec.core import url_to_fs
 
@@ -27,7 +27,7 @@ def public_location(location: str) -> str:
     if not parts.scheme or len(parts.scheme) == 1:  # a local path (or a Windows drive letter)
         return location
     netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 def _has_magic(path: str) -> bool:
@@ -64,8 +64,11 @@ def expand(location: str | os.PathLike, storage_options: dict | None = None, *, 
     exp = Expansion(location=public, description=public, fs=fs)
     if _has_magic(path):
         found = fs.glob(path, detail=True)
-        files = sorted(p for p, info in found.items() if info.get("type") == "file")
         root = path[: min(path.index(ch) for ch in "*?[" if ch in path)].rsplit("/", 1)[0]
+        # As a shell does, a wildcard does not match a name starting with "." (unless the pattern spells the dot).
+        hidden_ok = "/." in path[len(root):]
+        files = sorted(p for p, info in found.items() if info.get("type") == "file" and (
+            hidden_ok or not any(part.startswith(".") for part in posixpath.relpath(p, root or "/").split("/"))))
         if not files and must_exist:
             raise ConversationInputError(f"{public}: no file matches")
     elif fs.isdir(path):
