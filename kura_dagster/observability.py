@@ -180,10 +180,11 @@ class ProgressReporter:
     """Logs ``what: done/total unit (n from cache, m duplicates), rate unit/s, ETA`` for a stage, at most every
     ``every`` seconds, and always once at the end.
 
-    Create it when the stage starts: its clock starts then, so the rate is right from the first line on. Rate
-    and ETA count only the work done in this run: ``skipped()`` (cache hits and duplicates, which the stage
-    reports before its first request) is left out of both. A stage that finishes before the first interval
-    logs one line, with its real rate. Use it as the stage's ``progress(done, total)`` callback.
+    Use it as a stage's ``progress(done, total)`` callback. The stages call it once when they start, before
+    any request, with what costs nothing (cache hits, duplicates): the clock starts at that call, so the rate
+    is right from the first line on, and rate and ETA count only the work done in this run (``cached()`` and
+    ``deduplicated()`` are left out of both). A stage that finishes before the first interval logs one line,
+    with its real rate.
     """
 
     def __init__(
@@ -194,19 +195,22 @@ class ProgressReporter:
         self.what, self.unit, self.log = what, unit, log
         self.cached, self.deduplicated = cached, deduplicated
         self.every, self.clock = every, clock
-        self.started = clock()
-        self._last_at = self.started
+        self.started: float | None = None
+        self._last_at = 0.0
         self._last_done = -1
         self.lines: list[str] = []
 
     def rate(self, done: int, now: float | None = None) -> float:
         """Work done in this run per second since the stage started (cache hits and duplicates left out)."""
-        elapsed = (self.clock() if now is None else now) - self.started
+        now = self.clock() if now is None else now
+        elapsed = now - (now if self.started is None else self.started)
         work = max(0, done - self.cached() - self.deduplicated())
         return work / elapsed if elapsed > 0 else 0.0
 
     def __call__(self, done: int, total: int) -> None:
         now = self.clock()
+        if self.started is None:  # the stage's first call: it starts now
+            self.started = self._last_at = now
         finished = done >= total
         if done == self._last_done or (not finished and now - self._last_at < self.every):
             return
@@ -225,6 +229,19 @@ class ProgressReporter:
                 f"ETA {eta}")
         self.lines.append(line)
         self.log(line)
+
+
+def request_metadata(**models: Any) -> dict[str, int]:
+    """``<name>_requests`` (HTTP requests), ``<name>_cache_hits`` and ``<name>_deduplicated`` for each model
+    given by keyword (a ``CachedNamingModel``/``CachedEmbeddingModel`` has counts; an OpenAI model has usage)."""
+    out: dict[str, int] = {}
+    for name, model in models.items():
+        usage = getattr(model, "usage", None)
+        counts = getattr(model, "counts", None)
+        out[f"{name}_requests"] = int(usage.requests) if usage is not None else 0
+        out[f"{name}_cache_hits"] = int(counts.cache_hits) if counts is not None else 0
+        out[f"{name}_deduplicated"] = int(counts.deduplicated) if counts is not None else 0
+    return out
 
 
 def settings_metadata(settings: Mapping[str, Any]) -> dict[str, Any]:

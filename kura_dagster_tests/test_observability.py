@@ -10,6 +10,7 @@ import dagster as dg
 
 from kura_dagster.observability import (
     MAP_MAX_BYTES,
+    ProgressReporter,
     cluster_map_metadata,
     cluster_size_metadata,
     projection_metadata,
@@ -74,3 +75,66 @@ def test_cluster_map_is_a_small_png_of_kuras_own_projection(shared_data: Path) -
 def test_cluster_map_of_nothing_is_a_note() -> None:
     md = cluster_map_metadata([])
     assert md["cluster_map_bytes"] == 0 and "no clusters" in md["cluster_map"].value
+
+
+# --- progress -------------------------------------------------------------------------------------------------
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def reporter(clock: FakeClock, cached: int = 0, duplicates: int = 0) -> tuple[ProgressReporter, list[str]]:
+    lines: list[str] = []
+    return ProgressReporter("embeddings", "texts", lines.append, cached=lambda: cached,
+                            deduplicated=lambda: duplicates, every=5.0, clock=clock), lines
+
+
+def test_rate_and_eta_are_right_at_the_first_and_last_tick_and_leave_out_cache_hits() -> None:
+    clock = FakeClock()
+    progress, lines = reporter(clock, cached=900)
+    progress(900, 1000)  # the stage starts: 900 cached, nothing to log yet
+    clock.now += 2.0
+    progress(920, 1000)  # before the first interval: quiet
+    clock.now += 3.0
+    progress(950, 1000)  # first tick, 5 s in: 50 texts of work
+    clock.now += 5.0
+    progress(1000, 1000)
+    assert lines == ["embeddings: 950/1000 texts (900 from cache), 10.0 texts/s, ETA 5 s",
+                     "embeddings: 1000/1000 texts (900 from cache), 10.0 texts/s, ETA 0 s"]
+
+
+def test_a_stage_that_finishes_before_the_first_tick_reports_its_real_rate_once() -> None:
+    clock = FakeClock()
+    progress, lines = reporter(clock, duplicates=200)
+    progress(200, 100_000)
+    clock.now += 0.5
+    progress(50_000, 100_000)
+    clock.now += 0.5
+    progress(100_000, 100_000)
+    progress(100_000, 100_000)  # told again: not logged twice
+    assert lines == ["embeddings: 100000/100000 texts (0 from cache, 200 duplicates), 99800.0 texts/s, ETA 0 s"]
+
+
+def test_everything_cached_is_no_work_and_no_rate() -> None:
+    progress, lines = reporter(FakeClock(), cached=10)
+    progress(10, 10)
+    assert lines == ["embeddings: 10/10 texts (10 from cache), 0.0 texts/s, ETA 0 s"]
+
+
+def test_the_stages_start_the_clock_before_any_work() -> None:
+    """Through the real stage: its first call comes before any summary is made, with the duplicates."""
+    from kura_dagster.pipeline.models.local import LocalEmbeddingModel, LocalSummaryModel
+    from kura_dagster.pipeline.summarise import SummaryCounts, summarise_conversations
+    from kura_dagster_tests.fake_openai import fake_conversations
+
+    convs = fake_conversations(5) * 3
+    calls: list[tuple[int, int]] = []
+    counts = SummaryCounts()
+    summarise_conversations(convs, LocalSummaryModel(), LocalEmbeddingModel(dims=8), counts=counts,
+                            progress=lambda d, t: calls.append((d, t)),
+                            embedding_progress=lambda d, t: calls.append((-d, t)))
+    assert calls[0] == (10, 15) and calls[-1] == (-15, 15)  # 10 duplicates known before any work
+    assert (-10, 15) in calls and counts.embeddings.deduplicated == 10
