@@ -9,11 +9,16 @@ the shared conversion's rule, :mod:`kura_dagster.sources.rows`; every drop is co
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from kura_dagster.sources.result import Collector
 from kura_dagster.sources.rows import ColumnMap, feed_rows, record_columns
 from kura_dagster.types.conversation import RecordItem
 
 
-def read_openai_chat(items: list[RecordItem], cmap: ColumnMap, collector: Collector, source: str) -> None:
-    cols = cmap.resolve(record_columns(r for _, _, r, err in items if err is None), source)
+def read_openai_chat(items: Iterable[RecordItem], sample: list[Any], cmap: ColumnMap, collector: Collector,
+                     source: str) -> None:
+    """``sample``: the first records, whose fields bind the column_map."""
+    cols = cmap.resolve(record_columns(sample), source)
     feed_rows(items, cols, collector)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Iterable
+from itertools import chain, islice
 from typing import Any
 
 from kura_dagster.sources import detect
@@ -16,7 +18,7 @@ from kura_dagster.sources.openai_chat import read_openai_chat
 from kura_dagster.sources.parquet import MAGIC, read_parquet
 from kura_dagster.sources.records import read_json_records
 from kura_dagster.sources.result import Collector, OnBadRecord, ReadResult
-from kura_dagster.sources.rows import ColumnMap
+from kura_dagster.sources.rows import SAMPLE_RECORDS, ColumnMap
 from kura_dagster.types.conversation import DEFAULT_MAX_MESSAGE_CHARS, RecordItem, split_json_records
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonlines")
@@ -24,10 +26,14 @@ FORCED_SHAPE = {"kura": detect.KURA, "claude_export": detect.CLAUDE, "openai_cha
                 "json_records": detect.OTHER}
 
 
-def dispatch_records(items: list[RecordItem], cmap: ColumnMap, collector: Collector, name: str,
+def dispatch_records(items: Iterable[RecordItem], cmap: ColumnMap, collector: Collector, name: str,
                      forced: str | None, kura_label: str, records_label: str = "json_records") -> str:
-    """Hand JSON records to the reader of their format (``forced``, else detected); returns the format's label."""
-    records = [r for _, _, r, err in items if err is None]
+    """Hand JSON records to the reader of their format (``forced``, else detected from the first
+    :data:`SAMPLE_RECORDS`; the rest stream through, never all held at once); returns the format's label."""
+    items = iter(items)
+    sample = list(islice(items, SAMPLE_RECORDS))
+    records = [r for _, _, r, err in sample if err is None]
+    items = chain(sample, items)
     kind = FORCED_SHAPE[forced] if forced in FORCED_SHAPE else detect.records_shape(records)
     if kind == detect.CLAUDE:
         check_claude_column_map(cmap, name)
@@ -37,11 +43,11 @@ def dispatch_records(items: list[RecordItem], cmap: ColumnMap, collector: Collec
         read_kura(items, collector)
         return kura_label
     if kind == detect.OPENAI:
-        read_openai_chat(items, cmap, collector, name)
+        read_openai_chat(items, records, cmap, collector, name)
         return "openai_chat"
     if not cmap.given and forced is None:
         raise detect.unknown_records_error(name, records)
-    read_json_records(items, cmap, collector, name)
+    read_json_records(items, records, cmap, collector, name)
     return records_label
 
 
@@ -59,9 +65,10 @@ def _read_file(fs: Any, path: str, name: str, cmap: ColumnMap, forced: str | Non
         return
     with fs.open(path, "rb", compression="infer") as fh:
         data = fh.read()
-    items = list(split_json_records(data, name, jsonl=True if base.endswith(JSONL_SUFFIXES) else None))
-    is_array = bool(items) and items[0][0].startswith("record") and data.lstrip().startswith(b"[")
-    kura_label = "kura_json" if is_array or (not items and base.endswith(".json")) else "kura_jsonl"
+    jsonl = True if base.endswith(JSONL_SUFFIXES) else None
+    items = split_json_records(data, name, jsonl=jsonl)
+    is_array = not jsonl and data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
+    kura_label = "kura_json" if is_array or (not data.strip() and base.endswith(".json")) else "kura_jsonl"
     collector.note_format(dispatch_records(items, cmap, collector, name, forced, kura_label))
 
 
