@@ -305,6 +305,12 @@ def test_memory_urls() -> None:
         assert one.source == files[0]
         both = read_source(f"memory://{base}")
         assert both.format == "openai_chat+kura_jsonl" and len(both.conversations) == 3
+        # A UPath (with its storage options) and a list of locations work too.
+        from upath import UPath
+
+        assert read_source(UPath(f"memory://{base}")).conversations == both.conversations
+        listed = read_source(files[::-1])
+        assert listed.files == files[::-1] and listed.source == f"{files[1]}, {files[0]} (2 files)"
     finally:
         fs.rm(base, recursive=True)
 

@@ -51,7 +51,11 @@ class Expansion:
 
 
 def expand(location: str | os.PathLike, storage_options: dict | None = None, *, must_exist: bool = True) -> Expansion:
-    text = os.fspath(location)
+    if hasattr(location, "storage_options") and hasattr(location, "protocol") and location.protocol:  # a UPath
+        storage_options = {**dict(location.storage_options), **(storage_options or {})}
+        text = str(location)
+    else:
+        text = os.fspath(location)
     if "://" not in text:
         text = os.path.expanduser(text)
     public = public_location(text)

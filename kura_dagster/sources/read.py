@@ -97,7 +97,7 @@ def read_source(
         raise ValueError("read_source needs at least one location")
     expansions: list[Expansion] = []
     for loc in locations:
-        hub_ok = forced == "hf_dataset" and "://" not in os.fspath(loc)
+        hub_ok = forced == "hf_dataset" and isinstance(loc, str) and "://" not in loc
         expansions.append(expand(loc, storage_options, must_exist=not hub_ok))
     count = sum(len(e.paths) or 1 for e in expansions)
     if len(expansions) == 1:
