@@ -5,6 +5,7 @@ their locations; upstream values. All local and fast."""
 from __future__ import annotations
 
 import gzip
+import os
 import json
 import subprocess
 import sys
@@ -418,3 +419,22 @@ def test_each_layer_imports_nothing_above_it(module: str, forbidden: tuple[str, 
     out = subprocess.run([sys.executable, "-c", LAYER_CHECK.format(module=module, forbidden=forbidden)],
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"{module} imports {out}"
+
+
+def test_a_hub_name_goes_to_load_dataset_only_when_asked(tmp_path: Path) -> None:
+    """Offline (no network in tests): a Hub name is tried with datasets.load_dataset only under
+    format="hf_dataset", and its failure is one clear error; without it, a missing path is just missing."""
+    script = """
+from kura_dagster.sources import read_source, ConversationInputError
+for fmt in ("hf_dataset", None):
+    try:
+        read_source("kura-test-org/no-such-dataset", format=fmt)
+    except ConversationInputError as exc:
+        print(str(exc).splitlines()[0])
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env,
+                         cwd=tmp_path).stdout.splitlines()
+    assert out[0].startswith("kura-test-org/no-such-dataset: no such file or directory, and loading it as a "
+                             "Hugging Face Hub dataset failed") and "Hub" in out[0]
+    assert out[1].startswith("kura-test-org/no-such-dataset: no such file or directory (set KURA_CONVERSATIONS")
