@@ -1,6 +1,6 @@
 """Moved to :mod:`kura_dagster.sources`; these names stay importable from here."""
 
-from kura_dagster.sources import (  # noqa: F401
+from kura_dagster.sources import (
     DEFAULT_MAX_MESSAGE_CHARS,
     SHOWN_PROBLEMS,
     BadRecord,
@@ -13,3 +13,17 @@ from kura_dagster.sources import (  # noqa: F401
     read_conversations,
     read_source,
 )
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_CHARS",
+    "SHOWN_PROBLEMS",
+    "BadRecord",
+    "ConversationInputError",
+    "OnBadRecord",
+    "ReadResult",
+    "conversations_from_value",
+    "list_source_files",
+    "quarantine_jsonl",
+    "read_conversations",
+    "read_source",
+]
