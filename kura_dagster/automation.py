@@ -18,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -44,15 +46,57 @@ kura_job = build_kura_job()
 EXECUTOR_ENV = "KURA_EXECUTOR"
 
 
-EXECUTORS = ("in_process", "multiprocess")
+EXECUTORS = ("in_process", "multiprocess", "dask", "k8s")
+
+DASK_ADDRESS_ENV = "KURA_DASK_ADDRESS"
+"""``tcp://host:8786``: run the steps on an existing Dask cluster instead of a local one."""
+DASK_WORKERS_ENV = "KURA_DASK_WORKERS"
+"""Worker processes of the local Dask cluster (default: Dask's choice for the machine's cores)."""
+DASK_DASHBOARD_ENV = "KURA_DASK_DASHBOARD"
+"""``host:port`` of the local cluster's dashboard (``127.0.0.1:0`` for a free loopback port); unset: no dashboard."""
+
+
+def _optional_executor(module: str, attribute: str, extra: str, what: str) -> dg.ExecutorDefinition:
+    """An executor from an optional extra, imported only when chosen, with the install command if it is missing."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except ImportError as exc:
+        raise ImportError(
+            f"{what}={extra!r} needs {module.replace('_', '-')}, which is not installed ({exc}); install the extra: "
+            f"pip install 'kura-dagster[{extra}]'"
+        ) from exc
+
+
+def dask_cluster_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The ``dask_executor`` config for the environment: the cluster at ``KURA_DASK_ADDRESS``, or else a
+    ``distributed.LocalCluster`` of worker processes (one thread each) on 127.0.0.1, with ``KURA_DASK_WORKERS``
+    workers and its dashboard off, or at ``KURA_DASK_DASHBOARD`` (never Dask's default, 0.0.0.0:8787)."""
+    env = os.environ if environ is None else environ
+    address = (env.get(DASK_ADDRESS_ENV) or "").strip()
+    if address:
+        return {"cluster": {"existing": {"address": address}}}
+    local: dict[str, Any] = {"processes": True, "threads_per_worker": 1, "host": "127.0.0.1",
+                             "dashboard_address": (env.get(DASK_DASHBOARD_ENV) or "").strip() or None}
+    workers = (env.get(DASK_WORKERS_ENV) or "").strip()
+    if workers:
+        if not workers.isdigit() or int(workers) < 1:
+            raise ValueError(f"{DASK_WORKERS_ENV}={workers!r}: give a whole number of worker processes, at least 1")
+        local["n_workers"] = int(workers)
+    return {"cluster": {"local": local}}
 
 
 def executor_for(choice: str | dg.ExecutorDefinition, what: str = "executor") -> dg.ExecutorDefinition:
-    """``in_process`` or ``multiprocess`` (or an ``ExecutorDefinition``, returned as it is).
+    """``in_process``, ``multiprocess``, ``dask`` or ``k8s`` (or an ``ExecutorDefinition``, returned as it is).
 
     The pipeline is a chain, so steps cannot run side by side anyway, and in one process a run saves the
     few seconds each step subprocess spends importing the project (a UI "Materialize all" takes seconds,
     not minutes). ``multiprocess`` isolates each step in its own process (one subprocess per step).
+    ``dask`` runs each step as a task on Dask workers (:func:`dask_cluster_config`; extra ``[dask]``), ``k8s``
+    each in its own Kubernetes Job (dagster-k8s's ``k8s_job_executor``, configured by run config or the
+    K8sRunLauncher; extra ``[k8s]``). Steps on other machines share only the checkpoint store, so give those
+    a ``checkpoint_dir`` on object storage (``s3://…``), and the instance a shared database.
     """
     if isinstance(choice, dg.ExecutorDefinition):
         return choice
@@ -61,11 +105,16 @@ def executor_for(choice: str | dg.ExecutorDefinition, what: str = "executor") ->
         return dg.in_process_executor
     if name == "multiprocess":
         return dg.multiprocess_executor
+    if name == "dask":
+        dask_executor = _optional_executor("dagster_dask", "dask_executor", "dask", what)
+        return dask_executor.configured(dask_cluster_config(), name="dask")
+    if name in ("k8s", "kubernetes"):
+        return _optional_executor("dagster_k8s", "k8s_job_executor", "k8s", what)
     raise ValueError(f"{what}={choice!r}: use one of {', '.join(EXECUTORS)}")
 
 
 def executor_from_env() -> dg.ExecutorDefinition:
-    """``KURA_EXECUTOR``: ``in_process`` (the default) or ``multiprocess``."""
+    """``KURA_EXECUTOR``: ``in_process`` (the default), ``multiprocess``, ``dask`` or ``k8s``."""
     return executor_for(os.environ.get(EXECUTOR_ENV, ""), EXECUTOR_ENV)
 
 
