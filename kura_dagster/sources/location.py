@@ -73,6 +73,8 @@ def expand(location: str | os.PathLike, storage_options: dict | None = None, *, 
         hidden_ok = "/." in path[len(root):]
         files = sorted(p for p, info in found.items() if info.get("type") == "file" and (
             hidden_ok or not any(part.startswith(".") for part in posixpath.relpath(p, root or "/").split("/"))))
+        if not files and fs.isfile(path):  # a name with a literal "[" or "*" in it
+            files = [path]
         if not files and must_exist:
             raise ConversationInputError(f"{public}: no file matches")
     elif fs.isdir(path):
