@@ -47,6 +47,14 @@ from kura_dagster.versioning import effective_settings
 GROUP = "kura"
 """The group of the standalone pipeline (``kura_dagster.definitions``); a prefixed pipeline's group is its prefix."""
 
+LLM_POOL = "kura_llm"
+"""The Dagster concurrency pool of every step that can call the model APIs. One pool for every pipeline
+(not one per prefix): the rate limit belongs to the API key, so parallel runs, partitions and pipelines share it.
+Its limit (steps at once) is the instance's (``dagster.yaml``); ``max_concurrency`` bounds requests per step."""
+LLM_STAGES = frozenset({"summaries", "clusters", "meta_clusters", "projected_clusters"})
+"""summaries (summaries + embeddings), clusters (names), meta_clusters (names + embeddings), projected_clusters
+(embeddings of the cluster texts)."""
+
 MODELS: dict[str, type[BaseModel]] = {
     "conversations": Conversation,
     "summaries": ConversationSummary,
@@ -230,6 +238,7 @@ def build_kura_assets(
             metadata=_asset_metadata(stage),
             io_manager_key=names.io_manager,
             description=description,
+            pool=LLM_POOL if stage in LLM_STAGES else None,
             **kwargs,
         )
 
