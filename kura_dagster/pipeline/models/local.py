@@ -235,6 +235,7 @@ _IMPERATIVES = frozenset("""
 _CODE_HINTS = ("```", "def ", "import ", "print(", "const ", "function ", "console.log", "select", "public static",
                "#include", "std::", "$ ", "fn main", "<div", "<html")
 """Cheap substring checks: the code regex only runs on text that shows one of these."""
+_CODE_HINT = re.compile("|".join(map(re.escape, _CODE_HINTS)))
 
 
 def _inverted(table: dict[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
@@ -247,12 +248,15 @@ def _inverted(table: dict[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
 
 def _best(words: Counter, index: dict[str, tuple[str, ...]], labels: Sequence[str]) -> tuple[str, int]:
     """The label whose words occur most often in ``words`` (ties: the first label)."""
-    scores = dict.fromkeys(labels, 0)
-    for w, n in words.items():
-        for label in index.get(w, ()):
-            scores[label] += n
-    best = max(labels, key=lambda k: scores[k])
-    return best, scores[best]
+    scores: dict[str, int] = {}
+    for w in words.keys() & index.keys():
+        n = words[w]
+        for label in index[w]:
+            scores[label] = scores.get(label, 0) + n
+    if not scores:
+        return labels[0], 0
+    top = max(scores.values())
+    return next(label for label in labels if scores.get(label) == top), top
 
 
 def _word_counts(text: str, limit: int = 4_000) -> Counter:
@@ -267,7 +271,7 @@ def detect_languages(text: str) -> list[str]:
         best, score = _best(words, _LANG_INDEX, list(_LANG_STOPWORDS))
         found.append(best if score else "english")
     lowered = text.lower()
-    if any(h in lowered for h in _CODE_HINTS):
+    if _CODE_HINT.search(lowered):
         seen = {m.lastgroup for m in _CODE_LANGUAGES.finditer(text)}
         found += [_CODE_NAMES[g] for g in _CODE_NAMES if g in seen]
     return found or ["english"]
@@ -429,7 +433,8 @@ def message_candidates(text: str, stats: TemplateStats | None) -> list[_Candidat
 
 
 def _content_words(sentence: str) -> int:
-    return sum(w.lower() not in _stopword_set() for w in _CONTENT.findall(sentence))
+    stop = _stopword_set()
+    return sum(w.lower() not in stop for w in _CONTENT.findall(sentence))
 
 
 def _is_question(sentence: str) -> bool:
@@ -481,8 +486,10 @@ def _clip(sentence: str, max_words: int) -> str:
 
 def _substantive(sentence: str) -> bool:
     """Whether a chosen sentence states a request (not "I have a question", "thanks", "ok")."""
-    return bool(sentence) and not _VAGUE.match(sentence) and not _ACKNOWLEDGEMENT.match(sentence) \
-        and _content_words(sentence) >= 1
+    if not sentence or _VAGUE.match(sentence) or _ACKNOWLEDGEMENT.match(sentence):
+        return False
+    stop = _stopword_set()
+    return any(w.lower() not in stop for w in _CONTENT.findall(sentence))
 
 
 def _times(n: int) -> str:
