@@ -1,5 +1,5 @@
 """Resumable, incremental summaries through Dagster: reruns pay only for new conversations, and a
-``kill -9`` of ``dagster asset materialize`` in the middle of ``summaries`` loses at most one batch; the next
+``kill -9`` of ``dagster asset materialize`` in the middle of ``summaries`` loses at most the answers in flight; the next
 materialization asks only for what was not saved and ends with the checkpoint an uninterrupted run writes."""
 
 from __future__ import annotations
@@ -99,23 +99,25 @@ def _materialize_cli(env: dict[str, str]) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_kill_9_in_the_middle_of_summaries_then_resume(server: FakeOpenAIServer, tmp_path: Path) -> None:
-    n = 60
+    """Concurrency 4 and 50 ms answers: every answer is journaled as it arrives, so the next run repeats at
+    most the requests in flight plus the answers of the last ~200 ms (with batch-wise saving it was 28)."""
+    n, concurrency, delay = 160, 4, 0.05
     convs = fake_conversations(n)
     source = write_jsonl(tmp_path / "conversations.jsonl", convs)
     ckpt, home = tmp_path / "ckpt", tmp_path / "dagster_home"
     home.mkdir()
     env = {**os.environ, "KURA_LLM": f"openai:{MODEL}", "OPENAI_BASE_URL": server.url, "OPENAI_API_KEY": API_KEY,
            "KURA_CONVERSATIONS": str(source), "KURA_CHECKPOINT_DIR": str(ckpt), "DAGSTER_HOME": str(home),
-           "KURA_LLM_MAX_CONCURRENCY": "2"}  # batches of 8 × 2 = 16 summaries
-    server.set_delay(0.1)  # ~3 s of summarising: time to kill it half-way
+           "KURA_LLM_MAX_CONCURRENCY": str(concurrency)}  # compaction every 8 × 4 = 32 summaries
+    server.set_delay(delay)  # ~2 s of summarising: time to kill it part-way
 
     proc = _materialize_cli(env)
     try:
         deadline = time.monotonic() + 120
-        while _cached(ckpt, convs) == 0:  # the first batch is saved: summaries is under way
+        while _cached(ckpt, convs) < 45:  # past the first compaction, into the second batch
             assert proc.poll() is None, f"the run ended before it could be killed:\n{proc.stdout.read()}"
             assert time.monotonic() < deadline, "summaries never started"
-            time.sleep(0.05)
+            time.sleep(0.02)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -135,9 +137,12 @@ def test_kill_9_in_the_middle_of_summaries_then_resume(server: FakeOpenAIServer,
     output, _ = rerun.communicate(timeout=180)
     assert rerun.returncode == 0, output
     assert server.count("chat") == n - done  # only the conversations not saved before the kill
+    repeated = killed_requests + server.count("chat") - n
+    print(f"kill -9: repeated={repeated} saved={done}")
+    assert 0 <= repeated <= concurrency + round(concurrency * 0.2 / delay), repeated  # in flight + last 200 ms
 
     server.reset()
     with dg.DagsterInstance.ephemeral() as instance:
-        reference = materialize(server, tmp_path / "uninterrupted", source, instance, max_concurrency=2)
+        reference = materialize(server, tmp_path / "uninterrupted", source, instance, max_concurrency=concurrency)
     assert reference["requests"] == n
     assert (ckpt / "summaries.jsonl").read_bytes() == (tmp_path / "uninterrupted" / "summaries.jsonl").read_bytes()

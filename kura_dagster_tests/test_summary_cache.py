@@ -237,3 +237,57 @@ def test_a_failed_batch_keeps_its_successes(server: FakeOpenAIServer, tmp_path) 
     out = summarise_conversations(convs, models(server)[0], None, cache=SummaryCache(tmp_path), batch_size=8)
     assert server.count("chat") == 1  # only conv-00009 was still to do
     assert [s.chat_id for s in out] == [c.chat_id for c in convs]
+
+
+CHILD = """
+import sys
+from kura_dagster.checkpoints.summary_cache import SummaryCache
+from kura_dagster.pipeline.models.openai import OpenAIConfig, OpenAISummaryModel
+from kura_dagster.pipeline.summarise import summarise_conversations
+from kura_dagster_tests.fake_openai import fake_conversations
+
+model = OpenAISummaryModel(OpenAIConfig(model="fake-model", base_url=sys.argv[1], max_concurrency=4))
+summarise_conversations(fake_conversations(int(sys.argv[3])), model, None, cache=SummaryCache(sys.argv[2]),
+                        batch_size=32)
+"""
+
+
+def test_kill_9_mid_summaries_repeats_only_the_requests_in_flight(server: FakeOpenAIServer, tmp_path) -> None:
+    """Concurrency 4, 50 ms answers, compaction every 32 answers: a batch-wise cache would repeat up to 32
+    answers after a kill -9; the journal keeps every answer that arrived."""
+    n, concurrency, delay = 200, 4, 0.05
+    convs = fake_conversations(n)
+    identity = models(server)[0].identity
+    server.set_delay(delay)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, server.url, str(tmp_path), str(n)], cwd=root,
+                            env={**os.environ, "PYTHONPATH": root}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "no answer was saved"
+            if sum(s is not None for s in SummaryCache(tmp_path).get_summaries(identity, convs)) >= 45:
+                break  # past a compaction (32) and well into the next batch
+            time.sleep(0.02)
+        proc.kill()  # SIGKILL
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    time.sleep(2 * delay + 0.2)  # requests that were in flight at the kill are counted by now
+    sent_before = server.count("chat")
+    saved = sum(s is not None for s in SummaryCache(tmp_path).get_summaries(identity, convs))
+    assert 45 <= saved < n
+    server.reset()
+    server.set_delay(0.0)
+    out = summarise_conversations(convs, models(server)[0], None, cache=SummaryCache(tmp_path), batch_size=32)
+    repeated = sent_before + server.count("chat") - n
+    allowed = concurrency + round(concurrency * 0.2 / delay)  # in flight + the answers of the last ~200 ms
+    print(f"kill -9: repeated={repeated} allowed={allowed} saved={saved}")
+    assert 0 <= repeated <= allowed, (repeated, sent_before, saved)
+    assert server.count("chat") == n - saved  # the rerun asks exactly for what was not saved
+    server.reset()
+    assert out == summarise_conversations(convs, models(server)[0], None)  # as an uninterrupted run
+    assert not any(f.startswith("journal-") for f in journals(tmp_path))  # the dead run's journal was folded
