@@ -32,8 +32,6 @@ SHAPES_FROM: dict[str, dict[str, str]] = {
         "embedding_dims": "summaries",
         "seed": "summaries",
         "temperature": "summaries",
-        "structured_output": "summaries",
-        "base_url": "summaries",  # another server may serve another model under the same name
         "clusters_per_group": "clusters",
         "max_clusters": "meta_clusters",
     },
@@ -44,7 +42,11 @@ SHAPES_FROM: dict[str, dict[str, str]] = {
 
 NOT_SHAPING: dict[str, frozenset[str]] = {
     "kura": frozenset({"checkpoint_dir", "max_concurrency", "request_timeout", "max_retries",
-                       "embedding_batch_size", "summary_batch_size"}),
+                       "embedding_batch_size", "summary_batch_size",
+                       # How an answer is fetched, not what is asked: the answer cache's keys leave them out too
+                       # (model, prompt version and temperature are in both). To start afresh with a server that
+                       # serves another model under the same name, give the model another name.
+                       "base_url", "structured_output"}),
     "source": frozenset({"fs_options"}),  # where to read, and credentials: never hashed or shown
 }
 """Settings that change where or how fast work is done, not its result."""

@@ -291,3 +291,22 @@ def test_kill_9_mid_summaries_repeats_only_the_requests_in_flight(server: FakeOp
     server.reset()
     assert out == summarise_conversations(convs, models(server)[0], None)  # as an uninterrupted run
     assert not any(f.startswith("journal-") for f in journals(tmp_path))  # the dead run's journal was folded
+
+
+def test_cache_keys_and_the_staleness_hash_agree_on_what_shapes_an_answer() -> None:
+    """``base_url`` and ``structured_output`` change how an answer is fetched, not what is asked: neither the
+    cache identities nor the staleness hash take them; the model, prompt version and temperature shape both."""
+    from kura_dagster.resources import KuraPipelineResource
+    from kura_dagster.versioning import effective_settings
+
+    def both(**kw):
+        kura = KuraPipelineResource(llm="openai:m", embeddings="openai:e", **kw)
+        ids = (kura.summary_model().identity, kura.naming_model().identity, kura.embedding_model().identity)
+        return effective_settings(kura), ids
+
+    settings, ids = both()
+    for change in ({"base_url": "http://127.0.0.1:9/v1"}, {"structured_output": "json_object"}):
+        assert both(**change) == (settings, ids), change
+    for change in ({"temperature": 0.7}, {"llm": "openai:other"}):
+        other_settings, other_ids = both(**change)
+        assert other_settings != settings and other_ids[:2] != ids[:2], change
