@@ -300,7 +300,7 @@ def test_cache_keys_and_the_staleness_hash_agree_on_what_shapes_an_answer() -> N
     from kura_dagster.versioning import effective_settings
 
     def both(**kw):
-        kura = KuraPipelineResource(llm="openai:m", embeddings="openai:e", **kw)
+        kura = KuraPipelineResource(**{"llm": "openai:m", "embeddings": "openai:e", **kw})
         ids = (kura.summary_model().identity, kura.naming_model().identity, kura.embedding_model().identity)
         return effective_settings(kura), ids
 
