@@ -146,3 +146,34 @@ def test_kill_9_in_the_middle_of_summaries_then_resume(server: FakeOpenAIServer,
         reference = materialize(server, tmp_path / "uninterrupted", source, instance, max_concurrency=concurrency)
     assert reference["requests"] == n
     assert (ckpt / "summaries.jsonl").read_bytes() == (tmp_path / "uninterrupted" / "summaries.jsonl").read_bytes()
+
+
+def test_an_unchanged_rerun_of_every_asset_sends_no_request(server: FakeOpenAIServer, tmp_path: Path) -> None:
+    """Summaries, summary embeddings, base-cluster names, meta-cluster names and cluster-text embeddings are all
+    cached: the second run of the whole pipeline over the same conversations asks the server nothing."""
+    from kura_dagster.assets import kura_assets
+
+    convs = fake_conversations(30)
+    twins = [c.model_copy(update={"chat_id": f"{c.chat_id}-twin"}) for c in convs[:10]]
+    source = write_jsonl(tmp_path / "a.jsonl", convs + twins)  # 10 with the same messages as others
+
+    def run() -> dict[str, dict]:
+        kura = KuraPipelineResource(llm=f"openai:{MODEL}", embeddings="openai:fake-emb", base_url=server.url,
+                                    checkpoint_dir=str(tmp_path / "ckpt"), max_clusters=2, max_concurrency=4)
+        result = dg.materialize(kura_assets, resources={
+            "io_manager": JSONLIOManager(base_dir=str(tmp_path / "ckpt")), "kura": kura,
+            "source": ConversationSource(path=str(source))})
+        assert result.success
+        return {e.asset_key.path[-1]: {k: v.value for k, v in e.materialization.metadata.items()}
+                for e in result.get_asset_materialization_events()}
+
+    first = run()
+    assert first["summaries"]["deduplicated"] == 10 and first["summaries"]["llm_requests"] == 30
+    assert first["clusters"]["naming_requests"] == 4 and first["meta_clusters"]["naming_requests"] >= 1
+    before = (tmp_path / "ckpt" / "dimensionality.jsonl").read_bytes()
+    server.reset()
+    second = run()
+    assert server.count(None) == 0
+    assert second["summaries"]["cache_hits"] == 40 and second["clusters"]["naming_cache_hits"] == 4
+    assert second["meta_clusters"]["naming_requests"] == second["projected_clusters"]["embedding_requests"] == 0
+    assert (tmp_path / "ckpt" / "dimensionality.jsonl").read_bytes() == before
