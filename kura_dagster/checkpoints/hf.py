@@ -206,7 +206,7 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
 
     def _manifest(self, path: UPath) -> dict[str, Any] | None:
         try:
-            raw = (path / MANIFEST).read_bytes()
+            raw = storage.read_bytes(path / MANIFEST)
         except FileNotFoundError:
             return None
         try:
@@ -226,13 +226,16 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
                 continue
             f = path / name
             try:
+                if not storage.is_local(f):  # one GET: size and checksum of the same version
+                    _check_buffer(f, pa.py_buffer(storage.read_bytes(f)), expected)
+                    continue
                 size = f.stat().st_size
+                if size != expected["bytes"]:
+                    raise CheckpointCorruptError(f, f"has {size} bytes but was saved with {expected['bytes']}: it "
+                                                 "was truncated or changed")
+                actual = arrow.hash_file(self._hash_target(f))
             except FileNotFoundError:
                 raise CheckpointCorruptError(f, "a file of the dataset is missing") from None
-            if size != expected["bytes"]:
-                raise CheckpointCorruptError(f, f"has {size} bytes but was saved with {expected['bytes']}: it was "
-                                             "truncated or changed")
-            actual = arrow.hash_file(self._hash_target(f))
             if actual != expected["checksum"]:
                 raise CheckpointCorruptError(f, f"checksum mismatch ({actual} != saved {expected['checksum']})")
 
@@ -248,7 +251,7 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
         path = storage.resolve_dir(path)
         manifest = self._manifest(path)
         try:
-            state = json.loads((path / "state.json").read_bytes())
+            state = json.loads(storage.read_bytes(path / "state.json"))
             files = [f["filename"] for f in state["_data_files"]]
         except FileNotFoundError:
             raise CheckpointCorruptError(path / "state.json", "the dataset's state.json is missing") from None
@@ -258,17 +261,17 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
             raise CheckpointCorruptError(path / "state.json", "lists no data files")
         data = self.data_files(path, files)
         check = manifest is not None and verify
-        if check:  # local data files are hashed below, in the same pass (and mapping) that serves their rows
-            self._verify_dir(path, manifest, skip=frozenset(f.name for f in data if storage.is_local(f)))
+        if check:  # data files are hashed below, in the same pass (mapping or download) that serves their rows
+            self._verify_dir(path, manifest, skip=frozenset(f.name for f in data))
         tables = []
         for f in data:
             try:
                 if storage.is_local(f):
                     source = _map_file(storage.local_path(f))
-                    if check and f.name in manifest["files"]:
-                        _check_buffer(f, source, manifest["files"][f.name])
                 else:
-                    source = pa.py_buffer(f.read_bytes())
+                    source = pa.py_buffer(storage.read_bytes(f))
+                if check and f.name in manifest["files"]:
+                    _check_buffer(f, source, manifest["files"][f.name])
                 tables.append(pa.ipc.open_stream(source).read_all())
             except FileNotFoundError:
                 raise CheckpointCorruptError(f, "a data file of the dataset is missing") from None
@@ -286,7 +289,7 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
         """The Arrow files of the dataset at ``path``, in order (from ``state.json``)."""
         if files is None:
             path = storage.resolve_dir(path)
-            files = [f["filename"] for f in json.loads((path / "state.json").read_bytes())["_data_files"]]
+            files = [f["filename"] for f in json.loads(storage.read_bytes(path / "state.json"))["_data_files"]]
         return [path / storage.validate_name(name, what="data file name") for name in files]
 
     @staticmethod
@@ -300,7 +303,7 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
 
         path = storage.resolve_dir(path)
         try:
-            info = json.loads((path / "dataset_info.json").read_bytes())
+            info = json.loads(storage.read_bytes(path / "dataset_info.json"))
             return _class_labels(Features.from_dict(info["features"])) if info.get("features") else {}
         except FileNotFoundError:
             return {}
@@ -360,7 +363,7 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
     def _describe(self, path: UPath) -> dict[str, Any]:
         table, manifest = self.open_verified(path, verify=False)
         try:
-            hf_features = json.loads((storage.resolve_dir(path) / "dataset_info.json").read_bytes()).get("features")
+            hf_features = json.loads(storage.read_bytes(storage.resolve_dir(path) / "dataset_info.json")).get("features")
         except (FileNotFoundError, ValueError):
             hf_features = None
         return {

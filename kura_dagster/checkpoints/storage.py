@@ -40,6 +40,7 @@ import json
 import logging
 import re
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -279,6 +280,25 @@ def _put_object(path: UPath, write: Callable[[Any], None]) -> int:
     return size
 
 
+def read_bytes(path: UPath) -> bytes:
+    """The whole file. On an object store one GET of the whole object: a consistent copy of one version, even if
+    a writer replaces the object meanwhile (``UPath.read_bytes`` opens the object pinned to the ETag it saw first,
+    and then fails instead when the object is replaced between its HEAD and GET)."""
+    if is_local(path):
+        with open(local_path(path), "rb") as fh:
+            return fh.read()
+    return path.fs.cat_file(path.path)
+
+
+def gone_or_replaced(exc: BaseException) -> bool:
+    """Did a read fail because the file was deleted, or (S3) replaced by a newer version while it was read?
+    Such a read is retried; any other error is not."""
+    if isinstance(exc, FileNotFoundError):
+        return True
+    s3_utils = sys.modules.get("s3fs.utils")  # (only s3fs raises FileExpired, so only look once it is imported)
+    return s3_utils is not None and isinstance(exc, getattr(s3_utils, "FileExpired", ()))
+
+
 def atomic_write_bytes(path: UPath, data: bytes) -> int:
     return atomic_write_file(path, lambda fh: fh.write(data))
 
@@ -380,7 +400,7 @@ def read_pointer(path: UPath) -> str | None:
         return None
     pointer = path / POINTER_NAME
     try:
-        raw = pointer.read_bytes()
+        raw = read_bytes(pointer)
     except FileNotFoundError:
         return None
     try:
