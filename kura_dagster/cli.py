@@ -3,6 +3,8 @@
     kura-dagster migrate jsonl:./kura_checkpoints parquet:./checkpoints [--names summaries clusters]
                  [--overwrite] [--option compression=zstd] [--model NAME=MODEL] [--json]
     kura-dagster storage ./checkpoints [--json]
+    kura-dagster cache list ./checkpoints [--json]
+    kura-dagster cache prune ./checkpoints --older-than 30d [--keep IDENTITY] [--dry-run]
 
 Exit status: 0 on success, 1 when a checkpoint conflicts or fails to verify, 2 for bad arguments.
 No Dagster import: the command starts fast and works where only the checkpoint layer is installed.
@@ -54,7 +56,61 @@ def _parser() -> argparse.ArgumentParser:
     sto = sub.add_parser("storage", help="bytes of each checkpoint in each format, and the totals")
     sto.add_argument("directory", metavar="DIR")
     sto.add_argument("--json", action="store_true", help="print the overview as JSON")
+
+    cache = sub.add_parser("cache", help="the LLM answer cache (.kura-cache): list or prune its setting folders")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    lst = cache_sub.add_parser("list", help="each setting folder: kind, identity, size, last use")
+    lst.add_argument("directory", metavar="DIR", help="the checkpoint directory (KURA_CHECKPOINT_DIR)")
+    lst.add_argument("--json", action="store_true", help="print the folders as JSON")
+    prn = cache_sub.add_parser("prune", help="remove setting folders no run has used for a while")
+    prn.add_argument("directory", metavar="DIR", help="the checkpoint directory (KURA_CHECKPOINT_DIR)")
+    prn.add_argument("--older-than", required=True, type=_duration, metavar="AGE",
+                     help="remove folders last used longer ago than this: 30d, 12h, 45m or seconds")
+    prn.add_argument("--keep", action="append", default=[], metavar="IDENTITY",
+                     help="never remove this identity (as `cache list` shows it); repeatable")
+    prn.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     return parser
+
+
+def _duration(text: str) -> float:
+    """``30d``, ``12h``, ``45m``, ``90s`` or plain seconds → seconds."""
+    units = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1.0)
+    try:
+        value = float(number) * unit
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: write e.g. 30d, 12h, 45m or 90") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration cannot be negative")
+    return value
+
+
+def _cache_command(args: argparse.Namespace) -> int:
+    import time
+
+    from kura_dagster.checkpoints.summary_cache import cache_folders, prune_cache
+
+    def row(folder: Any, decision: str = "") -> str:
+        age = "unknown" if folder.last_used is None else f"{(time.time() - folder.last_used) / 86400:.1f} d ago"
+        return (f"| {folder.kind} | {folder.identity or '(unknown)'} | {folder.bytes:,} | {age} |"
+                + (f" {decision} |" if decision else ""))
+
+    if args.cache_command == "list":
+        folders = cache_folders(args.directory)
+        if args.json:
+            print(json.dumps([f.as_dict() for f in folders], indent=1))
+            return 0
+        print("| kind | identity | bytes | last used |\n|---|---|---|---|")
+        print("\n".join(row(f) for f in folders) or "(no cache)")
+        return 0
+    decisions = list(prune_cache(args.directory, older_than=args.older_than, keep=args.keep, dry_run=args.dry_run))
+    print("| kind | identity | bytes | last used | decision |\n|---|---|---|---|---|")
+    print("\n".join(row(f, d) for f, d in decisions) or "(no cache)")
+    gone = [f for f, d in decisions if d in ("removed", "would remove")]
+    verb = "would free" if args.dry_run else "freed"
+    print(f"\n{len(gone)} of {len(decisions)} setting folders {'to remove' if args.dry_run else 'removed'}, "
+          f"{verb} {sum(f.bytes for f in gone):,} bytes")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,9 +120,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kura_dagster.migrate import migrate, open_location, storage_overview
 
     try:
+        if args.command == "cache":
+            return _cache_command(args)
         if args.command == "storage":
+            from kura_dagster.checkpoints.summary_cache import CACHE_DIRNAME, cache_size
+
             overview = storage_overview(args.directory)
-            print(json.dumps(overview.as_dict(), indent=1) if args.json else overview.as_markdown())
+            cache_bytes, cache_folders = cache_size(args.directory)
+            if args.json:
+                print(json.dumps({**overview.as_dict(), "cache": {"bytes": cache_bytes, "folders": cache_folders}},
+                                 indent=1))
+            else:
+                print(overview.as_markdown())
+                print(f"\nAnswer cache ({CACHE_DIRNAME}): {cache_bytes:,} bytes in {cache_folders} setting folders "
+                      "(`kura-dagster cache prune` removes unused ones)")
             return 0
         options = _key_values(args.option, "--option")
         models = {k: str(v) for k, v in _key_values(args.model, "--model").items()}
