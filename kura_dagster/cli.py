@@ -6,6 +6,9 @@
     kura-dagster cache list ./checkpoints [--json]
     kura-dagster cache prune ./checkpoints --older-than 30d [--keep IDENTITY] [--dry-run]
 
+A DIR may be an fsspec URL (``parquet:s3://bucket/kura``); S3's endpoint and credentials come from the standard
+variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``).
+
 Exit status: 0 on success, 1 when a checkpoint conflicts or fails to verify, 2 for bad arguments.
 No Dagster import: the command starts fast and works where only the checkpoint layer is installed.
 """
@@ -44,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
 
     mig = sub.add_parser("migrate", help="copy checkpoints to another format or directory, verified, without recomputing")
     mig.add_argument("source", metavar="SRC_FORMAT:SRC_DIR", help=f"e.g. jsonl:./kura_checkpoints ({fmts})")
-    mig.add_argument("destination", metavar="DST_FORMAT:DST_DIR", help="e.g. parquet:./checkpoints")
+    mig.add_argument("destination", metavar="DST_FORMAT:DST_DIR",
+                     help="e.g. parquet:./checkpoints or hf:s3://bucket/kura (S3 endpoint and keys: AWS_* variables)")
     mig.add_argument("--names", nargs="+", metavar="NAME", help="checkpoints to copy (default: all in the source)")
     mig.add_argument("--overwrite", action="store_true", help="replace destination checkpoints that differ")
     mig.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -54,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     mig.add_argument("--json", action="store_true", help="print the report as JSON")
 
     sto = sub.add_parser("storage", help="bytes of each checkpoint in each format, and the totals")
-    sto.add_argument("directory", metavar="DIR")
+    sto.add_argument("directory", metavar="DIR", help="a directory or URL, e.g. s3://bucket/kura")
     sto.add_argument("--json", action="store_true", help="print the overview as JSON")
 
     cache = sub.add_parser("cache", help="the LLM answer cache (.kura-cache): list or prune its setting folders")
