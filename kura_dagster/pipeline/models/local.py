@@ -98,7 +98,8 @@ _CODE_NAMES = {"python": "python", "javascript": "javascript", "sql": "sql", "ja
 _GREETING = re.compile(r"^(?:hi|hello|hey|hiya|greetings|good (?:morning|afternoon|evening)|thanks|thank you|"
                        r"quick question|dear \w+)\b", re.I)
 _POLITE = re.compile(r"^(?:(?:please\s+)?help\s*:\s*|(?:please|kindly)\s+|(?:can|could|would|will) you(?: please)?\s+|"
-                     r"i was wondering if you could\s+|i'd like you to\s+)", re.I)
+                     r"i was wondering if you could\s+|i'd like you to\s+|(?:a |one )?(?:quick )?question (?:about|on|regarding)\s+|"
+                     r"(?:i\s+)?(?:need|want|am trying|'m trying|trying) to\s+(?=[a-z]))", re.I)
 _QUESTION_WORDS = frozenset("how what why where when which who whom whose what's how's".split())
 _AUXILIARIES = frozenset("is are am was were do does did should can could would will shall may might must has have".split())
 _SUBJECT_PRONOUNS = frozenset("i it we this that there you they he she".split())
@@ -139,7 +140,7 @@ def key_sentence(text: str, max_words: int = 30) -> str:
 
 def _lower_first(text: str) -> str:
     first = text.split(maxsplit=1)[0] if text.strip() else ""
-    if re.match(r"I\b", text) or not first.isalpha() or any(ch.isupper() for ch in first[1:]):
+    if re.match(r"I\b", text) or not first.replace("'", "").isalpha() or any(ch.isupper() for ch in first[1:]):
         return text  # the pronoun, "W&B", "wandb.Table", "PyTorch": not a capital to drop
     return text[:1].lower() + text[1:] if text[:1].isupper() and not text[1:2].isupper() else text
 
@@ -171,7 +172,17 @@ def as_instruction(sentence: str) -> str:
         out = f"explain how to {rest(3)}"
     elif m := re.match(r"how (does|do) (.+) work$", s, re.I):
         out = f"explain how {m.group(2)} work{'s' if m.group(1).lower() == 'does' else ''}"
-    elif m := re.match(r"what (?:is|are) (.+)$", s, re.I):
+    elif m := re.match(r"(?:is there (?:a|any) way|is it possible|what(?:'s| is) the (?:way|workflow|process)) "
+                       r"to (.+)$", s, re.I):
+        out = f"explain how to {m.group(1)}"
+    elif m := re.match(r"what(?:'s| is| are) the (best|right|fastest|easiest|recommended|cleanest|simplest|proper) "
+                       r"(way|workflow|process|steps?) to (.+)$", s, re.I):
+        out = f"explain the {m.group(1).lower()} {m.group(2).lower()} to {m.group(3)}"
+    elif m := re.match(r"what(?:'s| is) (needed|required) (?:to|for) (.+)$", s, re.I):
+        out = f"explain what is {m.group(1).lower()} to {m.group(2)}"
+    elif m := re.match(r"(can|could|should|will|would) (the|a|an|this|our|my) (\S+) (.+)$", s, re.I):
+        out = f"explain whether {m.group(2).lower()} {m.group(3)} {m.group(1).lower()} {m.group(4)}"
+    elif m := re.match(r"what(?:'s| is| are) (.+)$", s, re.I):
         out = f"explain {m.group(1)}"
     elif m := re.match(r"what should (?:i|we) do (about|with|if|when) (.+)$", s, re.I):
         out = f"advise on {m.group(2)}" if m.group(1).lower() == "about" else f"advise what to do {m.group(1)} {m.group(2)}"
@@ -211,7 +222,7 @@ def as_instruction(sentence: str) -> str:
 _MODALS = frozenset("is are can could should would will does".split()) - {"does"}
 _TOOL_WORDS = frozenset("wandb weave it this that there".split())
 _IMPERATIVES = frozenset("""
-    accept access act add adapt adjust advise analyse analyze answer apply approve arrange ask assess assign assist
+    accept access act add adapt behave embrace speak reply adjust advise analyse analyze answer apply approve arrange ask assess assign assist
     assume avoid automate back balance brainstorm break build calculate call cancel categorize categorise change check
     choose clarify classify clean clear close collect combine come compare compile complete compose compute
     configure connect consider construct continue convert copy correct count craft create critique customise
@@ -462,6 +473,8 @@ def choose_request(candidates: Sequence[_Candidate]) -> str:
         if later is not None and (len(chosen.split()) <= 5 or _VAGUE.match(chosen) or _is_question(later)
                                   and _content_words(later) >= _content_words(chosen)):
             chosen = later
+        elif other := next((s for s in content[1:4] if not _is_statement(s) and _content_words(s) >= 2), None):
+            chosen = other  # context first ("Our training runs on SLURM."), then the ask ("sweep agent crashes")
         elif len(chosen.split()) <= 5:
             chosen = next((s for s in content[1:3] if not _is_statement(s) and len(s.split()) >= 5), chosen)
     return chosen
@@ -644,32 +657,82 @@ def _stopwords() -> list[str]:
     return sorted(_stopword_set())
 
 
+# --- terms: product names and multi-word names stay whole -------------------------------------------------
+
+_TERM = re.compile(
+    r"[A-Z][A-Za-z0-9]*(?:\s?&\s?[A-Z][A-Za-z0-9]*)+"  # "Weights & Biases", "W&B"
+    r"|[A-Z][a-z0-9]+(?:\s[A-Z][a-z0-9]+)+"  # "Hugging Face", "Visual Studio Code"
+    r"|[A-Za-z][A-Za-z0-9]*(?:[.+#-][A-Za-z0-9]+)*[+#]*"  # "PyTorch", "wandb.init", "scikit-learn", "C++"
+)
+"""A term as a person reads it: a word, a product name with ``&`` or ``.``, or a run of capitalised words
+(names are tokenised with their first word lower-cased, so a sentence's capital never starts one)."""
+
+
+def _term_key(surface: str) -> str | None:
+    key = " ".join(surface.lower().split())
+    if key in _stopword_set() or key in _IMPERATIVES or key in _VERBS or key.isdigit():
+        return None
+    if len(key) < 3 and not any(ch in key for ch in "&+#"):
+        return None
+    return key
+
+
+def _terms(text: str) -> list[tuple[str, str, int, int]]:
+    """``(key, surface, start, end)`` for each term of ``text`` (stop words and verbs skipped)."""
+    text = _lower_first(text)
+    out = []
+    for m in _TERM.finditer(text):
+        surface, start = m.group(0), m.start()
+        if surface.startswith(("The ", "A ", "An ")) and " " in surface:  # "The Big Bang Theory" -> "Big Bang Theory"
+            cut = surface.index(" ") + 1
+            surface, start = surface[cut:], start + cut
+        if key := _term_key(surface):
+            out.append((key, surface, start, m.end()))
+    return out
+
+
+def _slug_part(key: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", key.replace("&", "and").replace("++", "pp").replace("#", "sharp"))
+
+
 def _distinctive_terms(docs: Sequence[str], top: int = 3, seed: int = 0,
                        exclude: Sequence[frozenset[str]] | None = None) -> list[list[str]]:
-    """Class-based TF-IDF: the terms that set each document (a whole group's text) apart from the others.
+    """Class-based TF-IDF: the terms that set each document (a whole group's text) apart from the others,
+    as they are written ("Weights & Biases", "PyTorch"), never stop words or verbs.
 
-    ``exclude[i]`` holds words not to use for document ``i`` (its name's verb, say), besides the verbs and
-    stop words no group is described by.
+    ``exclude[i]`` holds lower-case words not to use for document ``i`` (its name's verb, say).
     """
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    vec = TfidfVectorizer(stop_words=_stopwords(), token_pattern=r"(?u)\b[a-z][a-z0-9]{2,}\b",
-                          sublinear_tf=True, lowercase=True, max_df=0.9 if len(docs) > 3 else 1.0)
+    surfaces: dict[str, Counter] = {}
+
+    def analyse(doc: str) -> list[str]:
+        keys = []
+        for key, surface, _, _ in _terms(doc):
+            keys.append(key)
+            surfaces.setdefault(key, Counter())[surface] += 1
+        return keys
+
+    vec = TfidfVectorizer(analyzer=analyse, sublinear_tf=True, max_df=0.9 if len(docs) > 3 else 1.0)
     try:
         matrix = vec.fit_transform(docs).tocsr()
     except ValueError:  # every word was a stop word
         return [list(_FALLBACK_TERMS[:top]) for _ in docs]
     vocab = vec.get_feature_names_out()
+    shown = {k: min(c, key=lambda s: (-c[s], s)) for k, c in surfaces.items()}
     out = []
     for i in range(matrix.shape[0]):
         lo, hi = matrix.indptr[i], matrix.indptr[i + 1]
         idx, data = matrix.indices[lo:hi], matrix.data[lo:hi]
-        skip = _VERBS | (exclude[i] if exclude else frozenset())
+        skip = exclude[i] if exclude else frozenset()
         terms: list[str] = []
+        parts: set[str] = set()
         for j in np.lexsort((vocab[idx], -data)):
-            term = str(vocab[idx[j]])
-            if term not in skip:
-                terms.append(term)
+            key = str(vocab[idx[j]])
+            part = _slug_part(key)
+            if key not in skip and part and part not in parts and not (set(key.split()) & skip):
+                terms.append(shown.get(key, key))
+                parts.add(part)
                 if len(terms) == top:
                     break
         terms += [t for t in _FALLBACK_TERMS if t not in terms][: top - len(terms)]
@@ -685,7 +748,9 @@ _NAMING_STOPWORDS = frozenset({"user", "users", "assistant", "asked", "replied",
      "isn", "wasn", "aren", "won", "wouldn", "couldn", "shouldn", "haven", "hasn", "material", "group",
      "brings", "covering", "following", "previous", "response", "answer", "question", "questions",
      "whether", "advise", "tips", "advice", "they", "their", "theirs", "them", "themselves", "does", "did",
-     "doing", "way", "ways", "works", "uses", "finds"})
+     "doing", "way", "ways", "works", "uses", "finds", "they're", "they've", "they'd", "they'll", "what's",
+     "how's", "it's", "that's", "there's", "possible", "thing", "things", "needed", "required",
+     "short", "message", "clear", "quoted", "text"})
 
 _VERBS = frozenset((
     "write", "compose", "explain", "solve", "describe", "create", "draft", "edit", "rewrite", "help", "suggest",
@@ -695,7 +760,10 @@ _VERBS = frozenset((
     "build", "prepare", "start", "make", "keep", "add", "check",
 ))
 _ADVICE_VERBS = frozenset(("help", "advise", "answer", "give", "tell", "show", "walk", "suggest", "provide", "find",
-                           "get", "make", "keep", "check"))
+                           "get", "make", "keep", "check", "explain", "use", "do", "try", "go", "let", "need"))
+_VERB_PHRASE = {"help": "Help with", "advise": "Advise on", "answer": "Explain", "give": "Advise on",
+                "tell": "Explain", "walk": "Explain", "use": "Help with", "do": "Help with", "try": "Help with",
+                "go": "Help with", "let": "Help with", "need": "Help with"}
 _REQUEST_PREFIX = re.compile(r"^\s*(?:the user'?s overall request for the assistant is to|"
                              r"the user asked the assistant to)\s+", re.I)
 _DANGLING = frozenset("a an the to of about for with and or but in on at by from as into than that which who whose "
@@ -703,6 +771,10 @@ _DANGLING = frozenset("a an the to of about for with and or but in on at by from
                       "some any very more most someone something".split())
 _TOKEN = re.compile(r"[a-z][a-z0-9]{2,}")
 _CLAUSE_STARTS = frozenset("that which who whose where when whenever while if because so since whereas".split())
+_PHRASE_STARTS = _CLAUSE_STARTS | frozenset(
+    "about for with to in on at from by into of and or but as using without including via after before than "
+    "like during between across through under over against within".split())
+"""Words a shorter name may end before: what follows them is a phrase of its own."""
 
 
 def _instruction(summary: ConversationSummary) -> str:
@@ -716,41 +788,82 @@ def _clause(text: str) -> str:
     return re.sub(r"[.!?]+(?=\s)", ",", text).rstrip(" .!?…:;,")
 
 
-def _short_name(instruction: str, max_words: int = 10) -> str:
-    """At most ``max_words`` words, not ending on a dangling article or preposition, capitalised."""
+def _shorten(instruction: str, max_words: int = 10) -> tuple[str, bool]:
+    """The instruction as a name of at most ``max_words`` words, capitalised, and whether it is whole: cut
+    (if at all) only where a phrase ends, before a clause, a preposition or a comma, never inside a quote."""
     words = _clause(instruction).replace("…", "").split()
-    if len(words) > max_words:  # prefer ending where a clause ends ("… visit to Hanoi | that fits …")
-        cuts = [i for i in range(6, max_words + 1) if not _inside_quote(words[:i])
-                and (words[i].lower() in _CLAUSE_STARTS or words[i - 1].endswith(","))]
-        words = words[: max(cuts)] if cuts else words[:max_words]
+    if not words:
+        return "Help with a general request", True
+    whole = True
+    if len(words) > max_words:
+        cuts = [i for i in range(3, max_words + 1) if not _inside_quote(words[:i])
+                and words[i - 1].lower().strip(",;:") not in _DANGLING and _phrase_ends(words, i)]
+        clauses = [i for i in cuts if i >= 6 and words[i].lower() in _CLAUSE_STARTS]
+        if clauses or cuts:
+            words = words[: max(clauses or cuts)]
+        else:
+            words, whole = words[:max_words], False
     while len(words) > 2 and words[-1].lower().strip(",;:'\"“”") in _DANGLING:
         words.pop()
     words[-1] = words[-1].rstrip(",;:")
     deduped = [w for i, w in enumerate(words) if i == 0 or w.lower() != words[i - 1].lower()]
     name = " ".join(deduped)
-    return name[:1].upper() + name[1:]
+    return name[:1].upper() + name[1:], whole and len(deduped) >= 2 and not _inside_quote(deduped)
+
+
+def _phrase_ends(words: Sequence[str], i: int) -> bool:
+    """Whether a phrase ends before ``words[i]``: a clause, preposition or participle starts there ("… blog
+    post | comparing two phones"), or a comma ends the words before it and a phrase follows it."""
+    nxt, prev = words[i].lower().strip("\"'“("), words[i - 1].lower()
+    if prev.rstrip(",").endswith("ing") and nxt in _PHRASE_STARTS:
+        return False  # "beginning | with …": the participle needs what follows
+    participle = nxt.endswith("ing") and len(nxt) > 5 and i >= 4 and prev.rstrip(",") not in _AUXILIARIES \
+        and prev.rstrip(",") not in ("be", "been", "am", "to", "of", "for", "about", "by", "without")
+    if prev.endswith(","):
+        return nxt in _PHRASE_STARTS or participle
+    return nxt in _PHRASE_STARTS or participle
+
+
+def _short_name(instruction: str, max_words: int = 10) -> str:
+    """At most ``max_words`` words, not ending on a dangling article or preposition, capitalised."""
+    return _shorten(instruction, max_words)[0]
 
 
 def _inside_quote(words: Sequence[str]) -> bool:
     """Whether a quotation opened in ``words`` is still open at their end."""
     depth = 0
     for w in words:
-        depth += w[:1] in "'\"“" and len(w) > 1
-        depth -= w.rstrip(",.;:!?")[-1:] in "'\"”" and not w.endswith("'s")
+        depth += w[:1] in "'\"“(" and len(w) > 1
+        depth -= w.rstrip(",.;:!?")[-1:] in "'\"”)" and not w.endswith("'s")
     return depth > 0
 
 
+def _ranked(instructions: Sequence[str], limit: int = 12) -> list[str]:
+    """The group's distinct instructions, most typical first: their words are the most shared across the
+    group; a full sentence beats a bare keyword query, then shorter beats longer."""
+    distinct = Counter(instructions)
+    stop = _stopword_set()
+    tokens = {t: frozenset(_TOKEN.findall(t.lower())) - stop for t in distinct}
+    df: Counter[str] = Counter()
+    for t, n in distinct.items():
+        df.update(dict.fromkeys(tokens[t], n))
+
+    def key(t: str) -> tuple:
+        words = tokens[t]
+        mean_df = sum(df[w] for w in words) / len(words) if words else 0.0
+        sentence_like = bool(_FUNCTION_WORDS.intersection(t.lower().split()[1:]))
+        return (len(words) < 2, -mean_df * (1.0 if sentence_like else 0.7), len(t), t)
+
+    return sorted(distinct, key=key)[:limit]
+
+
+_FUNCTION_WORDS = frozenset("a an the to of in on for with from by about my their your this that how what why "
+                            "which when".split())
+
+
 def _typical(instructions: Sequence[str]) -> int:
-    """Index of the most typical instruction: its words are the most shared across the group."""
-    tokens = [frozenset(_TOKEN.findall(t.lower())) - _stopword_set() for t in instructions]
-    df = Counter(w for t in tokens for w in t)
-
-    def key(i: int) -> tuple:
-        t = tokens[i]
-        mean_df = sum(df[w] for w in t) / len(t) if t else 0.0
-        return (len(t) < 3, -mean_df, len(instructions[i]), instructions[i])
-
-    return min(range(len(instructions)), key=key)
+    """Index of the most typical instruction (see :func:`_ranked`)."""
+    return instructions.index(_ranked(instructions, 1)[0])
 
 
 def _join(terms: Sequence[str]) -> str:
@@ -758,91 +871,218 @@ def _join(terms: Sequence[str]) -> str:
 
 
 def _slug(terms: Sequence[str]) -> str:
-    return "_".join(re.sub(r"[^a-z0-9]", "", t) or "topic" for t in terms[:3])
+    parts: list[str] = []
+    for t in list(terms) + list(_FALLBACK_TERMS) + ["topic", "misc", "other"]:
+        part = _slug_part(t.lower())
+        if part and part not in parts:
+            parts.append(part)
+    return "_".join(parts[:3])
+
+
+_CORE = re.compile(r"^(?:explain|show|tell|teach) (?:them )?how to ([a-z]+)\b|^help (?:them )?([a-z]+)\b", re.I)
+
+
+def _action(name: str) -> tuple[str, str]:
+    """A cluster name's action verb and the words it acts on: "Explain how to log images to W&B" ->
+    ("log", "images to W&B"), "Write a persuasive email" -> ("write", "a persuasive email")."""
+    m = _CORE.match(name)
+    if m and (verb := (m.group(1) or m.group(2)).lower()) in _IMPERATIVES and verb not in ("with", "when"):
+        return verb, name[m.end():].strip()
+    words = name.split(maxsplit=1)
+    verb = words[0].lower().strip(",:") if words else "help"
+    rest = words[1] if len(words) > 1 else ""
+    if verb in ("help", "advise", "answer", "explain"):
+        rest = re.sub(r"^(?:with|on|about|when|whether|how|what|why|which)\s+", "", rest, flags=re.I)
+    return verb, rest
+
+
+def _phrases(text: str) -> dict[str, str]:
+    """Content phrases of one to three adjacent terms (key -> surface), split at stop words and punctuation."""
+    runs: list[list[tuple[str, str]]] = []
+    last_end = -1
+    for key, surface, start, end in _terms(text):
+        between = text[last_end:start] if last_end >= 0 else ""
+        if last_end < 0 or between.strip() or not runs:
+            runs.append([])
+        runs[-1].append((key, surface))
+        last_end = end
+    out: dict[str, str] = {}
+    for run in runs:
+        for n in (1, 2, 3):
+            for i in range(len(run) - n + 1):
+                part = run[i: i + n]
+                out.setdefault(" ".join(k for k, _ in part), " ".join(s for _, s in part))
+    return out
 
 
 class LocalClusterNamingModel:
-    """Names a group after its most typical request, cut to a short imperative sentence; its slug and
-    description use the terms that set the group apart from the others (class-based TF-IDF)."""
+    """Names a group after its most typical request, as a whole short imperative phrase distinct from the
+    other groups' names; slugs and descriptions use the terms that set the group apart (class-based TF-IDF).
+    A meta cluster is named by what its children share: their main action and the phrases most of them
+    mention ("Log and visualise images and tables"), never two siblings with the same opening words."""
 
-    identity = "local-cluster-naming/v2"
+    identity = "local-cluster-naming/v3"
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
 
     def name_clusters(self, groups: Sequence[Sequence[ConversationSummary]]) -> list[GeneratedCluster]:
         instructions = [[_instruction(s) for s in g] for g in groups]
-        reps = [ins[_typical(ins)] if ins else "help with a general request" for ins in instructions]
-        names = [_short_name(r) for r in reps]
-        exclude = [frozenset(_TOKEN.findall(n.split(maxsplit=1)[0].lower())) for n in names]
+        names: list[str] = [""] * len(groups)
+        reps: list[str] = [""] * len(groups)
+        used: set[str] = set()
+        for i in sorted(range(len(groups)), key=lambda i: (-len(groups[i]), i)):
+            ranked = _ranked(instructions[i]) if instructions[i] else ["help with a general request"]
+            options = [(rep, *_shorten(rep)) for rep in ranked]
+            pick = next(((r, n) for r, n, whole in options if whole and n.lower() not in used), None) \
+                or next(((r, n) for r, n, _ in options if n.lower() not in used), None)
+            if pick is None:  # every candidate is another group's name: tell them apart by a term
+                pick = (options[0][0], options[0][1])
+            reps[i], names[i] = pick
+            used.add(names[i].lower())
+        exclude = [frozenset({_action(n)[0], n.split(maxsplit=1)[0].lower()}) for n in names]
         all_terms = _distinctive_terms([" ".join(ins) for ins in instructions], seed=self.seed, exclude=exclude)
+        seen: Counter[str] = Counter(n.lower() for n in names)
         out = []
         for group, name, rep, terms in zip(groups, names, reps, all_terms):
-            topics = Counter(s.topic for s in group if s.topic)
+            if seen[name.lower()] > 1:  # the same request heads several groups: add what sets this one apart
+                extra = next((t for t in terms if t.lower() not in name.lower()), None)
+                if extra and len(name.split()) + len(extra.split()) + 1 <= 10:
+                    name = f"{name} with {extra}" if len(extra.split()) < 4 else name
             langs = Counter(lang for s in group for lang in (s.languages or [])[:1])
+            lang = langs.most_common(1)[0][0] if langs else "english"
             n = len(group)
             description = (
                 f"Users asked the assistant to {_lower(_clause(' '.join(rep.split()[:25])))}. "
-                f"The {n} conversation{'s' if n != 1 else ''} mostly concerned "
-                f"{topics.most_common(1)[0][0] if topics else 'general topics'} in "
-                f"{langs.most_common(1)[0][0] if langs else 'english'} and often mentioned {_join(terms)}."
+                f"The {n} conversation{'s' if n != 1 else ''} "
+                f"{'were mostly in ' + lang.capitalize() + ' and ' if lang != 'english' else ''}"
+                f"often mentioned {_join(terms)}."
             )
             out.append(GeneratedCluster(name=name, summary=description, slug=_slug(terms)))
         return out
 
     def name_meta_clusters(self, groups: Sequence[Sequence[Cluster]]) -> list[GeneratedCluster]:
-        verbs = []
-        for group in groups:
-            weights = Counter()
-            for c in group:
-                weights[c.name.split(maxsplit=1)[0].lower() if c.name.strip() else "help"] += len(c.chat_ids)
-            verbs.append(min(weights, key=lambda v: (-weights[v], v)))
-        topics = [_main_topic(g) for g in groups]
-        # a group's terms come from its children on its main topic (when it has one), so the name agrees
-        docs = [" ".join(f"{c.name} {c.slug.replace('_', ' ')}" for c in g if not t or _topic_of(c) == t)
-                for g, t in zip(groups, topics)]
-        all_terms = _distinctive_terms(docs, seed=self.seed, exclude=[frozenset({v}) for v in verbs])
-        out = []
-        for group, verb, terms, topic in zip(groups, verbs, all_terms, topics):
-            if topic:
-                name = f"Help with {topic}: {_join(terms)}"
+        actions = [[(_action(c.name), max(len(c.chat_ids), 1)) for c in g] for g in groups]
+        phrase_sets = [[_phrases(rest) for (_, rest), _ in acts] for acts in actions]
+        group_df: Counter[str] = Counter()
+        for sets in phrase_sets:
+            group_df.update({k for s in sets for k in s})
+        n_groups = len(groups)
+        used_leads: set[str] = set()
+        results: list[GeneratedCluster | None] = [None] * n_groups
+        for gi in sorted(range(n_groups), key=lambda i: (-sum(w for _, w in actions[i]), i)):
+            acts, sets = actions[gi], phrase_sets[gi]
+            total = sum(w for _, w in acts)
+            verbs: Counter[str] = Counter()
+            coverage: Counter[str] = Counter()
+            surface: dict[str, str] = {}
+            for ((verb, _), w), phrases in zip(acts, sets):
+                verbs[verb] += w
+                for k, s in phrases.items():
+                    coverage[k] += w
+                    surface.setdefault(k, s)
+            verb_order = sorted(verbs, key=lambda v: (-verbs[v], v))
+            scored = sorted(coverage, key=lambda k: (
+                -(coverage[k] / total) ** 1.5 * math.log((1 + n_groups) / group_df[k])
+                * (1 + 0.15 * (len(k.split()) - 1)), k))
+            scored = [k for k in scored if not k.rsplit(" ", 1)[-1].endswith("ing")] or scored
+            phrases = _distinct_phrases(scored, 4, coverage)
+            verbs_of: dict[str, Counter] = {}
+            children_of: dict[str, list[int]] = {}
+            for ci, (((verb, _), w), found) in enumerate(zip(acts, sets)):
+                for k in phrases:
+                    if k in found:
+                        verbs_of.setdefault(k, Counter())[verb] += w
+                        children_of.setdefault(k, []).append(ci)
+            only = {c.name for c in groups[gi]}
+            if len(only) == 1 and (lead := " ".join(next(iter(only)).lower().split()[:2])) not in used_leads:
+                name = next(iter(only))  # one kind of request: the child's own name says what it is
             else:
-                name = f"{'Help with' if verb in _ADVICE_VERBS else verb.capitalize()} {_join(terms)}"
-            about = f", mostly about {topic}" if topic else ""
+                name, lead = _meta_name(verbs_of, verb_order, phrases, surface, used_leads, children_of)
+            used_leads.update((lead, " ".join(name.lower().split()[:2]), lead.rsplit(" ", 1)[0]))
+            group = groups[gi]
             biggest = sorted(group, key=lambda c: (-len(c.chat_ids), c.name))[:2]
             examples = " and ".join(f"“{_clause(c.name)}”" for c in biggest)
             n_chats = len({cid for c in group for cid in c.chat_ids})
             if len(group) == 1:
                 description = (f"Users asked the assistant to {_lower(name)}, as in the cluster {examples}. "
-                               f"It covered {n_chats} conversation{'s' if n_chats != 1 else ''}{about}.")
+                               f"It covered {n_chats} conversation{'s' if n_chats != 1 else ''}.")
             else:
-                description = (
-                    f"Users asked the assistant to {_lower(name)}, across {len(group)} related clusters such as "
-                    f"{examples}. Together these clusters covered {n_chats} conversations{about}."
-                )
-            out.append(GeneratedCluster(name=name, summary=description, slug=_slug(terms)))
-        return out
+                description = (f"Users asked the assistant to {_lower(name)}, across {len(group)} related clusters "
+                               f"such as {examples}. Together these clusters covered {n_chats} conversations.")
+            first = name.split(maxsplit=1)[0].lower()
+            slug_terms = [t for k in phrases for t in k.split() if t != first] + \
+                [t for k in scored[:12] for t in k.split() if t != first]
+            results[gi] = GeneratedCluster(name=name, summary=description, slug=_slug(slug_terms))
+        return results  # type: ignore[return-value]
 
 
-_TOPIC_IN_DESCRIPTION = re.compile(r"mostly (?:concerned|about) ([a-z][a-z ]+?)(?: in [a-z+#]+ and often mentioned|[.,])")
+def _distinct_phrases(scored: Sequence[str], top: int, coverage: Counter | None = None) -> list[str]:
+    """The best phrases that share no word with a better one; a phrase gives way to a longer one that
+    contains it when that covers at least half as much ("best" -> "best practices")."""
+    out: list[str] = []
+    words: set[str] = set()
+    for k in scored:
+        if coverage is not None:
+            longer = [e for e in scored[:200] if len(e) > len(k) and f" {k} " in f" {e} "
+                      and coverage[e] >= 0.5 * coverage[k]]
+            if longer:
+                k = max(longer, key=lambda e: (coverage[e], len(e), e))
+        parts = set(k.split())
+        if not parts & words:
+            out.append(k)
+            words |= parts
+            if len(out) == top:
+                break
+    return out
 
 
-def _topic_of(cluster: Cluster) -> str | None:
-    m = _TOPIC_IN_DESCRIPTION.search(cluster.description)
-    return m.group(1) if m and not m.group(1).startswith("general ") else None
+_ADVICE_HEADS = ("Help with", "Explain", "Advise on", "Answer questions on")
 
 
-def _main_topic(group: Sequence[Cluster]) -> str | None:
-    """The topic most of the group's conversations share, read off the children's descriptions (as this
-    model writes them), or None when no topic covers at least half of them."""
-    weights: Counter[str] = Counter()
-    for c in group:
-        if topic := _topic_of(c):
-            weights[topic] += len(c.chat_ids)
-    if not weights:
-        return None
-    topic = min(weights, key=lambda t: (-weights[t], t))
-    return topic if 2 * weights[topic] >= sum(len(c.chat_ids) for c in group) else None
+def _verb_phrase(verb: str) -> str:
+    return _VERB_PHRASE.get(verb, verb.capitalize())
+
+
+def _main_verb(verbs: Counter) -> str:
+    """The verb most of these children share; a concrete one ("log", "write") when it has a third of them."""
+    order = sorted(verbs, key=lambda v: (-verbs[v], v))
+    if not order:
+        return "help"
+    strong = [v for v in order if v not in _ADVICE_VERBS]
+    if order[0] in _ADVICE_VERBS and strong and verbs[strong[0]] * 3 >= sum(verbs.values()):
+        return strong[0]
+    return order[0]
+
+
+def _meta_name(verbs_of: dict[str, Counter], verb_order: Sequence[str], phrases: Sequence[str],
+               surface: dict[str, str], used_leads: set[str],
+               children_of: dict[str, list[int]] | None = None) -> tuple[str, str]:
+    """What a group's children share: the verb of the children that mention its main phrase, that phrase,
+    and a second phrase when the same kind of request mentions it. Returns the name and its leading phrase
+    (the verb phrase and the first word after it), which no sibling may share."""
+    candidates: list[tuple[str, str, str]] = []
+    children_of = children_of or {}
+    for p in phrases or ["general requests"]:
+        verb = _main_verb(verbs_of.get(p, Counter())) if phrases else (verb_order[0] if verb_order else "help")
+        mine = verbs_of.get(p, Counter())
+        heads = [_verb_phrase(verb)] + [_verb_phrase(v) for v in sorted(mine, key=lambda v: (-mine[v], v))
+                                        if v != verb and v not in _ADVICE_VERBS and mine[v] * 4 >= sum(mine.values())]
+        if verb in _ADVICE_VERBS:  # questions and advice: say so in words no sibling has used yet
+            heads += [h for h in _ADVICE_HEADS if h not in heads]
+        shown = surface.get(p, p)
+        partners = [q for q in phrases if q != p and _main_verb(verbs_of.get(q, Counter())) == verb
+                    and not set(children_of.get(q, ())) <= set(children_of.get(p, ()))]
+        for head in heads:
+            lead = f"{head} {shown.split()[0]}".lower()
+            if partners:
+                candidates.append((f"{head} {shown} and {surface.get(partners[0], partners[0])}", lead, head))
+            candidates.append((f"{head} {shown}", lead, head))
+    candidates = [c for c in candidates if len(c[0].split()) <= 10] or [("Help with general requests", "help with general", "")]
+    fresh = lambda c: c[1] not in used_leads and " ".join(c[0].lower().split()[:2]) not in used_leads  # noqa: E731
+    name, lead, _ = next((c for c in candidates if fresh(c)), None) \
+        or next((c for c in candidates if c[1] not in used_leads), candidates[0])
+    return name[:1].upper() + name[1:], lead
 
 
 def _lower(text: str) -> str:
