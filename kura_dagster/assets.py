@@ -10,7 +10,9 @@ helpers of :mod:`kura_dagster.observability`. Checkpoint file names are Kura's: 
 """
 
 
+import functools
 import hashlib
+import warnings
 import statistics
 import time
 from collections import Counter
@@ -23,9 +25,18 @@ from pydantic import BaseModel
 from kura_dagster.checkpoints.columnar import SummaryColumns
 from kura_dagster.checkpoints.storage import atomic_write_bytes, remove_path, to_upath, validate_name
 from kura_dagster.checkpoints.summary_cache import SummaryCache
-from kura_dagster.io_managers.base import summary_columns_type
+from kura_dagster.io_managers.base import WINDOW_DAYS_KEY, summary_columns_type
 from kura_dagster.io_managers.typing import CHECKPOINT_NAME_KEY, model_metadata
 from kura_dagster.names import CHECKPOINT_NAMES, KuraNames
+from kura_dagster.partitions import (
+    PartitionedRead,
+    as_partition_map,
+    build_partitions_def,
+    one_or_many,
+    read_partitioned,
+    run_partition_keys,
+    utc_day,
+)
 from kura_dagster.observability import (
     ProgressReporter,
     cluster_size_metadata,
@@ -43,6 +54,8 @@ from kura_dagster.pipeline.summarise import SummaryCounts, summarise_conversatio
 from kura_dagster.resources import ConversationSource, KuraPipelineResource
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, ProjectedCluster
 from kura_dagster.versioning import effective_settings
+
+warnings.filterwarnings("ignore", message=r"Parameter `backfill_policy` of function `asset`", category=dg.BetaWarning)
 
 GROUP = "kura"
 """The group of the standalone pipeline (``kura_dagster.definitions``); a prefixed pipeline's group is its prefix."""
@@ -73,6 +86,19 @@ def content_version(models: Sequence[BaseModel]) -> dg.DataVersion:
     return dg.DataVersion(h.hexdigest()[:24])
 
 
+@functools.cache
+def partitioned_rows_type(stage: str) -> dg.DagsterType:
+    """The value of a partitioned stage: its rows for one partition, or ``{partition key: rows}`` for a run that
+    covers several. ``typing_type`` stays ``list[Model]``, from which the IO managers take the model."""
+    model = MODELS[stage]
+
+    def check(_context: Any, value: Any) -> bool:
+        return isinstance(value, list) or (isinstance(value, dict) and all(isinstance(v, list) for v in value.values()))
+
+    return dg.DagsterType(type_check_fn=check, name=f"{model.__name__}Partitions", typing_type=list[model],
+                          description=f"list[{model.__name__}] for one partition, or a dict of them by partition key")
+
+
 def _asset_metadata(stage: str) -> dict[str, str]:
     return {**model_metadata(MODELS[stage]), CHECKPOINT_NAME_KEY: CHECKPOINT_NAMES[stage]}
 
@@ -81,12 +107,14 @@ def _asset_metadata(stage: str) -> dict[str, str]:
 
 
 def conversations_step(
-    context: dg.AssetExecutionContext, kura: KuraPipelineResource, result: ReadResult
+    context: dg.AssetExecutionContext, kura: KuraPipelineResource, result: ReadResult,
+    partitioned: Optional[PartitionedRead] = None,
 ) -> dg.MaterializeResult:
     convs = result.conversations
     context.log.info(f"Read {len(convs)} conversations from {result.source}")
+    keys = run_partition_keys(context)
     # Skipped records are never dropped silently: they go to a quarantine file beside the checkpoints.
-    suffix = f"-{validate_name(context.partition_key, what='partition key')}" if context.has_partition_key else ""
+    suffix = f"-{validate_name('_'.join(dict.fromkeys([keys[0], keys[-1]])), what='partition key')}" if keys else ""
     quarantine = to_upath(kura.checkpoint_dir) / "quarantine" / f"conversations{suffix}.jsonl"
     if result.bad_records:
         atomic_write_bytes(quarantine, quarantine_jsonl(result.bad_records, result.source))
@@ -95,11 +123,17 @@ def conversations_step(
                             f"they are quarantined in {quarantine}")
     else:
         remove_path(quarantine)  # a quarantine file from an earlier run no longer describes this input
-    messages = [len(c.messages) for c in convs]
     dropped = dict(getattr(result, "dropped", None) or {})
+    partition_md: dict[str, Any] = {}
+    value: Any = convs
+    if partitioned is not None:
+        value = one_or_many(partitioned.parts, keys)
+        convs = [c for k in keys for c in partitioned.parts[k]]
+        partition_md = partition_metadata(context, partitioned)
+    messages = [len(c.messages) for c in convs]
     return dg.MaterializeResult(
-        value=convs,
-        data_version=content_version(convs),
+        value=value,
+        data_version=content_version(convs) if len(keys) <= 1 else None,
         metadata={
             "source": result.source,
             **({"source_format": result.format} if getattr(result, "format", "") else {}),
@@ -110,8 +144,32 @@ def conversations_step(
             **({"dropped": dg.MetadataValue.json(dropped)} if dropped else {}),
             **{f"dropped/{k}": v for k, v in sorted(dropped.items())},
             **({"quarantine_path": dg.MetadataValue.path(str(quarantine))} if result.bad_records else {}),
+            **partition_md,
         },
     )
+
+
+def partition_metadata(context: dg.AssetExecutionContext, read: PartitionedRead) -> dict[str, Any]:
+    """Per-partition counts, and what fell outside every partition (reported, never dropped silently)."""
+    md: dict[str, Any] = {
+        "partitions": len(read.parts),
+        "partition_rows": dg.MetadataValue.json({k: len(v) for k, v in read.parts.items()}),
+        "in_other_partitions": read.other_partitions,
+        "outside_partitions": len(read.outside),
+    }
+    if read.outside:
+        days = sorted(utc_day(c.created_at) for c in read.outside)
+        context.log.warning(
+            f"{len(read.outside)} conversation(s) are dated outside every partition ({days[0]} … {days[-1]}; "
+            f"first: {read.outside[0].chat_id!r}); they are in no partition. Move partition_start earlier to "
+            "include them."
+        )
+        md["outside_partitions_days"] = f"{days[0]} … {days[-1]}"
+    if read.missing_files:
+        context.log.warning(f"No file for {len(read.missing_files)} day(s): {read.missing_files[:5]}; "
+                            "those partitions are empty.")
+        md["missing_day_files"] = len(read.missing_files)
+    return md
 
 
 def answer_cache(kura: KuraPipelineResource) -> SummaryCache:
@@ -122,8 +180,12 @@ def answer_cache(kura: KuraPipelineResource) -> SummaryCache:
 
 
 def summaries_step(
-    context: dg.AssetExecutionContext, kura: KuraPipelineResource, conversations: list[Conversation]
+    context: dg.AssetExecutionContext, kura: KuraPipelineResource, conversations: Any
 ) -> dg.MaterializeResult:
+    keys = run_partition_keys(context)
+    parts: dict[str, list[Conversation]] = as_partition_map(conversations, keys) if keys else {}
+    if keys:
+        conversations = [c for k in keys for c in parts[k]]
     model, embedder = kura.summary_model(), kura.embedding_model()
     # LLM work is cached per conversation under the checkpoint directory and saved batch by batch, so a rerun
     # or a resumed run only pays for what is new; the offline local models are cheaper to recompute.
@@ -148,9 +210,15 @@ def summaries_step(
     zero = {"requests": 0, "retries": 0, "failures": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     llm = model.usage.as_dict() if hasattr(model, "usage") else zero
     emb = embedder.usage.as_dict() if hasattr(embedder, "usage") else zero
+    value: Any = out
+    if keys:  # back into the run's partitions, in order (one summary per conversation, same order)
+        split, at = {}, 0
+        for k in keys:
+            split[k], at = out[at:at + len(parts[k])], at + len(parts[k])
+        value = one_or_many(split, keys)
     return dg.MaterializeResult(
-        value=out,
-        data_version=content_version(out),
+        value=value,
+        data_version=content_version(out) if len(keys) <= 1 else None,
         metadata={
             "summaries": len(out),
             "embedding_dims": len(out[0].embedding or []) if out else 0,
@@ -177,7 +245,12 @@ def summaries_step(
 def clusters_step(
     context: dg.AssetExecutionContext, kura: KuraPipelineResource, summaries: SummaryColumns
 ) -> dg.MaterializeResult:
-    columns = SummaryColumns.coerce(summaries)
+    partitions = sorted(summaries) if isinstance(summaries, dict) else []
+    columns = SummaryColumns.concat([SummaryColumns.coerce(summaries[k]) for k in partitions]) if partitions \
+        else SummaryColumns.coerce(summaries)
+    if partitions:
+        context.log.info(f"Read {len(columns)} summaries from {len(partitions)} partition(s) "
+                         f"({partitions[0]} … {partitions[-1]})")
     namer = CachedNamingModel(kura.naming_model(), answer_cache(kura))
     out = generate_base_clusters(columns.to_models(), namer, kura.settings(), embeddings=columns.embeddings)
     context.log.info(f"{len(out)} base clusters from {len(columns)} summaries ({columns.format} columns)")
@@ -185,7 +258,9 @@ def clusters_step(
         value=out,
         data_version=content_version(out),
         metadata={**cluster_size_metadata(out), **request_metadata(naming=namer),
-                  **settings_metadata(effective_settings(kura))},
+                  **settings_metadata(effective_settings(kura)), "summaries_read": len(columns),
+                  **({"partitions_read": len(partitions), "first_partition": partitions[0],
+                      "last_partition": partitions[-1]} if partitions else {})},
     )
 
 
@@ -223,11 +298,29 @@ def build_kura_assets(
     names: KuraNames = KuraNames(),
     *,
     upstream: Optional[dg.AssetKey] = None,
-    partitions_def: Optional[dg.PartitionsDefinition] = None,
+    partitions: Optional[str] = None,
+    partition_start: Optional[str] = None,
+    window_days: Optional[int] = None,
 ) -> list[dg.AssetsDefinition]:
     """The five assets of one pipeline. ``upstream``: the key of a project asset whose value holds the
-    conversations (it then appears upstream of ``conversations`` in the lineage)."""
+    conversations (it then appears upstream of ``conversations`` in the lineage). ``partitions``: ``daily`` or
+    ``files`` partitions of ``conversations`` and ``summaries`` (see :mod:`kura_dagster.partitions`);
+    ``clusters`` then reads every materialized summaries partition, or the last ``window_days`` of them."""
     kura_key, source_key = names.kura, names.source
+    partitions_def = build_partitions_def(partitions, names, partition_start)
+    # A single-run backfill policy lets `--partition-range` (and UI backfills) run many days in one run; the IO
+    # managers store each partition on its own. (Dagster 1.13 marks the parameter beta: the warning is noise here.)
+    def partitioned(stage: str) -> dict[str, Any]:
+        if partitions_def is None:
+            return {}
+        return dict(partitions_def=partitions_def, backfill_policy=dg.BackfillPolicy.single_run(),
+                    dagster_type=partitioned_rows_type(stage))
+    summaries_in_metadata: dict[str, Any] = {}
+    if partitions_def is not None:  # an unpartitioned clusters reads the partitions that exist
+        summaries_in_metadata = {"allow_missing_partitions": True,
+                                 **({WINDOW_DAYS_KEY: int(window_days)} if window_days else {})}
+    elif window_days:
+        raise ValueError("window_days= needs partitions='daily' (it picks the last days of summaries)")
 
     def spec(stage: str, description: str, **kwargs: Any) -> dict[str, Any]:
         return dict(
@@ -249,29 +342,36 @@ def build_kura_assets(
 
         @dg.asset(
             **spec("conversations", "The conversations to analyse, read from the pipeline's source (a path, glob, "
-                   "URL or the built-in demo set).", partitions_def=partitions_def),
+                   "URL or the built-in demo set).", **partitioned("conversations")),
             required_resource_keys={kura_key, source_key},
         )
         def conversations(context: dg.AssetExecutionContext) -> dg.MaterializeResult[list[Conversation]]:
             kura, source = resources(context, kura_key, source_key)
-            return conversations_step(context, kura, source.read())  # "fail" raises here, listing bad lines
+            if partitions_def is None:
+                return conversations_step(context, kura, source.read())  # "fail" raises here, listing bad lines
+            read = read_partitioned(context, source, partitions, partitions_def)
+            return conversations_step(context, kura, read.result, read)
 
     else:
 
         @dg.asset(
             **spec("conversations", f"The conversations to analyse, from the project's asset "
-                   f"{upstream.to_user_string()!r}.", partitions_def=partitions_def),
+                   f"{upstream.to_user_string()!r}.", **partitioned("conversations")),
             ins={"records": dg.AssetIn(key=upstream)},
             required_resource_keys={kura_key, source_key},
         )
         def conversations(context: dg.AssetExecutionContext, records: Any) -> dg.MaterializeResult[list[Conversation]]:
             kura, source = resources(context, kura_key, source_key)
-            return conversations_step(context, kura, source.from_value(records, upstream.to_user_string()))
+            if partitions_def is None:
+                return conversations_step(context, kura, source.from_value(records, upstream.to_user_string()))
+            read = read_partitioned(context, source, partitions, partitions_def, records, upstream.to_user_string())
+            return conversations_step(context, kura, read.result, read)
 
     @dg.asset(
         **spec("summaries", "One summary per conversation (summary model) with an embedding (embedding model).",
-               partitions_def=partitions_def),
-        ins={"conversations": dg.AssetIn(key=names.key("conversations"))},
+               **partitioned("summaries")),
+        ins={"conversations": dg.AssetIn(key=names.key("conversations"), **(
+            {"dagster_type": partitioned_rows_type("conversations")} if partitions_def is not None else {}))},
         required_resource_keys={kura_key},
     )
     def summaries(
@@ -285,7 +385,8 @@ def build_kura_assets(
                "named from members."),
         # The columnar fast path: the IO manager hands over the embedding matrix (zero-copy from HF, one buffer
         # from Parquet) plus the other columns, instead of building every summary's embedding as Python floats.
-        ins={"summaries": dg.AssetIn(key=names.key("summaries"), dagster_type=summary_columns_type())},
+        ins={"summaries": dg.AssetIn(key=names.key("summaries"), dagster_type=summary_columns_type(),
+                                     metadata=summaries_in_metadata)},
         required_resource_keys={kura_key},
     )
     def clusters(context: dg.AssetExecutionContext, summaries: SummaryColumns) -> dg.MaterializeResult[list[Cluster]]:

@@ -170,6 +170,8 @@ def source_digest(path: str, storage_options: dict | None = None) -> tuple[str, 
     from upath import UPath
 
     files = list_source_files(path, storage_options)
+    if len(files) == 1 and UPath(files[0], **(storage_options or {})).protocol in ("", "file", "local"):
+        return file_sha256(Path(UPath(files[0]).path)), 1  # one local file: the SHA-256 of its bytes
     h = hashlib.sha256()
     for name in files:
         h.update(name.encode() + b"\0")
@@ -227,3 +229,90 @@ def build_conversations_sensor(
         )
 
     return conversations_changed
+
+
+def build_partition_sensor(
+    names: KuraNames, job: dg.UnresolvedAssetJobDefinition, kind: str, partitions_def: dg.PartitionsDefinition,
+    source: ConversationSource, running: bool = True,
+) -> dg.SensorDefinition:
+    """For a partitioned pipeline with a path source, one run per new or changed input file:
+
+    * ``files``: each new file becomes a dynamic partition (added by the sensor) and gets a run; a changed
+      file gets a new run of its partition;
+    * ``daily`` with a ``{date}`` path template: each new or changed day file gets a run of its day.
+
+    The cursor keeps each file's digest, so a file makes one run per distinct content."""
+    from kura_dagster.partitions import DATE_TEMPLATE, file_partitions
+
+    @dg.sensor(
+        job=job,
+        name=names.name("new_files"),
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED,
+        description="Run the pipeline's job for the partition of each new or changed input file.",
+    )
+    def new_files(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        location = source.location()
+        if location is None:
+            return dg.SkipReason("No conversations source to watch (the demo data is used).")
+        pattern = location.replace(DATE_TEMPLATE, "*") if kind == "daily" else location
+        from kura_dagster.sources import list_source_files
+
+        try:
+            files = list_source_files(pattern, source.fs_options or None)
+        except FileNotFoundError:
+            files = []
+        if kind == "daily":
+            prefix, _, suffix = location.partition(DATE_TEMPLATE)
+            days = set(partitions_def.get_partition_keys())
+            keyed = {}
+            for f in files:
+                day = f[len(prefix):len(f) - len(suffix)] if f.startswith(prefix) and f.endswith(suffix) else ""
+                if day in days:
+                    keyed[day] = f
+        else:
+            keyed = file_partitions(files)
+        seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+        requests, changed = [], dict(seen)
+        for key, f in sorted(keyed.items()):
+            digest, _ = source_digest(f, source.fs_options or None)
+            if seen.get(key) == digest:
+                continue
+            changed[key] = digest
+            requests.append(dg.RunRequest(partition_key=key, run_key=f"{key}-{digest[:16]}",
+                                          tags={"kura/trigger": "sensor", "kura/file": f}))
+        if not requests:
+            return dg.SkipReason(f"No new or changed files in {pattern} ({len(keyed)} known).")
+        added = []
+        if isinstance(partitions_def, dg.DynamicPartitionsDefinition):
+            existing = set(context.instance.get_dynamic_partitions(partitions_def.name))
+            added = [r.partition_key for r in requests if r.partition_key not in existing]
+        context.log.info(f"{len(requests)} new or changed file(s): {[r.partition_key for r in requests][:10]}")
+        return dg.SensorResult(
+            run_requests=requests,
+            dynamic_partitions_requests=[partitions_def.build_add_request(added)] if added else [],
+            cursor=json.dumps(changed, sort_keys=True),
+        )
+
+    return new_files
+
+
+def build_partitioned_refresh_schedule(
+    cron: str, names: KuraNames, job: dg.UnresolvedAssetJobDefinition, kind: str
+) -> dg.ScheduleDefinition:
+    """Daily partitions: at ``cron``, a run of the last complete day (its conversations and summaries, then the
+    unpartitioned stages). File partitions: the unpartitioned stages, when stale (the sensor runs new files)."""
+
+    @dg.schedule(job=job, cron_schedule=cron, name=names.name("stale_refresh"),
+                 default_status=dg.DefaultScheduleStatus.RUNNING,
+                 description=f"Materialize the newest {kind} partition and what reads it, at {cron!r}.")
+    def refresh(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+        if kind == "daily":
+            from datetime import timedelta
+
+            day = (context.scheduled_execution_time - timedelta(days=1)).date().isoformat()
+            return dg.RunRequest(partition_key=day, run_key=f"{names.stem}-{day}", tags={"kura/trigger": "schedule"})
+        return dg.RunRequest(asset_selection=[names.key(s) for s in ("clusters", "meta_clusters", "projected_clusters")],
+                             stale_assets_only=True, tags={"kura/trigger": "schedule"})
+
+    return refresh

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any, Optional
 
 import dagster as dg
 
@@ -169,30 +170,44 @@ def result(problems: Sequence[str], **counts: int) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=not problems, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata)
 
 
-def build_kura_checks(names: KuraNames = KuraNames()) -> list[dg.AssetChecksDefinition]:
-    """The four checks of one pipeline, on its own asset keys and its ``kura`` resource."""
+def _rows(value: Any) -> list:
+    """A loaded input as one list: several partitions arrive as ``{partition: rows}``."""
+    if isinstance(value, dict):
+        return [row for k in sorted(value) for row in value[k]]
+    return list(value)
+
+
+def build_kura_checks(
+    names: KuraNames = KuraNames(),
+    partitions_def: Optional[dg.PartitionsDefinition] = None,
+    summaries_in_metadata: Optional[dict[str, Any]] = None,
+) -> list[dg.AssetChecksDefinition]:
+    """The four checks of one pipeline, on its own asset keys and its ``kura`` resource. With partitions, the
+    summaries check runs per partition (that partition's conversations and summaries), and the clusters check
+    reads the summaries partitions ``clusters`` read."""
     key = names.key
 
     @dg.asset_check(
         asset=key("summaries"),
         additional_ins={"conversations": dg.AssetIn(key("conversations"))},
         blocking=True,
-        description="Every conversation has exactly one summary, and no summary is orphaned.",
+        partitions_def=partitions_def,
+        description="Every conversation has exactly one summary, and no summary is orphaned"
+        + (" (per partition)." if partitions_def is not None else "."),
     )
-    def summaries_cover_conversations(
-        summaries: list[ConversationSummary], conversations: list[Conversation]
-    ) -> dg.AssetCheckResult:
+    def summaries_cover_conversations(summaries: Any, conversations: Any) -> dg.AssetCheckResult:
+        summaries, conversations = _rows(summaries), _rows(conversations)
         return result(summary_problems(conversations, summaries), conversations=len(conversations),
                       summaries=len(summaries))
 
     @dg.asset_check(
         asset=key("clusters"),
-        additional_ins={"summaries": dg.AssetIn(key("summaries"))},
+        additional_ins={"summaries": dg.AssetIn(key("summaries"), metadata=summaries_in_metadata or {})},
         blocking=True,
         description="Every summary is in exactly one base cluster, and every cluster member is a summary.",
     )
-    def every_summary_in_one_cluster(clusters: list[Cluster], summaries: list[ConversationSummary]) -> dg.AssetCheckResult:
-        chat_ids = [s.chat_id for s in summaries]
+    def every_summary_in_one_cluster(clusters: list[Cluster], summaries: Any) -> dg.AssetCheckResult:
+        chat_ids = [s.chat_id for s in _rows(summaries)]
         return result(base_cluster_problems(chat_ids, clusters), clusters=len(clusters), summaries=len(chat_ids))
 
     @dg.asset_check(

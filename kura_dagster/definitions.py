@@ -81,6 +81,9 @@ def build_definitions(environ: Optional[Mapping[str, str]] = None) -> dg.Definit
         embeddings=env.get("KURA_EMBEDDINGS") or "local",
         max_concurrency=_env_int(env, "KURA_LLM_MAX_CONCURRENCY", 8),
         on_bad_record=_env_choice(env, "KURA_ON_BAD_RECORD", "fail", ("fail", "skip")),  # type: ignore[arg-type]
+        partitions=_env_choice(env, "KURA_PARTITIONS", "none", ("none", "daily", "files")).replace("none", "") or None,  # type: ignore[arg-type]
+        partition_start=env.get("KURA_PARTITION_START") or None,
+        window_days=_env_int(env, "KURA_WINDOW_DAYS", 0, minimum=0) or None,
         schedule_cron=(env.get(CRON_ENV) or "").strip() or DEFAULT_CRON,
         executor=env.get(EXECUTOR_ENV) or "in_process",
         parquet_compression=_parquet_compression(env, formats),

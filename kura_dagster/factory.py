@@ -24,12 +24,15 @@ from kura_dagster.assets import build_kura_assets
 from kura_dagster.automation import (
     build_conversations_sensor,
     build_kura_job,
+    build_partition_sensor,
+    build_partitioned_refresh_schedule,
     build_stale_refresh_schedule,
     executor_for,
 )
 from kura_dagster.checks import build_kura_checks
 from kura_dagster.migration_job import build_checkpoint_jobs
 from kura_dagster.names import KuraNames
+from kura_dagster.partitions import is_day_template
 from kura_dagster.resources import ConversationSource, KuraPipelineResource
 from kura_dagster.versioning import versioned_assets
 
@@ -104,7 +107,9 @@ def build_kura_defs(
     llm: str = "local",
     embeddings: str = "local",
     schedule_cron: Optional[str] = None,
-    partitions: Optional[str] = None,
+    partitions: Optional[Literal["daily", "files"]] = None,
+    partition_start: Optional[str] = None,
+    window_days: Optional[int] = None,
     on_bad_record: Literal["fail", "skip"] = "fail",
     source_format: Optional[str] = None,
     fs_options: Optional[dict[str, Any]] = None,
@@ -121,6 +126,8 @@ def build_kura_defs(
     * ``checkpoint_dir``: default ``<KURA_CHECKPOINT_DIR>/<key_prefix>``, in Kura's file names.
     * ``formats``, ``save_strategy``, ``load_strategy``: the checkpoint formats (several → a MultiIOManager).
     * ``llm``, ``embeddings``: ``local`` or ``openai:<model>``.
+    * ``partitions``: ``daily`` (with ``partition_start``) or ``files``: partitioned ``conversations`` and
+      ``summaries``; ``window_days``: ``clusters`` reads only the last N days of summaries.
     * ``schedule_cron``: a schedule that re-materializes stale assets (none when not given).
     * ``sensor``: watch a path source and run the job on each change (default: on for a path source).
     * ``executor``: ``in_process``, ``multiprocess`` or an ExecutorDefinition; the code location's executor, so
@@ -131,8 +138,6 @@ def build_kura_defs(
       ``hf_hub_token`` for the IO manager.
     """
     names = KuraNames(key_prefix or None)
-    if partitions is not None:
-        raise ValueError(f"partitions={partitions!r}: partitioned pipelines are not supported by this version")
     kura_settings, source_settings, io_options = _split_settings(settings)
     if checkpoint_dir is None:
         root = default_checkpoint_root()
@@ -164,18 +169,30 @@ def build_kura_defs(
         ),
     }
 
-    assets = versioned_assets(build_kura_assets(names, upstream=upstream), resources, names)
+    assets = versioned_assets(
+        build_kura_assets(names, upstream=upstream, partitions=partitions, partition_start=partition_start,
+                          window_days=window_days),
+        resources, names,
+    )
     job = build_kura_job(names)
-    schedules = [build_stale_refresh_schedule(schedule_cron, names, job)] if schedule_cron else []
     if sensor and path is None:
         raise ValueError("sensor=True needs a path source to watch (conversations= a path, glob or URL)")
     # A path source gets a sensor, running unless sensor=False; the demo source gets one too, stopped (it
     # skips until a path is configured); an asset source has Dagster's own staleness instead.
     watch = upstream is None and sensor is not False
-    sensors = [build_conversations_sensor(path is not None, names, job)] if watch else []
+    partitions_def = assets[0].partitions_def
+    if partitions_def is None:
+        schedules = [build_stale_refresh_schedule(schedule_cron, names, job)] if schedule_cron else []
+        sensors = [build_conversations_sensor(path is not None, names, job)] if watch else []
+    else:
+        if partitions == "files" and path is None:
+            raise ValueError("partitions='files' needs conversations= a directory or glob of files")
+        schedules = [build_partitioned_refresh_schedule(schedule_cron, names, job, partitions)] if schedule_cron else []
+        per_file = partitions == "files" or is_day_template(path)
+        sensors = [build_partition_sensor(names, job, partitions, partitions_def, source)] if watch and per_file else []
     return dg.Definitions(
         assets=assets,
-        asset_checks=build_kura_checks(names),
+        asset_checks=build_kura_checks(names, partitions_def, assets[2].node_def.input_defs[0].metadata or None),
         jobs=[job, *build_checkpoint_jobs(names, checkpoint_dir)],
         schedules=schedules,
         sensors=sensors,

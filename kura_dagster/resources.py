@@ -112,12 +112,19 @@ class ConversationSource(dg.ConfigurableResource):
         default_factory=dict, description="fsspec storage options for path (credentials: prefer the environment)."
     )
 
-    def read(self) -> ReadResult:
+    def location(self) -> Optional[str]:
+        """``path`` with ``~`` expanded (URLs as they are); ``None`` for the demo data."""
         if not self.path:
+            return None
+        return self.path if "://" in self.path else os.path.expanduser(self.path)
+
+    def read(self, location: Optional[str] = None) -> ReadResult:
+        """Read the source, or one ``location`` of it (a day's file, one file partition) with the same options."""
+        location = location or self.location()
+        if location is None:
             return ReadResult(source="built-in demo data", conversations=demo_conversations(self.demo_size))
         from kura_dagster.sources import read_source
 
-        location = self.path if "://" in self.path else os.path.expanduser(self.path)
         return read_source(location, column_map=self.column_map or None, on_bad_record=self.on_bad_record,
                            storage_options=self.fs_options or None, format=self.format)
 

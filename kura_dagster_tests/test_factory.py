@@ -61,7 +61,7 @@ def _two_pipelines(tmp_path: Path) -> dg.Definitions:
 
 def _materialize(defs: dg.Definitions, prefix: str, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
     """Materialize one pipeline's group (and the project's raw_chats, which the support pipeline reads)."""
-    assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
+    assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)] + list(defs.asset_checks or [])
     selection = dg.AssetSelection.groups(prefix)
     if prefix == "support":
         selection = selection | dg.AssetSelection.assets("raw_chats")
@@ -124,18 +124,18 @@ def test_both_pipelines_materialize_into_kura_directories(tmp_path):
 
 
 def test_upstream_change_marks_kura_stale(tmp_path):
-    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+    from dagster._core.definitions.data_version import StaleStatus
+    from dagster._utils.test.data_versions import get_stale_status_resolver
 
     defs = _two_pipelines(tmp_path)
     support = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition) and a.key.path[0] == "support"]
     with dg.instance_for_test() as instance:
         assert dg.materialize([raw_chats, *support], resources=defs.resources, instance=instance).success
-        graph = dg.Definitions(assets=[raw_chats, *support]).resolve_asset_graph()
-        status = CachingStaleStatusResolver(instance, graph)
+        status = get_stale_status_resolver(instance, [raw_chats, *support])
         assert status.get_status(dg.AssetKey(["support", "conversations"])) == StaleStatus.FRESH
         # A new materialization of the project's asset (new data version) makes Kura's conversations stale.
         dg.materialize([raw_chats], resources=defs.resources, instance=instance)
-        status = CachingStaleStatusResolver(instance, graph)
+        status = get_stale_status_resolver(instance, [raw_chats, *support])
         assert status.get_status(dg.AssetKey(["support", "conversations"])) == StaleStatus.STALE
 
 
@@ -194,5 +194,7 @@ def test_component_project_loads_and_materializes(tmp_path, monkeypatch):
     _kura_dir_ok(tmp_path / "ck" / "support", 24)
     _kura_dir_ok(tmp_path / "ck" / "sales", 40)
     assert (tmp_path / "ck" / "support" / "summaries.parquet").exists()  # formats: [jsonl, parquet]
-    clusters = [json.loads(line) for line in (tmp_path / "ck" / "support" / "clusters.jsonl").read_text().splitlines()]
-    assert len(clusters) >= 2
+    # settings in defs.yaml reach the pipeline: sales has max_clusters: 3, support clusters_per_group: 4
+    meta = [json.loads(line) for line in (tmp_path / "ck" / "sales" / "meta_clusters.jsonl").read_text().splitlines()]
+    assert 1 <= sum(m["parent_id"] is None for m in meta) <= 3
+    assert defs.resources["support_kura"].clusters_per_group == 4 and defs.resources["sales_kura"].max_clusters == 3

@@ -65,6 +65,7 @@ class SummaryColumns:
     zero_copy: bool = False
     _models: list[ConversationSummary] | None = field(default=None, repr=False)
     _load_table: Any = field(default=None, repr=False)
+    _parts: list[SummaryColumns] | None = field(default=None, repr=False)
 
     def columns(self) -> pa.Table:
         """The other columns (summary, request, …) as Arrow, read on first use."""
@@ -88,8 +89,30 @@ class SummaryColumns:
         matrix = embedding_matrix(models) if models else np.empty((0, 0), dtype=np.float32)
         return cls([m.chat_id for m in models], matrix, format="models", _models=models)
 
+    @classmethod
+    def concat(cls, parts: Sequence[SummaryColumns]) -> SummaryColumns:
+        """Several partitions' columns as one: one matrix (copied once), chat_ids in order, and the other columns
+        read part by part when a stage asks for them."""
+        parts = [p for p in parts if len(p)]
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return cls([], np.empty((0, 0), dtype=np.float32), format="empty")
+        dims = {p.dim for p in parts}
+        if len(dims) != 1:
+            raise ValueError(f"summaries partitions have embeddings of different sizes {sorted(dims)}; "
+                             "re-materialize them with one embedding model")
+        chat_ids = [cid for p in parts for cid in p.chat_ids]
+        out = cls(chat_ids, np.concatenate([p.embeddings for p in parts]), source=f"{len(parts)} partitions",
+                  format="+".join(dict.fromkeys(p.format for p in parts)))
+        out._parts = list(parts)
+        out._load_table = lambda: pa.concat_tables([p.columns() for p in parts], promote_options="permissive")
+        return out
+
     def to_models(self, *, with_embeddings: bool = False) -> list[ConversationSummary]:
         """The summaries as models (without embeddings unless asked: the matrix already holds them)."""
+        if self._parts is not None:
+            return [m for p in self._parts for m in p.to_models(with_embeddings=with_embeddings)]
         if self._models is not None:
             models = self._models
             if with_embeddings:

@@ -8,6 +8,7 @@ resolution and metadata are all here.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any, ClassVar, Optional
 
 import dagster as dg
@@ -46,7 +47,8 @@ def wants_summary_columns(context: dg.InputContext) -> bool:
 def _is_summaries_input(_context: Any, value: Any) -> bool:
     from kura_dagster.checkpoints.columnar import SummaryColumns
 
-    return isinstance(value, (SummaryColumns, list))
+    return isinstance(value, (SummaryColumns, list)) or (  # several partitions: {partition key: columns}
+        isinstance(value, dict) and all(isinstance(v, (SummaryColumns, list)) for v in value.values()))
 
 
 @functools.cache
@@ -58,6 +60,44 @@ def summary_columns_type() -> dg.DagsterType:
 
     return dg.DagsterType(type_check_fn=_is_summaries_input, name="SummaryColumns", typing_type=SummaryColumns,
                           description="Summaries as Arrow-backed columns (chat_ids + float32 embedding matrix).")
+
+
+WINDOW_DAYS_KEY = "kura/window_days"
+"""Input metadata: load only the partitions of the last N days (daily keys) or the last N partitions."""
+
+
+def window_keys(keys: list[str], window: int) -> list[str]:
+    """The keys of the last ``window`` days before and including the newest key (daily keys), or the last
+    ``window`` keys when the keys are not dates."""
+    from datetime import date, timedelta
+
+    keys = sorted(keys)
+    if not keys:
+        return keys
+    try:
+        newest = date.fromisoformat(keys[-1])
+        oldest = (newest - timedelta(days=window - 1)).isoformat()
+        return [k for k in keys if date.fromisoformat(k).isoformat() >= oldest]
+    except ValueError:
+        return keys[-window:]
+
+
+def partitioned_value(context: dg.OutputContext, obj: Any, paths: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` of a multi-partition output, checked: a mapping with exactly the run's partition keys."""
+    asset = context.asset_key.to_user_string()
+    keys = sorted(paths)
+    if not isinstance(obj, Mapping):
+        raise dg.DagsterInvariantViolationError(
+            f"{asset}: this run covers {len(keys)} partitions ({keys[0]} … {keys[-1]}), so the asset must return a "
+            f"dict of partition key → rows (one entry per partition, [] for an empty one), got {type(obj).__name__}"
+        )
+    missing, extra = sorted(set(keys) - set(obj)), sorted(set(obj) - set(keys))
+    if missing or extra:
+        raise dg.DagsterInvariantViolationError(
+            f"{asset}: the returned partitions do not match the run's"
+            + (f"; missing {missing[:5]}" if missing else "") + (f"; not in this run {extra[:5]}" if extra else "")
+        )
+    return dict(obj)
 
 
 class CheckpointIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
@@ -103,6 +143,10 @@ class CheckpointIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
         return self.build_manager(path.parent), name
 
     # --- write -----------------------------------------------------------------------------------------
+    def make_directory(self, path: UPath) -> None:
+        """No-op: a checkpoint save creates the local directories it needs, and on S3 there are none to make
+        (s3fs's mkdir would create a missing bucket instead of failing)."""
+
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if obj is None:
             return
@@ -113,7 +157,36 @@ class CheckpointIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
             )
             context.add_output_metadata({"kura/persisted": False})
             return
+        if context.has_asset_partitions and len(context.asset_partition_keys) > 1:
+            self.handle_partitions_output(context, obj)
+            return
         super().handle_output(context, obj)
+
+    def handle_partitions_output(self, context: dg.OutputContext, obj: Any) -> None:
+        """One output that covers several partitions (a single-run backfill, ``--partition-range``): ``obj``
+        maps each partition key to its rows, and each partition is saved to its own checkpoint, exactly as a run
+        of that partition alone would save it (``UPathIOManager`` refuses this case: dagster-io/dagster#14332)."""
+        paths = self._get_paths_for_partitions(context)
+        parts = partitioned_value(context, obj, paths)
+        rows: dict[str, int] = {}
+        total_bytes = 0
+        last: dict[str, Any] = {}
+        for key in sorted(paths):
+            self.make_directory(paths[key].parent)
+            self.dump_to_path(context, parts[key], paths[key])
+            # each partition's metadata is collected and summed up once (the same key twice would raise)
+            last = dict(context.consume_logged_metadata())
+            rows[key] = len(parts[key])
+            total_bytes += int(getattr(last.get("kura/bytes"), "value", 0) or 0)
+        kept = {k: v for k, v in last.items() if k in ("dagster/column_schema", "kura/model", "kura/format", "preview")}
+        context.add_output_metadata({
+            **kept,
+            "dagster/row_count": dg.MetadataValue.int(sum(rows.values())),
+            "kura/bytes": dg.MetadataValue.int(total_bytes),
+            "kura/partitions": dg.MetadataValue.int(len(rows)),
+            "kura/partition_rows": dg.MetadataValue.json(rows),
+            "path": dg.MetadataValue.path(str(next(iter(paths.values())).parent)),
+        })
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
         manager, name = self._manager_and_name(path)
@@ -129,6 +202,25 @@ class CheckpointIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
                 f"{context.asset_key.to_user_string()}. Enable it or load through another IO manager."
             )
         return super().load_input(context)
+
+    def load_partitions(self, context: dg.InputContext) -> Any:
+        """Several partitions: only those that exist when the input allows missing ones (an unpartitioned
+        ``clusters`` over daily summaries), and only the last ``kura/window_days`` when it sets a window."""
+        keys = list(context.asset_partition_keys)
+        metadata = context.definition_metadata or {}
+        window = metadata.get(WINDOW_DAYS_KEY)
+        if len(keys) == 1 and not window:
+            return super().load_partitions(context)
+        paths = self._get_paths_for_partitions(context)
+        if metadata.get("allow_missing_partitions"):
+            present = [k for k in keys if self.path_exists(paths[k])]
+            if len(present) < len(keys):
+                context.log.info(f"{len(present)} of {len(keys)} partitions of "
+                                 f"{context.asset_key.to_user_string()} are materialized; loading those")
+            keys = present
+        if window:
+            keys = window_keys(keys, int(window))
+        return {k: self.load_from_path(context, paths[k]) for k in keys}
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> Any:
         manager, name = self._manager_and_name(path)

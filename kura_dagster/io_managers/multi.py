@@ -167,11 +167,9 @@ class MultiIOManager(CheckpointIOManager):
             return
         if context.has_asset_partitions:
             paths = self._get_paths_for_partitions(context)
-            if len(paths) != 1:
-                raise dg.DagsterInvariantViolationError(
-                    f"{type(self).__name__} stores one partition per run; got {len(paths)} partitions for "
-                    f"{context.asset_key.to_user_string()}. Launch the backfill with a multi-run backfill policy."
-                )
+            if len(paths) != 1:  # each partition of a single-run backfill on its own, in every backend
+                self.handle_partitions_output(context, obj)
+                return
             path = next(iter(paths.values()))
         else:
             path = self._get_path(context)

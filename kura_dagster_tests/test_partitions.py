@@ -1,0 +1,186 @@
+"""Partitioned pipelines: daily and file partitions, single-run backfills, clusters over the partitions."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from kura_dagster import build_kura_defs
+from kura_dagster.partitions import utc_day
+from kura_dagster.pipeline.demo_data import demo_conversations
+from kura_dagster.types import Cluster, Conversation, ConversationSummary
+
+CONVS = demo_conversations(200)
+DAYS = sorted({utc_day(c.created_at) for c in CONVS})
+
+
+def _write(path: Path, conversations: list[Conversation]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(c.model_dump_json() + "\n" for c in conversations))
+
+
+def _lines(path: Path, model):
+    return [model.model_validate_json(line) for line in path.read_text().splitlines()]
+
+
+def _run(defs: dg.Definitions, instance, *, selection, partition_key=None, partition_range=None):
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(asset_selection=set(selection))
+    tags = {}
+    if partition_range:
+        tags = {"dagster/asset_partition_range_start": partition_range[0],
+                "dagster/asset_partition_range_end": partition_range[1]}
+    return job.execute_in_process(instance=instance, partition_key=partition_key, tags=tags)
+
+
+def _keys(prefix, *stages):
+    return [dg.AssetKey([prefix, s]) for s in stages]
+
+
+@pytest.fixture
+def daily(tmp_path):
+    # one big file; the first partition day is the second day of data, so the first day is outside every partition
+    _write(tmp_path / "logs.jsonl", CONVS)
+    defs = build_kura_defs("d", conversations=str(tmp_path / "logs.jsonl"), partitions="daily",
+                           partition_start=DAYS[1], checkpoint_dir=str(tmp_path / "ck"), clusters_per_group=4)
+    return defs, tmp_path / "ck"
+
+
+def test_one_day_and_then_clusters_over_all_materialized_days(daily):
+    defs, ck = daily
+    per_day = Counter(utc_day(c.created_at) for c in CONVS)
+    with dg.instance_for_test() as instance:
+        result = _run(defs, instance, selection=_keys("d", "conversations", "summaries"), partition_key=DAYS[2])
+        assert result.success
+        convs = _lines(ck / "conversations" / f"{DAYS[2]}.jsonl", Conversation)
+        assert len(convs) == per_day[DAYS[2]] and {utc_day(c.created_at) for c in convs} == {DAYS[2]}
+        md = result.get_asset_materialization_events()[0].materialization.metadata
+        assert md["outside_partitions"].value == per_day[DAYS[0]]  # reported, not silently dropped
+        assert md["in_other_partitions"].value == len(CONVS) - per_day[DAYS[0]] - per_day[DAYS[2]]
+        summaries = _lines(ck / "summaries" / f"{DAYS[2]}.jsonl", ConversationSummary)
+        assert [s.chat_id for s in summaries] == [c.chat_id for c in convs]
+        checks = result.get_asset_check_evaluations()
+        assert checks and all(c.passed for c in checks)  # every conversation of the day has one summary
+
+        # A second day, then the unpartitioned stages read both materialized days (and only those).
+        assert _run(defs, instance, selection=_keys("d", "conversations", "summaries"), partition_key=DAYS[3]).success
+        result = _run(defs, instance, selection=_keys("d", "clusters", "meta_clusters", "projected_clusters"))
+        assert result.success
+        clusters = _lines(ck / "clusters.jsonl", Cluster)
+        members = sorted(cid for c in clusters for cid in c.chat_ids)
+        expected = sorted(c.chat_id for c in CONVS if utc_day(c.created_at) in (DAYS[2], DAYS[3]))
+        assert members == expected
+        md = {e.asset_key.path[-1]: e.materialization.metadata for e in result.get_asset_materialization_events()}
+        assert md["clusters"]["partitions_read"].value == 2 and md["clusters"]["summaries_read"].value == len(expected)
+
+
+def test_single_run_backfill_writes_each_partition(daily):
+    defs, ck = daily
+    per_day = Counter(utc_day(c.created_at) for c in CONVS)
+    with dg.instance_for_test() as instance:
+        result = _run(defs, instance, selection=_keys("d", "conversations", "summaries"),
+                      partition_range=(DAYS[1], DAYS[4]))
+        assert result.success
+        for day in DAYS[1:5]:
+            assert len(_lines(ck / "conversations" / f"{day}.jsonl", Conversation)) == per_day[day]
+            assert len(_lines(ck / "summaries" / f"{day}.jsonl", ConversationSummary)) == per_day[day]
+        mats = [e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == "summaries"]
+        assert sorted(e.partition for e in mats) == DAYS[1:5]  # one materialization per partition
+        # Each partition reads back as a run of that partition alone would have written it.
+        alone = _run(defs, instance, selection=_keys("d", "conversations"), partition_key=DAYS[2])
+        assert alone.success
+        assert len(_lines(ck / "conversations" / f"{DAYS[2]}.jsonl", Conversation)) == per_day[DAYS[2]]
+
+
+def test_day_template_reads_only_that_day(tmp_path):
+    by_day: dict[str, list[Conversation]] = {}
+    for c in CONVS:
+        by_day.setdefault(utc_day(c.created_at), []).append(c)
+    for day, convs in by_day.items():
+        _write(tmp_path / "logs" / f"{day}.jsonl", convs)
+    (tmp_path / "logs" / f"{DAYS[0]}.jsonl").write_text("{not json\n")  # another day's file is never read
+    defs = build_kura_defs("t", conversations=str(tmp_path / "logs" / "{date}.jsonl"), partitions="daily",
+                           partition_start=DAYS[0], checkpoint_dir=str(tmp_path / "ck"))
+    with dg.instance_for_test() as instance:
+        result = _run(defs, instance, selection=_keys("t", "conversations"), partition_key=DAYS[3])
+        assert result.success
+        md = result.get_asset_materialization_events()[0].materialization.metadata
+        assert md["conversations"].value == len(by_day[DAYS[3]])
+        assert md["in_other_partitions"].value == 0  # nothing else was read
+    assert {s.name for s in defs.sensors} == {"t_new_files"}
+
+
+def test_window_days_reads_only_recent_partitions(tmp_path):
+    _write(tmp_path / "logs.jsonl", CONVS)
+    defs = build_kura_defs("w", conversations=str(tmp_path / "logs.jsonl"), partitions="daily",
+                           partition_start=DAYS[0], window_days=2, checkpoint_dir=str(tmp_path / "ck"))
+    with dg.instance_for_test() as instance:
+        assert _run(defs, instance, selection=_keys("w", "conversations", "summaries"),
+                    partition_range=(DAYS[0], DAYS[3])).success
+        result = _run(defs, instance, selection=_keys("w", "clusters"))
+        assert result.success
+    md = result.get_asset_materialization_events()[0].materialization.metadata
+    assert (md["first_partition"].value, md["last_partition"].value) == (DAYS[2], DAYS[3])
+    members = {cid for c in _lines(tmp_path / "ck" / "clusters.jsonl", Cluster) for cid in c.chat_ids}
+    assert members == {c.chat_id for c in CONVS if utc_day(c.created_at) in DAYS[2:4]}
+
+
+def _tick(sensor, context, instance):
+    """One sensor tick: the sensor's own result (its dynamic partition requests apply when the daemon runs it)."""
+    return sensor(context)
+
+
+def test_file_partitions_and_their_sensor(tmp_path):
+    _write(tmp_path / "in" / "a.jsonl", CONVS[:30])
+    _write(tmp_path / "in" / "b.jsonl", CONVS[30:50])
+    defs = build_kura_defs("f", conversations=str(tmp_path / "in" / "*.jsonl"), partitions="files",
+                           checkpoint_dir=str(tmp_path / "ck"))
+    sensor = defs.resolve_sensor_def("f_new_files")
+    with dg.instance_for_test() as instance:
+        ctx = dg.build_sensor_context(instance=instance, repository_def=defs.get_repository_def())
+        data = _tick(sensor, ctx, instance)
+        assert sorted(r.partition_key for r in data.run_requests) == ["a", "b"]
+        assert data.dynamic_partitions_requests[0].partition_keys == ["a", "b"]
+        instance.add_dynamic_partitions("f_files", ["a", "b"])
+        # nothing new on the next tick; a new file makes exactly one new partition and run
+        again = _tick(sensor, dg.build_sensor_context(instance=instance, repository_def=defs.get_repository_def(),
+                                                             cursor=data.cursor), instance)
+        assert isinstance(again, dg.SkipReason) and "No new or changed files" in again.skip_message
+        _write(tmp_path / "in" / "c.jsonl", CONVS[50:60])
+        third = _tick(sensor, dg.build_sensor_context(instance=instance, repository_def=defs.get_repository_def(),
+                                                             cursor=data.cursor), instance)
+        assert [r.partition_key for r in third.run_requests] == ["c"]
+        result = _run(defs, instance, selection=_keys("f", "conversations", "summaries"), partition_key="b")
+        assert result.success
+    assert len(_lines(tmp_path / "ck" / "conversations" / "b.jsonl", Conversation)) == 20
+
+
+def test_partition_settings_are_validated(tmp_path):
+    with pytest.raises(ValueError, match="partition_start"):
+        build_kura_defs("x", partitions="daily")
+    with pytest.raises(ValueError, match="needs partitions='daily'"):
+        build_kura_defs("x", window_days=3)
+    with pytest.raises(ValueError, match="directory or glob"):
+        build_kura_defs("x", partitions="files")
+
+
+def test_multi_partition_output_must_be_a_dict_of_the_runs_partitions(tmp_path):
+    from kura_dagster.io_managers import JSONLIOManager
+
+    pd = dg.DailyPartitionsDefinition(start_date="2026-01-01")
+
+    @dg.asset(partitions_def=pd, backfill_policy=dg.BackfillPolicy.single_run(), io_manager_key="kura")
+    def rows(context) -> list[Conversation]:
+        return CONVS[:3]  # a list, not {partition: rows}
+
+    with dg.instance_for_test() as instance:
+        job = dg.Definitions(assets=[rows], resources={"kura": JSONLIOManager(base_dir=str(tmp_path))}) \
+            .resolve_implicit_global_asset_job_def()
+        result = job.execute_in_process(instance=instance, raise_on_error=False, tags={
+            "dagster/asset_partition_range_start": "2026-01-01", "dagster/asset_partition_range_end": "2026-01-03"})
+    assert not result.success
+    failure = json.dumps([str(e.event_specific_data.error) for e in result.all_events if e.is_failure])
+    assert "covers 3 partitions" in failure and "dict of partition key" in failure
