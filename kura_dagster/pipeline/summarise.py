@@ -124,13 +124,15 @@ def _summaries_with_cache(
     if leaders and isinstance(model, StreamingSummaryModel):
         # One call keeps every request slot busy; each answer is saved as it arrives.
         chunk = [conversations[i] for i in leaders]
-        on_result = None
+        on_result: Callable[[int, GeneratedSummary], None] | None = None
         if cache is not None:
             compactor = _Compactor(cache, batch_size or len(chunk), flush_seconds)
 
-            def on_result(j: int, summary: GeneratedSummary) -> None:
+            def save(j: int, summary: GeneratedSummary) -> None:
                 cache.put_summaries(model.identity, [chunk[j]], [summary])
                 compactor.answered()
+
+            on_result = save
 
         try:
             out = model.summarise_streaming(

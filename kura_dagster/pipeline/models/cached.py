@@ -22,7 +22,6 @@ from typing import Any, Protocol
 import numpy as np
 
 from kura_dagster.pipeline.models.base import (
-    ClusterNamingModel,
     EmbeddingModel,
     NamingRequest,
     Progress,
