@@ -25,5 +25,11 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'kura_dagster' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    # `dg` finds components with dir() + getattr (the "dagster_dg_cli.registry_modules" entry point names this
+    # package), so the lazy names are listed without importing anything.
+    return sorted({*globals(), *_LAZY})
+
+
 __all__ = ["Cluster", "Conversation", "ConversationSummary", "Message", "ProjectedCluster", "build_kura_defs",
            "KuraNames", "KuraPipelineComponent"]

@@ -3,6 +3,7 @@
     kura-dagster migrate jsonl:./kura_checkpoints parquet:./checkpoints [--names summaries clusters]
                  [--overwrite] [--option compression=zstd] [--model NAME=MODEL] [--json]
     kura-dagster storage ./checkpoints [--json]
+    kura-dagster export ./checkpoints/support ./kura_export     # Kura's single-file layout, partitions joined
     kura-dagster cache list ./checkpoints [--json]
     kura-dagster cache prune ./checkpoints --older-than 30d [--keep IDENTITY] [--dry-run]
 
@@ -60,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     sto = sub.add_parser("storage", help="bytes of each checkpoint in each format, and the totals")
     sto.add_argument("directory", metavar="DIR", help="a directory or URL, e.g. s3://bucket/kura")
     sto.add_argument("--json", action="store_true", help="print the overview as JSON")
+
+    exp = sub.add_parser("export", help="write Kura's single-file layout (conversations.jsonl, summaries.jsonl, …) "
+                         "of a checkpoint directory, joining partitions, streaming")
+    exp.add_argument("directory", metavar="DIR", help="a pipeline's checkpoint directory or URL (any format)")
+    exp.add_argument("out_dir", metavar="OUT_DIR", help="where to write the JSONL files Kura and Kura's UI read")
+    exp.add_argument("--json", action="store_true", help="print the report as JSON")
 
     cache = sub.add_parser("cache", help="the LLM answer cache (.kura-cache): list or prune its setting folders")
     cache_sub = cache.add_subparsers(dest="cache_command", required=True)
@@ -126,6 +133,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "cache":
             return _cache_command(args)
+        if args.command == "export":
+            from dataclasses import asdict
+
+            from kura_dagster.checkpoints.export import export_kura
+
+            try:
+                report = export_kura(args.directory, args.out_dir)
+            except CheckpointError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            print(json.dumps(asdict(report), indent=1) if args.json else report.as_markdown())
+            return 0
         if args.command == "storage":
             from kura_dagster.checkpoints.summary_cache import CACHE_DIRNAME, cache_size
 

@@ -184,3 +184,33 @@ def test_multi_partition_output_must_be_a_dict_of_the_runs_partitions(tmp_path):
     assert not result.success
     failure = json.dumps([str(e.event_specific_data.error) for e in result.all_events if e.is_failure])
     assert "covers 3 partitions" in failure and "dict of partition key" in failure
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_export_joins_partitions_into_kuras_single_files(tmp_path, fmt, capsys):
+    from kura_dagster.cli import main
+    from kura_dagster.types import ProjectedCluster
+
+    _write(tmp_path / "logs.jsonl", CONVS)
+    defs = build_kura_defs("e", conversations=str(tmp_path / "logs.jsonl"), partitions="daily",
+                           partition_start=DAYS[0], formats=[fmt], checkpoint_dir=str(tmp_path / "ck"))
+    with dg.instance_for_test() as instance:
+        assert _run(defs, instance, selection=_keys("e", "conversations", "summaries"),
+                    partition_range=(DAYS[0], DAYS[2])).success
+        assert _run(defs, instance, selection=_keys("e", "clusters", "meta_clusters", "projected_clusters")).success
+    assert main(["export", str(tmp_path / "ck"), str(tmp_path / "kura")]) == 0
+    assert "| conversations |" in capsys.readouterr().out
+    out = tmp_path / "kura"
+    convs = _lines(out / "conversations.jsonl", Conversation)  # read the way Kura reads: a model per line
+    expected = [c for c in CONVS if utc_day(c.created_at) in DAYS[:3]]
+    assert [c.chat_id for c in convs] == [c.chat_id for c in expected]  # partitions in key order
+    assert [s.chat_id for s in _lines(out / "summaries.jsonl", ConversationSummary)] == [c.chat_id for c in expected]
+    meta = _lines(out / "meta_clusters.jsonl", Cluster)
+    assert {p.id for p in _lines(out / "dimensionality.jsonl", ProjectedCluster)} == {c.id for c in meta}
+    # a damaged partition fails the export with its name, and leaves no half-written file behind
+    bad = next((tmp_path / "ck" / "summaries").glob(f"*.{fmt}"))
+    bad.write_bytes(bad.read_bytes()[: len(bad.read_bytes()) // 2])
+    (out / "summaries.jsonl").unlink()
+    assert main(["export", str(tmp_path / "ck"), str(out)]) == 1
+    assert bad.name in capsys.readouterr().err
+    assert not (out / "summaries.jsonl").exists()
