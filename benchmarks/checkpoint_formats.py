@@ -3,6 +3,7 @@
     python benchmarks/checkpoint_formats.py            # the default run (a few minutes)
     python benchmarks/checkpoint_formats.py --quick    # 1k and 10k only
     python benchmarks/checkpoint_formats.py --full     # also the slow cells (model loads of 100k×1536, Kura's included)
+    python benchmarks/checkpoint_formats.py --jsonl    # only JSONL vs Kura's JSONL (the default format), interleaved
 
 Every measurement runs in a fresh subprocess (this same file with ``--worker``), so peak RSS
 (``ru_maxrss``) belongs to that one operation; "Δ RSS" is the peak minus the RSS after imports. Kura's
@@ -13,6 +14,12 @@ Data: summaries whose text is drawn word by word from the vocabulary of the shar
 per row, so compression is realistic, not replicated rows), Kura-like metadata, and optionally 1536-d
 float32 embeddings (random normal: as incompressible as real ones). Plus clusters (1,000 over 10k chat ids).
 The table goes to stdout and to ``benchmarks/results/checkpoint_formats.md``.
+
+JSONL, the default format, gets its own section: ours against Kura's JSONL manager on the same files, each cell the
+median of ``--repeats`` fresh processes with ours and Kura's interleaved (ours first in even rounds, Kura's first in
+odd ones), wall and CPU time, against the targets of issue 13. ``--jsonl`` runs only that section and rewrites only
+that section of the results file. Its extra row loads the 1,000 real MT-Bench summaries Kura wrote
+(``../shared/data/kura-mtbench-1000``), cycled to 100k rows with unique chat ids, when that folder is present.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ KURA_PY = HERE / ".kura-venv" / "bin" / "python"
 RESULT = HERE / "results" / "checkpoint_formats.md"
 SHARED = Path(os.environ.get("KURA_SHARED_DATA", ROOT.parent / "shared" / "data" / "kura-mtbench-1000"))
 DIM = 1536
+JSONL_REPEATS = 5  # fresh processes per implementation and JSONL cell (--repeats)
+JSONL_SECTION = "## JSONL (the default format) vs Kura 0.5.4's JSONL"
 REPEATS = 3  # fresh processes per cell (saves and model loads up to 10k rows, every columnar and bare read); see run_median
 
 
@@ -73,6 +82,17 @@ def summary_rows(n: int, dim: int, seed: int = 0) -> list[dict]:
                          "question_id": 81 + i % 80, "opponent_model": models[(i + 1) % 4]},
             "embedding": emb[i].tolist() if emb is not None else None,
         })
+    return rows
+
+
+def mtbench_rows(n: int) -> list[dict]:
+    """The real summaries Kura wrote for 1,000 MT-Bench conversations, cycled to ``n`` rows (chat ids made unique)."""
+    base = [json.loads(line) for line in (SHARED / "summaries.jsonl").read_text().splitlines() if line.strip()]
+    rows = []
+    for i in range(n):
+        row = dict(base[i % len(base)])
+        row["chat_id"] = f"{row['chat_id']}-{i // len(base)}"
+        rows.append(row)
     return rows
 
 
@@ -165,21 +185,25 @@ def worker(args: argparse.Namespace) -> dict:
     model = _model_class(impl, kind)
     path = _checkpoint_path(impl, fmt, directory, name)
     if op == "save":
-        rows = summary_rows(n, dim) if kind == "summaries" else cluster_rows()
+        if kind == "summaries":
+            rows = mtbench_rows(n) if args.data == "mtbench" else summary_rows(n, dim)
+        else:
+            rows = cluster_rows()
         from pydantic import TypeAdapter
 
         models = TypeAdapter(list[model]).validate_python(rows)
         del rows
         base = _rss_mb()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         manager.save_checkpoint(name, models)
-        return {"save": time.perf_counter() - t0, "peak_mb": _peak_mb(), "base_mb": base, "rows": len(models),
-                "bytes": _size(path)}
+        return {"save": time.perf_counter() - t0, "cpu": time.process_time() - c0, "peak_mb": _peak_mb(),
+                "base_mb": base, "rows": len(models), "bytes": _size(path)}
     if op == "load":
         base = _rss_mb()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loaded = manager.load_checkpoint(name, model)
-        return {"load": time.perf_counter() - t0, "peak_mb": _peak_mb(), "base_mb": base, "rows": len(loaded)}
+        return {"load": time.perf_counter() - t0, "cpu": time.process_time() - c0, "peak_mb": _peak_mb(),
+                "base_mb": base, "rows": len(loaded)}
     if op == "columnar":
         from kura_dagster.checkpoints.columnar import load_summary_columns
 
@@ -193,10 +217,11 @@ def worker(args: argparse.Namespace) -> dict:
 
 
 # --- the driver ------------------------------------------------------------------------------------------
-def run(impl: str, fmt: str, op: str, kind: str, n: int, dim: int, directory: Path, timeout: float = 900) -> dict | None:
+def run(impl: str, fmt: str, op: str, kind: str, n: int, dim: int, directory: Path, timeout: float = 900,
+        data: str = "synthetic") -> dict | None:
     python = str(KURA_PY) if impl == "kura" else sys.executable
     cmd = [python, str(Path(__file__).resolve()), "--worker", "--impl", impl, "--fmt", fmt, "--op", op, "--kind", kind,
-           "--n", str(n), "--dim", str(dim), "--dir", str(directory)]
+           "--n", str(n), "--dim", str(dim), "--dir", str(directory), "--data", data]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(ROOT))
     if proc.returncode != 0:
@@ -244,6 +269,10 @@ def main() -> None:
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--impl"), ap.add_argument("--fmt"), ap.add_argument("--op"), ap.add_argument("--kind")
     ap.add_argument("--n", type=int), ap.add_argument("--dim", type=int), ap.add_argument("--dir")
+    ap.add_argument("--data", default="synthetic", help=argparse.SUPPRESS)
+    ap.add_argument("--jsonl", action="store_true", help="only JSONL vs Kura's JSONL (rewrites only that section)")
+    ap.add_argument("--repeats", type=int, default=JSONL_REPEATS,
+                    help=f"fresh processes per implementation in each JSONL cell (default {JSONL_REPEATS})")
     ap.add_argument("--quick", action="store_true", help="1k and 10k rows only")
     ap.add_argument("--full", action="store_true", help="also model loads of 100k×1536 summaries (slow; Kura needs ~10 GB)")
     args = ap.parse_args()
@@ -266,6 +295,19 @@ def main() -> None:
     import shutil
 
     shutil.rmtree(WORK, ignore_errors=True)
+    if args.jsonl:
+        if not kura:
+            raise SystemExit(f"--jsonl compares with Kura: create {KURA_PY} first (see the module docstring)")
+        section = render_jsonl(jsonl_rows(args.repeats), args.repeats)
+        print(section)
+        old = RESULT.read_text() if RESULT.exists() else "# Checkpoint formats: ours vs Kura 0.5.4\n"
+        head, _, tail = old.partition(JSONL_SECTION)
+        rest = tail[tail.find("\n## ") + 1:] if "\n## " in tail else ""
+        RESULT.parent.mkdir(parents=True, exist_ok=True)
+        RESULT.write_text(head.rstrip("\n") + "\n\n" + section + ("\n" + rest if rest else ""))
+        shutil.rmtree(WORK, ignore_errors=True)
+        return
+    jsonl_section = render_jsonl(jsonl_rows(args.repeats), args.repeats) if kura else ""
     for dim in (0, DIM):
         for n in sizes:
             huge = n >= 100_000 and dim > 0
@@ -305,11 +347,99 @@ def main() -> None:
             record(case="clusters 1k (10k chat ids)", impl=impl, fmt=fmt, op="models", save=saved and saved["save"],
                    load=loaded and loaded["load"], bytes=saved and saved["bytes"], peak_mb=loaded and loaded["peak_mb"],
                    delta_mb=loaded and loaded["peak_mb"] - loaded["base_mb"])
-    report = render(results, kura, args)
+    report = render(results, kura, args) + ("\n" + jsonl_section if jsonl_section else "")
     print(report)
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(report)
     shutil.rmtree(WORK, ignore_errors=True)
+
+
+JSONL_CASES = [
+    # (label, op, rows, embedding dim, data, target: Kura's time / ours at least, peak RSS no higher than Kura's)
+    ("load 100k summaries (no embeddings)", "load", 100_000, 0, "synthetic", 1.5, True),
+    (f"load 10k summaries with {DIM}-d embeddings", "load", 10_000, DIM, "synthetic", 1.0, False),
+    ("save 100k summaries", "save", 100_000, 0, "synthetic", 0.9, False),
+    (f"save 10k summaries with {DIM}-d embeddings", "save", 10_000, DIM, "synthetic", 0.9, False),
+    ("load 100k real MT-Bench summaries (Kura's 1,000, cycled)", "load", 100_000, 0, "mtbench", 1.5, True),
+]
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def jsonl_rows(repeats: int) -> list[dict]:
+    """Each JSONL case ``repeats`` times per implementation, each run a fresh process, ours and Kura's interleaved.
+    Loads read one file (written once by ours: the bytes Kura writes, plus our sidecar, which Kura ignores); saves
+    go to a fresh directory each, deleted after the run."""
+    import shutil
+
+    out = []
+    for label, op, n, dim, data, target, rss_target in JSONL_CASES:
+        if data == "mtbench" and not (SHARED / "summaries.jsonl").exists():
+            print(f"  (no {SHARED}: skipping {label!r})", file=sys.stderr)
+            continue
+        source = WORK / f"jsonl-{data}-{n}-{dim}"
+        if op == "load" and run("ours", "jsonl", "save", "summaries", n, dim, source, data=data) is None:
+            continue
+        runs: dict[str, list[dict]] = {"ours": [], "kura": []}
+        for rep in range(repeats):
+            for impl in (("ours", "kura") if rep % 2 == 0 else ("kura", "ours")):
+                target_dir = source if op == "load" else WORK / f"jsonl-save-{impl}-{rep}"
+                r = run(impl, "jsonl", op, "summaries", n, dim, target_dir, data=data)
+                if op == "save":
+                    shutil.rmtree(target_dir, ignore_errors=True)
+                if r is not None:
+                    runs[impl].append(r)
+        shutil.rmtree(source, ignore_errors=True)
+        if not runs["ours"] or not runs["kura"]:
+            continue
+        row = {"case": label, "op": op, "target": target, "rss_target": rss_target, "runs": len(runs["ours"])}
+        for impl, rs in runs.items():
+            row[f"{impl}_s"] = _median([r[op] for r in rs])
+            row[f"{impl}_cpu"] = _median([r["cpu"] for r in rs])
+            row[f"{impl}_min"], row[f"{impl}_max"] = min(r[op] for r in rs), max(r[op] for r in rs)
+            row[f"{impl}_peak"] = _median([r["peak_mb"] for r in rs])
+        out.append(row)
+        print(f"  {label}: ours {row['ours_s']:.3f} s, Kura {row['kura_s']:.3f} s "
+              f"(×{row['kura_s'] / row['ours_s']:.2f}), peak {row['ours_peak']:.0f} vs {row['kura_peak']:.0f} MB",
+              file=sys.stderr, flush=True)
+    return out
+
+
+def render_jsonl(rows: list[dict], repeats: int) -> str:
+    import platform
+
+    lines = [
+        JSONL_SECTION,
+        "",
+        f"`python benchmarks/checkpoint_formats.py --jsonl --repeats {repeats}` on {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M')}. Each cell: the median of {repeats} fresh "
+        "processes per implementation, ours and Kura's interleaved, on the same files (loads read one file that both "
+        "read; saves write fresh directories). *×* is Kura's median wall time over ours (above 1: ours is faster). "
+        "Wall time is what the targets are judged on; CPU time (the process's own) is shown because other work "
+        "shares this machine's cores. Peak RSS is the median of the loading or saving processes' maxima, imports "
+        "included (ours imports less than Kura's package). Our saves fsync the file and its directory, rename it "
+        "into place and write the integrity sidecar; Kura's write the file and nothing else. Summaries: "
+        "MT-Bench-derived (words drawn from the vocabulary of Kura's MT-Bench summaries, Kura-like metadata), "
+        "embeddings random normal float32 as Python floats, as the pipeline stores them.",
+        "",
+        "| case | ours s | Kura s | × (Kura/ours) | target | ours range s | Kura range s | ours CPU s | Kura CPU s "
+        "| ours peak RSS MB | Kura peak RSS MB | met |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        ratio = r["kura_s"] / r["ours_s"]
+        ok = ratio >= r["target"] and (not r["rss_target"] or r["ours_peak"] <= r["kura_peak"])
+        target = f"≥ ×{r['target']:g}" + (", RSS ≤ Kura's" if r["rss_target"] else "")
+        lines.append(
+            f"| {r['case']} | {r['ours_s']:.3f} | {r['kura_s']:.3f} | ×{ratio:.2f} | {target} | "
+            f"{r['ours_min']:.3f}–{r['ours_max']:.3f} | {r['kura_min']:.3f}–{r['kura_max']:.3f} | "
+            f"{r['ours_cpu']:.3f} | {r['kura_cpu']:.3f} | {r['ours_peak']:,.0f} | {r['kura_peak']:,.0f} | "
+            f"{'✅' if ok else '❌'} |")
+    return "\n".join(lines) + "\n"
 
 
 def render(results: list[dict], kura: bool, args: argparse.Namespace) -> str:

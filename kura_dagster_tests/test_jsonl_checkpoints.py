@@ -203,23 +203,162 @@ def test_a_kura_file_cut_mid_line_is_refused_before_streaming_any_row(tmp_path, 
     assert len(list(JSONLCheckpointManager(tmp_path).iter_checkpoint("summaries", ConversationSummary))) == 50
 
 
+def _as_older_sidecar(tmp_path, *, sha256_blocks: bool) -> None:
+    """Rewrite the sidecar of ``summaries.jsonl`` as versions before this one wrote it: the file's SHA-256 under
+    ``"sha256"`` (not ``"checksum"``), and, before that, SHA-256 block digests without a ``block_hash`` key."""
+    import hashlib
+
+    path, sidecar = tmp_path / "summaries.jsonl", tmp_path / "summaries.jsonl.meta.json"
+    raw = path.read_bytes()
+    meta = json.loads(sidecar.read_text())
+    version = meta["versions"][0]
+    assert version.pop("checksum").startswith("xxh3_128:")
+    version["sha256"] = hashlib.sha256(raw).hexdigest()
+    if sha256_blocks:
+        lines = raw.splitlines(keepends=True)
+        version["blocks"] = [hashlib.sha256(b"".join(lines[i:i + 256])).hexdigest()[:16]
+                             for i in range(0, len(lines), 256)]
+        del version["block_hash"]
+    sidecar.write_text(json.dumps(meta))
+
+
 def test_sidecars_with_sha256_block_digests_still_narrow_damage_down(tmp_path):
     """Sidecars written before block digests were XXH3 (no ``block_hash`` key, SHA-256 prefixes) still load and
     still name the changed lines."""
-    import hashlib
-
     mgr = JSONLCheckpointManager(tmp_path)
     data = _summaries(600)
     mgr.save_checkpoint("summaries", data)
-    path, sidecar = tmp_path / "summaries.jsonl", tmp_path / "summaries.jsonl.meta.json"
-    meta = json.loads(sidecar.read_text())
-    version = meta["versions"][0]
+    path = tmp_path / "summaries.jsonl"
+    version = json.loads((tmp_path / "summaries.jsonl.meta.json").read_text())["versions"][0]
     assert version["block_hash"] == "xxh3_64" and len(version["blocks"]) == 3
-    lines = path.read_bytes().splitlines(keepends=True)
-    version["blocks"] = [hashlib.sha256(b"".join(lines[i:i + 256])).hexdigest()[:16] for i in range(0, 600, 256)]
-    del version["block_hash"]
-    sidecar.write_text(json.dumps(meta))
+    _as_older_sidecar(tmp_path, sha256_blocks=True)
     assert mgr.load_checkpoint("summaries", ConversationSummary) == data
     path.write_bytes(path.read_bytes().replace(b"summary 300", b"summary 301", 1))
     with pytest.raises(CheckpointCorruptError, match="checksum mismatch in lines 257–512"):
         mgr.load_checkpoint("summaries", ConversationSummary)
+
+
+def test_sidecars_with_a_sha256_checksum_still_load_and_refuse_damage(tmp_path):
+    """A sidecar written before the checksum was XXH3-128 (``"sha256"``) still verifies the file, by SHA-256, in every
+    read path; damage is still refused naming its lines; the next save replaces it with an XXH3-128 one."""
+    mgr = JSONLCheckpointManager(tmp_path)
+    data = _summaries(600)
+    mgr.save_checkpoint("summaries", data)
+    _as_older_sidecar(tmp_path, sha256_blocks=False)
+    assert mgr.load_checkpoint("summaries", ConversationSummary) == data
+    assert list(mgr.iter_checkpoint("summaries", ConversationSummary)) == data
+    assert mgr.get_checkpoint_info("summaries")["checksum"].startswith("sha256:")
+    path = tmp_path / "summaries.jsonl"
+    good = path.read_bytes()
+    path.write_bytes(good.replace(b"summary 300", b"summary 301", 1))
+    with pytest.raises(CheckpointCorruptError, match="checksum mismatch in lines 257–512"):
+        mgr.load_checkpoint("summaries", ConversationSummary)
+    with pytest.raises(CheckpointCorruptError, match="checksum mismatch in lines 257–512"):
+        list(mgr.iter_checkpoint("summaries", ConversationSummary))
+    path.write_bytes(good)
+    saved = mgr.save_checkpoint("summaries", data[:10])  # accepted the old version while replacing it
+    versions = json.loads((tmp_path / "summaries.jsonl.meta.json").read_text())["versions"]
+    assert [v["checksum"] for v in versions] == [saved.checksum] and saved.checksum.startswith("xxh3_128:")
+    assert mgr.load_checkpoint("summaries", ConversationSummary) == data[:10]
+
+
+def test_one_checksum_of_the_file_and_block_digests_of_its_lines(tmp_path):
+    """The recorded checksum is the XXH3-128 of the file's bytes (anyone can recompute it), and each block digest the
+    XXH3-64 of 256 lines, as written in one pass."""
+    import xxhash
+
+    mgr = JSONLCheckpointManager(tmp_path)
+    saved = mgr.save_checkpoint("summaries", _summaries(600))
+    raw = (tmp_path / "summaries.jsonl").read_bytes()
+    version = json.loads((tmp_path / "summaries.jsonl.meta.json").read_text())["versions"][0]
+    assert saved.checksum == version["checksum"] == "xxh3_128:" + xxhash.xxh3_128_hexdigest(raw)
+    lines = raw.splitlines(keepends=True)
+    assert version["blocks"] == [xxhash.xxh3_64_hexdigest(b"".join(lines[i:i + 256])) for i in range(0, 600, 256)]
+    assert version["bytes"] == len(raw) == saved.bytes and version["rows"] == 600
+
+
+def test_a_load_pauses_the_garbage_collector_and_restores_it(tmp_path, monkeypatch):
+    """Loads run without the cyclic collector (see jsonl's docstring), which comes back as it was: on after a load,
+    after a refused load, and still off for a caller that had turned it off."""
+    import gc
+
+    from kura_dagster.checkpoints import jsonl
+
+    mgr = JSONLCheckpointManager(tmp_path)
+    mgr.save_checkpoint("summaries", _summaries(20))
+    seen = []
+    original = jsonl.JSONLCheckpointManager._parse_chunks
+
+    def spy(self, path, chunks, model):
+        seen.append(gc.isenabled())
+        yield from original(self, path, chunks, model)
+
+    monkeypatch.setattr(jsonl.JSONLCheckpointManager, "_parse_chunks", spy)
+    assert gc.isenabled()
+    assert len(mgr.load_checkpoint("summaries", ConversationSummary)) == 20
+    assert seen == [False] and gc.isenabled()
+    (tmp_path / "summaries.jsonl").write_bytes(b'{"summary": 1}\n')
+    with pytest.raises(CheckpointCorruptError):
+        mgr.load_checkpoint("summaries", ConversationSummary)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        mgr.save_checkpoint("summaries", _summaries(3))
+        mgr.load_checkpoint("summaries", ConversationSummary)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_lines_are_validated_in_batches_and_errors_still_name_the_line(tmp_path, monkeypatch):
+    """Many lines per pydantic-core call (one JSON array per batch), yet a bad line deep in a batch is named, for
+    a file without a sidecar and for one whose sidecar the damage contradicts, whatever the block and batch sizes."""
+    from kura_dagster.checkpoints import jsonl
+
+    data = _summaries(1000)
+    text = "".join(s.model_dump_json() + "\n" for s in data)
+    batches = [numbers for _, numbers in JSONLCheckpointManager._chunks(text.encode())]
+    assert [n for numbers in batches for n in numbers] == list(range(1, 1001)) and len(batches) == 2
+    calls = []
+    original = jsonl.list_adapter
+
+    def counting(model):
+        adapter = original(model)
+
+        class Counted:
+            def validate_json(self, raw):
+                calls.append(raw)
+                return adapter.validate_json(raw)
+        return Counted()
+
+    monkeypatch.setattr(jsonl, "list_adapter", counting)
+    for chunk_bytes, batch_bytes in ((1 << 20, 128 << 10), (700, 3000), (64, 1)):
+        monkeypatch.setattr(jsonl, "CHUNK_BYTES", chunk_bytes)
+        monkeypatch.setattr(jsonl, "BATCH_BYTES", batch_bytes)
+        calls.clear()
+        (tmp_path / "summaries.jsonl").write_text(text)
+        assert JSONLCheckpointManager(tmp_path).load_checkpoint("summaries", ConversationSummary) == data
+        if batch_bytes > 1000:
+            assert len(calls) < 1000 / 2  # many lines per call
+        bad = text.replace('"chat_id":"c737",', "")  # line 738 loses a required field
+        (tmp_path / "summaries.jsonl").write_text(bad)
+        with pytest.raises(CheckpointCorruptError, match=r"line 738: .*chat_id"):
+            JSONLCheckpointManager(tmp_path).load_checkpoint("summaries", ConversationSummary)
+        cut = text.replace('"chat_id":"c737"', '"chat_id":"c737', 1)  # line 738 is no longer valid JSON
+        (tmp_path / "summaries.jsonl").write_text(cut)
+        with pytest.raises(CheckpointCorruptError, match=r"line 738"):
+            JSONLCheckpointManager(tmp_path).load_checkpoint("summaries", ConversationSummary)
+        mgr = JSONLCheckpointManager(tmp_path / "with-sidecar")
+        mgr.save_checkpoint("summaries", data)
+        (tmp_path / "with-sidecar" / "summaries.jsonl").write_text(cut)
+        with pytest.raises(CheckpointCorruptError, match=r"line 738"):
+            mgr.load_checkpoint("summaries", ConversationSummary)
+
+
+def test_lines_that_start_with_whitespace_are_read_as_kura_reads_them(tmp_path):
+    """The fast path (every line starts with "{") and the careful one (blank lines skipped, indented lines kept) give
+    the same models."""
+    data = _summaries(4)
+    lines = [s.model_dump_json() for s in data]
+    (tmp_path / "summaries.jsonl").write_text(f"{lines[0]}\n  {lines[1]}\n\n \t\n{lines[2]}\r\n{lines[3]}")
+    assert JSONLCheckpointManager(tmp_path).load_checkpoint("summaries", ConversationSummary) == data

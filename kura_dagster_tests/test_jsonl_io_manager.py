@@ -32,7 +32,7 @@ def test_outputs_are_kura_checkpoints_with_metadata(tmp_path):
     assert md["path"].value.endswith("dimensionality.jsonl")
     assert [c.name for c in md["dagster/column_schema"].schema.columns][:2] == ["summary", "request"]
     assert len(md["preview"].records) == 3
-    assert md["kura/checksum"].value.startswith("sha256:")
+    assert md["kura/checksum"].value.startswith("xxh3_128:")  # the JSONL sidecar's checksum (SHA-256 before)
 
 
 def test_downstream_run_loads_from_disk_without_annotations(tmp_path):

@@ -17,8 +17,8 @@ What a save and a load cost, and why each piece is there (measured in ``benchmar
   by line, so errors still name the line.
 * **No cyclic garbage collection during a load.** Building 100k models allocates ~10⁶ container objects, and
   CPython's collector re-traverses the growing heap while they pile up: two thirds of a 100k-row load. Models
-  parsed from JSON hold no reference cycles, so :meth:`JSONLCheckpointManager.load_checkpoint` pauses the
-  collector until it returns (restoring it as it was; nested and concurrent loads share one pause).
+  parsed from JSON hold no reference cycles, so a load (``load_checkpoint``) pauses the collector until it
+  returns (restoring it as it was; nested and concurrent loads share one pause).
 * **Serialization** is pydantic-core's own (``__pydantic_serializer__.to_json``, exactly the bytes of Kura's
   ``model_dump_json``, floats formatted by the same shortest-round-trip code), without Kura's decode to ``str``
   and encode back; lines go out a block at a time, never joined into one buffer for the whole file.
@@ -161,7 +161,7 @@ class JSONLCheckpointManager(BaseCheckpointManager):
     def _read_sidecar(self, path: UPath) -> dict[str, Any] | None:
         meta_path = self.sidecar_path(path)
         try:
-            raw = meta_path.read_bytes()
+            raw = storage.read_bytes(meta_path)  # one GET on S3: never a half-replaced sidecar
         except FileNotFoundError:
             return None
         try:
@@ -225,7 +225,7 @@ class JSONLCheckpointManager(BaseCheckpointManager):
         # it, and then the read is retried instead of reporting a healthy checkpoint as corrupt.
         for _attempt in range(READ_ATTEMPTS):
             before = self._read_sidecar(path)
-            data = path.read_bytes()
+            data = storage.read_bytes(path)
             meta = self._read_sidecar(path)
             if meta is None:
                 if before is not None:
@@ -294,10 +294,11 @@ class JSONLCheckpointManager(BaseCheckpointManager):
         return None
 
     @staticmethod
-    def _chunks(data: bytes, chunk_bytes: int = BATCH_BYTES, first_number: int = 1
+    def _chunks(data: bytes, chunk_bytes: int | None = None, first_number: int = 1
                 ) -> Iterator[tuple[Sequence[bytes], Sequence[int]]]:
         """Non-blank lines with their 1-based line numbers (counting from ``first_number``), in batches of about
-        ``chunk_bytes``."""
+        ``chunk_bytes`` (:data:`BATCH_BYTES`)."""
+        chunk_bytes = chunk_bytes or BATCH_BYTES
         lines = data.split(b"\n")
         if not lines[-1]:
             lines.pop()  # the data ends with a line ending
@@ -325,10 +326,11 @@ class JSONLCheckpointManager(BaseCheckpointManager):
             yield kept, numbers
 
     @classmethod
-    def _stream_chunks(cls, fh: Any, hasher: Any = None, block: int = CHUNK_BYTES
+    def _stream_chunks(cls, fh: Any, hasher: Any = None, block: int | None = None
                        ) -> Iterator[tuple[Sequence[bytes], Sequence[int]]]:
-        """:meth:`_chunks` over an open file, read ``block`` bytes at a time (fed to ``hasher`` as they are read),
-        so a load holds a block of the file, never all of it."""
+        """:meth:`_chunks` over an open file, read ``block`` (:data:`CHUNK_BYTES`) bytes at a time (fed to
+        ``hasher`` as they are read), so a load holds a block of the file, never all of it."""
+        block = block or CHUNK_BYTES
         rest = b""
         number = 1  # the number of the first line of the next piece
         while True:
@@ -403,7 +405,9 @@ class JSONLCheckpointManager(BaseCheckpointManager):
                 with path.open("rb") as fh:
                     result = parse(self._stream_chunks(fh, hashers))
                     empty = fh.tell() == 0
-            except FileNotFoundError:
+            except OSError as exc:
+                if not storage.gone_or_replaced(exc):  # (S3: replaced while read)
+                    raise
                 continue  # replaced or deleted meanwhile: look again
             except CheckpointCorruptError:
                 self._verified_bytes(path)  # a file that differs from its sidecar is reported as such
@@ -423,10 +427,6 @@ class JSONLCheckpointManager(BaseCheckpointManager):
         data, version = self._verified_bytes(path)  # raises, naming the damage, unless the file is intact now
         return parse(self._chunks(data)), version
 
-    def load_checkpoint(self, filename: str, model_class: type[T] | None = None, **kwargs: Any) -> list[T] | None:
-        with gc_paused():  # see the module docstring: two thirds of a 100k-row load was the collector
-            return super().load_checkpoint(filename, model_class, **kwargs)
-
     def _read(self, path: UPath, model: type[T], **_: Any) -> list[T]:
         def parse(chunks: Iterator[tuple[Sequence[bytes], Sequence[int]]]) -> list[T]:
             models: list[T] = []
@@ -434,7 +434,8 @@ class JSONLCheckpointManager(BaseCheckpointManager):
                 models += chunk
             return models
 
-        models, version = self._verified_stream(path, parse)
+        with gc_paused():  # see the module docstring: two thirds of a 100k-row load was the collector
+            models, version = self._verified_stream(path, parse)
         if version is not None and version.get("rows") is not None and version["rows"] != len(models):
             raise CheckpointCorruptError(path, f"holds {len(models)} rows but was saved with {version['rows']}")
         return models
