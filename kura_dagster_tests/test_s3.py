@@ -239,12 +239,23 @@ def test_an_hf_version_is_a_complete_save_to_disk_directory(s3: S3, s3_dir: str)
     assert dataset["chat_id"] == [s.chat_id for s in versions["A"]]
 
 
-def test_missing_bucket_is_an_error_and_no_bucket_is_created(s3: S3) -> None:
+def test_missing_bucket_is_an_error_naming_it_and_no_bucket_is_created(s3: S3) -> None:
+    from kura_dagster.io_managers import JSONLIOManager
+
     bucket = f"kura-missing-{uuid.uuid4().hex[:8]}"
-    manager = build_manager("jsonl", f"s3://{bucket}/kura")
-    with pytest.raises(OSError) as err:
-        manager.save_checkpoint("summaries", _versions(3)["A"])
-    assert SECRET not in str(err.value)
+    for fmt in available_formats():
+        with pytest.raises(FileNotFoundError, match=f"Cannot write s3://{bucket}/kura/.*never creates a bucket"):
+            build_manager(fmt, f"s3://{bucket}/kura").save_checkpoint("summaries", _versions(3)["A"])
+
+    @dg.asset
+    def summaries() -> list[ConversationSummary]:
+        return _versions(3)["A"]
+
+    # (Dagster's UPathIOManager makes the output's directory first: on S3 that created the missing bucket.)
+    result = dg.materialize([summaries], resources={"io_manager": JSONLIOManager(base_dir=f"s3://{bucket}/kura")},
+                            raise_on_error=False)
+    assert not result.success
+    assert f"s3://{bucket}/kura" in result.failure_data_for_node("summaries").error.to_string()
     assert not s3.fs().exists(bucket)
 
 
@@ -534,3 +545,12 @@ def test_credentials_in_fs_options_stay_out_of_paths_reprs_and_errors(s3: S3, s3
     with pytest.raises(OSError) as err:
         broken.save_checkpoint("summaries", _versions(2)["A"])
     assert SECRET not in str(err.value) and SECRET not in repr(err.value)
+
+
+def test_the_s3_specific_endpoint_variable_is_honoured(s3: S3, s3_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``AWS_ENDPOINT_URL_S3`` alone reaches the server too (a fresh client: s3fs caches clients by options)."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3.endpoint)
+    manager = build_manager("jsonl", s3_dir, storage_options={"skip_instance_cache": True})
+    manager.save_checkpoint("summaries", _versions(3)["A"])
+    assert s3.keys(s3_dir) == ["summaries.jsonl", "summaries.jsonl.meta.json"]

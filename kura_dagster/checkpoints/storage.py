@@ -263,7 +263,27 @@ def _put_object(path: UPath, write: Callable[[Any], None]) -> int:
     """Upload one S3 object that becomes visible complete or not at all: a multipart upload that is completed
     only after ``write`` returned and the last part was sent, and aborted on any error. (No directory is created:
     a missing bucket is an error, not something a save creates.)"""
-    fh = path.fs.open(path.path, "wb", autocommit=False)
+    try:
+        fh = path.fs.open(path.path, "wb", autocommit=False)
+        return _upload(path, fh, write)
+    except FileNotFoundError as exc:
+        _raise_missing_bucket(path, exc)
+        raise
+
+
+class BucketNotFoundError(FileNotFoundError):
+    """A save to an object store whose bucket does not exist (a save never creates one)."""
+
+
+def _raise_missing_bucket(path: UPath, exc: FileNotFoundError) -> None:
+    """s3fs says "The specified bucket does not exist" without naming it: raise an error that does."""
+    if isinstance(exc, BucketNotFoundError) or "bucket" not in str(exc).lower():
+        return
+    raise BucketNotFoundError(errno.ENOENT, f"Cannot write {path}: {exc}. A save never creates a bucket: check the "
+                              "URL and the endpoint (AWS_ENDPOINT_URL), or create the bucket first") from exc
+
+
+def _upload(path: UPath, fh: Any, write: Callable[[Any], None]) -> int:
     try:
         write(fh)
         size = fh.tell()
@@ -454,7 +474,11 @@ def _publish_version(path: UPath, build: Callable[[UPath], None]) -> int:
                 targets.append((target / os.path.relpath(full, local).replace(os.sep, "/")).path)
         uploaded = True  # from here on, objects of this version may exist and are removed on failure
         if sources:
-            path.fs.put(sources, targets)
+            try:
+                path.fs.put(sources, targets)
+            except FileNotFoundError as exc:
+                _raise_missing_bucket(path, exc)
+                raise
         else:  # an empty tree still needs its version to exist
             atomic_write_bytes(target / ".kura-empty", b"")
         previous = read_pointer(path)  # (re-read: another writer may have published meanwhile)
