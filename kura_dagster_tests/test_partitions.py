@@ -214,3 +214,30 @@ def test_export_joins_partitions_into_kuras_single_files(tmp_path, fmt, capsys):
     assert main(["export", str(tmp_path / "ck"), str(out)]) == 1
     assert bad.name in capsys.readouterr().err
     assert not (out / "summaries.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_cli_backfill_with_a_partition_range(tmp_path):
+    """The README's commands: one run for a range of days, then the unpartitioned stages."""
+    import os
+    import subprocess
+    import sys
+
+    by_day: dict[str, list[Conversation]] = {}
+    for c in CONVS:
+        by_day.setdefault(utc_day(c.created_at), []).append(c)
+    for day, convs in by_day.items():
+        _write(tmp_path / "logs" / f"{day}.jsonl", convs)
+    env = {**os.environ, "KURA_PARTITIONS": "daily", "KURA_PARTITION_START": DAYS[0], "DAGSTER_HOME": str(tmp_path),
+           "KURA_CONVERSATIONS": str(tmp_path / "logs" / "{date}.jsonl"), "KURA_CHECKPOINT_DIR": str(tmp_path / "ck")}
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    dagster = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "kura_dagster.definitions"]
+    first = subprocess.run([*dagster, "--select", "conversations,summaries", "--partition-range",
+                            f"{DAYS[0]}...{DAYS[2]}"], env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for day in DAYS[:3]:
+        assert len(_lines(tmp_path / "ck" / "summaries" / f"{day}.jsonl", ConversationSummary)) == len(by_day[day])
+    second = subprocess.run([*dagster, "--select", "clusters*"], env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    members = sorted(cid for c in _lines(tmp_path / "ck" / "clusters.jsonl", Cluster) for cid in c.chat_ids)
+    assert members == sorted(c.chat_id for d in DAYS[:3] for c in by_day[d])
