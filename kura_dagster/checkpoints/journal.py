@@ -246,14 +246,16 @@ class GroupCommitter:
                     if self.error is None:
                         self.error = exc
 
-    def stop(self) -> None:
-        """Stop the thread (after a last group commit) and raise the first commit failure, if any."""
+    def stop(self, final_sync: bool = True) -> None:
+        """Stop the thread and raise the first commit failure, if any. ``final_sync=False`` skips the last group
+        commit, for a caller about to compact (which writes and fsyncs a segment anyway)."""
         with self._guard:
             thread, self._thread = self._thread, None
         if thread is not None:
             self._stop.set()
             thread.join()
-        self.sync_all()
+        if final_sync:
+            self.sync_all()
         if self.error is not None:
             error, self.error = self.error, None
             raise error

@@ -230,7 +230,7 @@ class SummaryCache:
         Raises the first failure of a background group commit, if one happened."""
         with self._lock:
             try:
-                self._committer.stop()
+                self._committer.stop(final_sync=False)  # compaction makes everything durable
             finally:
                 for ns in list(self._namespaces.values()):
                     self.stats.journal_commits += ns.journal.syncs
