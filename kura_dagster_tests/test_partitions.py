@@ -241,3 +241,29 @@ def test_cli_backfill_with_a_partition_range(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     members = sorted(cid for c in _lines(tmp_path / "ck" / "clusters.jsonl", Cluster) for cid in c.chat_ids)
     assert members == sorted(c.chat_id for d in DAYS[:3] for c in by_day[d])
+
+
+def test_incremental_cost_with_an_llm(tmp_path, fake_openai):
+    """A new day costs that day's summaries; re-materializing an unchanged old day sends no LLM request."""
+    by_day: dict[str, list[Conversation]] = {}
+    for c in CONVS[:60]:
+        by_day.setdefault(utc_day(c.created_at), []).append(c)
+    days = sorted(by_day)
+    for day, convs in by_day.items():
+        _write(tmp_path / "logs" / f"{day}.jsonl", convs)
+    defs = build_kura_defs("llm", conversations=str(tmp_path / "logs" / "{date}.jsonl"), partitions="daily",
+                           partition_start=days[0], checkpoint_dir=str(tmp_path / "ck"), llm="openai:fake-model",
+                           base_url=fake_openai.url, max_concurrency=4)
+    distinct = {day: len({json.dumps([m.content for m in c.messages]) for c in convs}) for day, convs in by_day.items()}
+    with dg.instance_for_test() as instance:
+        assert _run(defs, instance, selection=_keys("llm", "conversations", "summaries"), partition_key=days[0]).success
+        first = fake_openai.count("chat")
+        assert 0 < first <= distinct[days[0]]  # one request per distinct conversation of that day
+        assert _run(defs, instance, selection=_keys("llm", "conversations", "summaries"), partition_key=days[1]).success
+        assert fake_openai.count("chat") - first <= distinct[days[1]]  # the new day only
+        before = fake_openai.count("chat")
+        result = _run(defs, instance, selection=_keys("llm", "conversations", "summaries"), partition_key=days[0])
+        assert result.success and fake_openai.count("chat") == before  # an unchanged old day: no request
+        md = [e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == "summaries"][0]
+        assert md.materialization.metadata["cache_hits"].value + md.materialization.metadata["deduplicated"].value \
+            == len(by_day[days[0]])
