@@ -235,3 +235,26 @@ def test_every_asset_runs_on_the_openai_backend(server: FakeOpenAIServer, tmp_pa
     assert server.count("chat") == 30 + len(clusters)  # … one request per summary and per cluster named
     assert all(c.name.startswith("name: ") for c in clusters)  # every name came from the server
     assert server.count("embeddings") >= 2
+
+
+def test_naming_saves_each_name_as_it_arrives_and_a_failure_keeps_the_others(server: FakeOpenAIServer,
+                                                                             tmp_path) -> None:
+    from kura_dagster.checkpoints.summary_cache import SummaryCache
+    from kura_dagster.pipeline.models.cached import CachedNamingModel
+    from kura_dagster.pipeline.models.openai import naming_score
+
+    summaries = [ConversationSummary(summary=f"s{i}", request=f"The user asked about subject {i} in depth",
+                                     chat_id=f"c{i}", metadata={}) for i in range(18)]
+    groups = [summaries[i: i + 3] for i in range(0, 18, 3)]
+    # a statement only group 2's request quotes: not its representative (which other groups quote)
+    only_in_2 = max((s.request for s in groups[2]), key=lambda t: naming_score(0, t))
+    server.add_fault("malformed", times=None, match=only_in_2)
+    namer = CachedNamingModel(OpenAIClusterNamingModel(config(server, max_output_retries=0)), SummaryCache(tmp_path))
+    with pytest.raises(LLMError, match="Naming base cluster 2"):
+        namer.name_clusters(groups)
+    assert server.count("chat") == 6
+    server.reset()
+    again = CachedNamingModel(OpenAIClusterNamingModel(config(server)), SummaryCache(tmp_path))
+    names = again.name_clusters(groups)
+    assert server.count("chat") == 1 and again.counts.cache_hits == 5  # only the one that failed
+    assert names == OpenAIClusterNamingModel(config(server)).name_clusters(groups)
