@@ -72,3 +72,23 @@ def test_storage_reports_the_cache_size(tmp_path, capsys) -> None:
     assert f"Answer cache (.kura-cache): {total:,} bytes in 5 setting folders" in capsys.readouterr().out
     assert main(["storage", root, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["cache"] == {"bytes": total, "folders": 5}
+
+
+def test_a_cache_that_cannot_record_its_use_still_answers(tmp_path, caplog, monkeypatch) -> None:
+    """E.g. a read-only shared cache: its answers are served; only the last-use hint for pruning is missing."""
+    from kura_dagster.checkpoints import summary_cache
+
+    convs = fake_conversations(1)
+    cache = SummaryCache(tmp_path)
+    cache.put_summaries(OLD, convs, [GeneratedSummary(summary="s", request="r")])
+    cache.commit()
+    real = summary_cache.storage.atomic_write_bytes
+
+    def refuse_marker(path, data):
+        if str(path).endswith(IDENTITY_FILE):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(summary_cache.storage, "atomic_write_bytes", refuse_marker)
+    assert SummaryCache(tmp_path).get_summaries(OLD, convs)[0].summary == "s"
+    assert "cannot record the last use" in caplog.text

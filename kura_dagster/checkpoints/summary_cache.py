@@ -33,6 +33,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import threading
 import time
@@ -61,6 +62,8 @@ from kura_dagster.checkpoints.journal import (
     writer_pid,
 )
 from kura_dagster.types import Conversation, GeneratedCluster, GeneratedSummary
+
+logger = logging.getLogger(__name__)
 
 CACHE_DIRNAME = ".kura-cache"
 SEGMENT_SUFFIX = SUFFIX
@@ -160,7 +163,11 @@ class _Namespace:
             return
         self._touched = True
         body = {"kind": self.kind, "identity": self.identity, "last_used": time.time()}
-        storage.atomic_write_bytes(self.directory / IDENTITY_FILE, json.dumps(body).encode())
+        try:
+            storage.atomic_write_bytes(self.directory / IDENTITY_FILE, json.dumps(body).encode())
+        except OSError as exc:  # a read-only cache still serves its answers; only pruning loses this hint
+            logger.warning("cannot record the last use of cache folder %s (%s); `kura-dagster cache prune` "
+                           "will judge it by its files' times", self.directory, exc)
 
     def write_segment(self, records: dict[str, Any]) -> UPath:
         path = self.directory / unique_name(SEGMENT_PREFIX)
