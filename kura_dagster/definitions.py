@@ -40,43 +40,17 @@ def checkpoint_dir_from_env() -> str:
     return default_checkpoint_root()
 
 
-def _formats(env: Mapping[str, str]) -> list[str]:
-    from kura_dagster.checkpoints.registry import FORMATS
-
-    raw = env.get("KURA_CHECKPOINT_FORMATS", "jsonl")
-    formats = [f.strip().lower() for f in raw.split(",") if f.strip()]
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats or len(set(formats)) != len(formats):
-        raise ValueError(
-            f"KURA_CHECKPOINT_FORMATS={raw!r}: "
-            + (f"unknown format(s) {bad}" if bad else "repeated formats" if formats else "no format")
-            + f"; give a comma-separated list of {', '.join(FORMATS)} in priority order, e.g. 'jsonl,parquet'"
-        )
-    return formats
-
-
-def _parquet_compression(env: Mapping[str, str], formats: list[str]) -> Optional[str]:
-    compression = (env.get("KURA_PARQUET_COMPRESSION") or "").strip().lower() or None
-    if compression and "parquet" in formats:
-        from kura_dagster.checkpoints.parquet import COMPRESSIONS
-
-        if compression not in COMPRESSIONS:
-            raise ValueError(f"KURA_PARQUET_COMPRESSION={compression!r} is not valid; choose from {', '.join(COMPRESSIONS)}")
-    return compression
-
-
 def build_definitions(environ: Optional[Mapping[str, str]] = None) -> dg.Definitions:
     """The Definitions of ``kura_dagster.definitions`` for an environment (``os.environ`` by default)."""
     from kura_dagster.automation import CRON_ENV, DEFAULT_CRON, EXECUTOR_ENV
 
+    from kura_dagster.io_managers.multi import io_manager_settings_from_env
+
     env = os.environ if environ is None else environ
-    formats = _formats(env)
     return build_kura_defs(
         None,
         conversations=env.get("KURA_CONVERSATIONS") or None,
-        formats=formats,
-        save_strategy=_env_choice(env, "KURA_SAVE_STRATEGY", "all_enabled", ("all_enabled", "primary_only")),  # type: ignore[arg-type]
-        load_strategy=_env_choice(env, "KURA_LOAD_STRATEGY", "first_found", ("first_found", "priority")),  # type: ignore[arg-type]
+        checkpoint_dir=env.get("KURA_CHECKPOINT_DIR") or "checkpoints",
         llm=env.get("KURA_LLM") or "local",
         embeddings=env.get("KURA_EMBEDDINGS") or "local",
         max_concurrency=_env_int(env, "KURA_LLM_MAX_CONCURRENCY", 8),
@@ -86,9 +60,7 @@ def build_definitions(environ: Optional[Mapping[str, str]] = None) -> dg.Definit
         window_days=_env_int(env, "KURA_WINDOW_DAYS", 0, minimum=0) or None,
         schedule_cron=(env.get(CRON_ENV) or "").strip() or DEFAULT_CRON,
         executor=env.get(EXECUTOR_ENV) or "in_process",
-        parquet_compression=_parquet_compression(env, formats),
-        hf_hub_repo=env.get("KURA_HF_HUB_REPO") or None,
-        hf_hub_token=dg.EnvVar("HF_TOKEN") if env.get("HF_TOKEN") else None,
+        **io_manager_settings_from_env(env),
     )
 
 

@@ -29,6 +29,7 @@ from kura_dagster.automation import (
     build_stale_refresh_schedule,
     executor_for,
 )
+from kura_dagster.checkpoints.storage import resolve_location
 from kura_dagster.checks import build_kura_checks
 from kura_dagster.migration_job import build_checkpoint_jobs
 from kura_dagster.names import KuraNames
@@ -45,14 +46,6 @@ IO_MANAGER_OPTIONS = ("parquet_compression", "hf_hub_repo", "hf_hub_token")
 def default_checkpoint_root() -> str:
     """``KURA_CHECKPOINT_DIR`` (default ``./checkpoints``): a local path made absolute, or a URL as it is."""
     return resolve_location(os.environ.get("KURA_CHECKPOINT_DIR") or "checkpoints")
-
-
-def resolve_location(location: str | os.PathLike) -> str:
-    """A local path expanded and made absolute; a URL (``s3://…``, ``memory://…``) left exactly as it is."""
-    text = os.fspath(location)
-    if "://" in text:
-        return text
-    return os.path.abspath(os.path.expanduser(text))
 
 
 def join_location(root: str, *parts: str) -> str:

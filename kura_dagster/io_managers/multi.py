@@ -25,7 +25,7 @@ copies it skipped.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal, Optional
 
 import dagster as dg
@@ -346,12 +346,11 @@ def io_manager_for_formats(
     )
 
 
-def io_manager_from_env(environ: Optional[dict[str, str]] = None) -> CheckpointIOManager:
-    """The default Definitions' IO manager (README): ``KURA_CHECKPOINT_FORMATS`` (comma list in priority order,
-    default ``jsonl``), ``KURA_CHECKPOINT_DIR``, ``KURA_SAVE_STRATEGY``, ``KURA_LOAD_STRATEGY``,
-    ``KURA_PARQUET_COMPRESSION``, ``KURA_HF_HUB_REPO`` and ``HF_TOKEN`` (passed as ``dg.EnvVar``, never read).
-    An object-store ``KURA_CHECKPOINT_DIR`` (``s3://bucket/kura``) takes its endpoint and credentials from the
-    standard variables s3fs reads (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, …), never from this config."""
+def io_manager_settings_from_env(environ: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
+    """The checkpoint settings of the environment, validated (README): ``KURA_CHECKPOINT_FORMATS`` (comma list in
+    priority order, default ``jsonl``), ``KURA_SAVE_STRATEGY``, ``KURA_LOAD_STRATEGY``, ``KURA_PARQUET_COMPRESSION``,
+    ``KURA_HF_HUB_REPO`` and ``HF_TOKEN`` (passed as ``dg.EnvVar``, never read): keywords of
+    :func:`io_manager_for_formats` (and of ``build_kura_defs``)."""
     env = os.environ if environ is None else environ
     raw = env.get("KURA_CHECKPOINT_FORMATS", "jsonl")
     formats = [f.strip().lower() for f in raw.split(",") if f.strip()]
@@ -375,13 +374,21 @@ def io_manager_from_env(environ: Optional[dict[str, str]] = None) -> CheckpointI
 
         if compression.lower() not in COMPRESSIONS:
             raise ValueError(f"KURA_PARQUET_COMPRESSION={compression!r} is not valid; choose from {', '.join(COMPRESSIONS)}")
-    base_dir = resolve_location(env.get("KURA_CHECKPOINT_DIR") or "checkpoints")  # s3://… stays a URL
-    return io_manager_for_formats(
-        formats,
-        base_dir,
+    return dict(
+        formats=formats,
         save_strategy=strategies["KURA_SAVE_STRATEGY"],
         load_strategy=strategies["KURA_LOAD_STRATEGY"],
         parquet_compression=compression.lower() if compression else None,
         hf_hub_repo=env.get("KURA_HF_HUB_REPO") or None,
         hf_hub_token=dg.EnvVar("HF_TOKEN") if env.get("HF_TOKEN") else None,
     )
+
+
+def io_manager_from_env(environ: Optional[Mapping[str, str]] = None) -> CheckpointIOManager:
+    """The IO manager of the environment's checkpoint settings under ``KURA_CHECKPOINT_DIR``. An object-store
+    ``KURA_CHECKPOINT_DIR`` (``s3://bucket/kura``) takes its endpoint and credentials from the standard variables
+    s3fs reads (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, …), never from this config."""
+    env = os.environ if environ is None else environ
+    settings = io_manager_settings_from_env(env)
+    base_dir = resolve_location(env.get("KURA_CHECKPOINT_DIR") or "checkpoints")  # s3://… stays a URL
+    return io_manager_for_formats(settings.pop("formats"), base_dir, **settings)
