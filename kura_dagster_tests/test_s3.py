@@ -407,6 +407,48 @@ def test_a_reader_racing_writers_on_s3_sees_only_complete_versions(fmt: str, s3:
     assert identify(manager.load_checkpoint("summaries", ConversationSummary), versions) in ("C", "D")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", format_params())
+def test_two_writers_at_once_on_s3_leave_one_complete_version(fmt: str, s3: S3, s3_dir: str) -> None:
+    """The S3 lease serialises them (without it two JSONL saves could leave a sidecar matching neither file)."""
+    versions = make_versions(60)
+    manager = build_manager(fmt, s3_dir)
+    manager.save_checkpoint("summaries", versions["A"])
+    with WriterServer(fmt, s3_dir, "summaries", 60) as server:  # type: ignore[arg-type]
+        pids = [server.spawn("C", 3), server.spawn("D", 3)]
+        assert [server.reap(p) for p in pids] == [0, 0]
+    assert identify(manager.load_checkpoint("summaries", ConversationSummary), versions) in ("C", "D")
+    assert manager.list_checkpoints() == ["summaries"]
+    assert not [k for k in s3.keys(s3_dir) if k.endswith(".lock")]
+
+
+def test_the_s3_lock_waits_for_a_live_holder_and_breaks_a_dead_or_expired_one(
+        s3: S3, s3_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    manager = build_manager("parquet", s3_dir)
+    fs = s3.fs()
+    lock = f"{s3_dir.split('://', 1)[1]}/.summaries.parquet.lock"
+    # Held by a live process elsewhere for 1.5 s more: the save waits for the lease to run out.
+    fs.pipe_file(lock, json.dumps({"owner": "x", "host": "elsewhere", "pid": 1, "expires": time.time() + 1.5}).encode())
+    t0 = time.monotonic()
+    manager.save_checkpoint("summaries", _versions(5)["A"])
+    assert time.monotonic() - t0 >= 1.2
+    assert not fs.exists(lock)
+    # Held by a process of this machine that no longer exists (kill -9): broken at once.
+    fs.pipe_file(lock, json.dumps({"owner": "y", "host": socket.gethostname(), "pid": 999_999_999,
+                                   "expires": time.time() + 600}).encode())
+    t0 = time.monotonic()
+    manager.save_checkpoint("summaries", _versions(5)["B"])
+    assert time.monotonic() - t0 < 5
+    # Held, and renewed, by someone else for longer than a writer waits: a clear error naming the lock.
+    fs.pipe_file(lock, json.dumps({"owner": "z", "host": "elsewhere", "pid": 7, "expires": time.time() + 600}).encode())
+    monkeypatch.setattr(storage, "LOCK_WAIT_SECONDS", 0.3)
+    with pytest.raises(storage.LockTimeoutError, match=r"\.summaries\.parquet\.lock is held by pid 7 on elsewhere"):
+        manager.save_checkpoint("summaries", _versions(5)["C"])
+    assert identify(manager.load_checkpoint("summaries", ConversationSummary), _versions(5)) == "B"
+
+
 # --- a damaged object is detected ---------------------------------------------------------------------------------
 def _flip_byte(fs: Any, key: str, at: int | None = None) -> None:
     data = bytearray(fs.cat_file(key))

@@ -26,6 +26,8 @@ Object stores get what their API guarantees, and nothing that relies on a rename
   follow the pointer (:func:`resolve_dir`); a reader whose version was deleted under it sees the pointer change
   and reads again (:func:`version_token`). A failed or killed save never changes the pointer, so the previous
   version stays loadable, and a failed save deletes its own partial version before it raises.
+* **Writers of one checkpoint** take turns: ``flock`` locally, a lease object created with a conditional PUT on
+  S3 (:func:`s3_lease`).
 """
 
 from __future__ import annotations
@@ -35,13 +37,15 @@ import ctypes
 import ctypes.util
 import errno
 import functools
-import os
 import json
 import logging
+import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -201,9 +205,14 @@ def remove_stale_temps(path: UPath) -> list[str]:
 
 @contextlib.contextmanager
 def checkpoint_lock(path: UPath) -> Iterator[None]:
-    """An exclusive advisory lock for writers of ``path`` (local filesystems only; elsewhere a no-op).
+    """An exclusive advisory lock for writers of ``path``: ``flock`` locally, a lease object on S3
+    (:func:`s3_lease`), nothing on other object stores.
 
-    Once the lock is held, temporary files that crashed writers of ``path`` left behind are removed."""
+    Once the local lock is held, temporary files that crashed writers of ``path`` left behind are removed."""
+    if is_s3(path):
+        with s3_lease(path):
+            yield
+        return
     if not is_local(path):
         yield
         return
@@ -220,6 +229,100 @@ def checkpoint_lock(path: UPath) -> Iterator[None]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+LEASE_SECONDS = 120.0
+"""How long an S3 lock lasts unless its holder renews it (every third of this, from a background thread)."""
+LOCK_WAIT_SECONDS = 3600.0
+"""How long a writer waits for another writer's S3 lock before it gives up."""
+
+
+class LockTimeoutError(TimeoutError):
+    """Another writer held a checkpoint's S3 lock for longer than :data:`LOCK_WAIT_SECONDS`."""
+
+
+def _lease_body(owner: str) -> bytes:
+    return json.dumps({"owner": owner, "host": socket.gethostname(), "pid": os.getpid(),
+                       "expires": time.time() + LEASE_SECONDS}).encode()
+
+
+def _stale(holder: dict[str, Any]) -> bool:
+    """A lock whose lease ran out, or whose holder was a process of this machine that no longer exists."""
+    if float(holder.get("expires", 0)) < time.time():
+        return True
+    pid = holder.get("pid")
+    return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid)
+
+
+def _read_lease(lock: UPath) -> dict[str, Any] | None:
+    try:
+        holder = json.loads(read_bytes(lock))
+    except FileNotFoundError:
+        return None
+    except ValueError:  # torn or foreign content: treat as expired
+        return {"expires": 0}
+    return holder if isinstance(holder, dict) else {"expires": 0}
+
+
+@contextlib.contextmanager
+def s3_lease(path: UPath) -> Iterator[None]:
+    """Serialise the writers of ``path`` on S3: ``.<name>.lock`` beside it, created with a conditional PUT
+    (``If-None-Match: *``: of two writers exactly one creates it), renewed while held and deleted after.
+
+    A writer that finds the lock taken waits. A lock whose lease (:data:`LEASE_SECONDS`) ran out, or whose
+    holder was a process of this machine that no longer exists (``kill -9``), is broken. Stores that ignore
+    conditional PUTs let both writers in, as without the lock."""
+    lock = path.parent / f".{path.name}.lock"
+    owner = uuid.uuid4().hex
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    pause = 0.05
+    while True:
+        try:
+            lock.fs.pipe_file(lock.path, _lease_body(owner), mode="create")
+            break
+        except FileExistsError:
+            pass
+        except FileNotFoundError as exc:
+            _raise_missing_bucket(path, exc)
+            raise
+        holder = _read_lease(lock)
+        if holder is not None and _stale(holder):
+            again = _read_lease(lock)  # only if it is still the same stale lock
+            if again is not None and again.get("owner") == holder.get("owner"):
+                logger.warning("Breaking the stale lock %s of %s (pid %s on %s)", lock, path, holder.get("pid"),
+                               holder.get("host"))
+                with contextlib.suppress(FileNotFoundError):
+                    lock.fs.rm_file(lock.path)
+            continue
+        if time.monotonic() > deadline:
+            raise LockTimeoutError(f"{lock} is held by pid {(holder or {}).get('pid')} on "
+                                   f"{(holder or {}).get('host')}: another process is saving {path}. Waited "
+                                   f"{LOCK_WAIT_SECONDS:.0f} s; delete the lock object if no writer is running")
+        time.sleep(pause)
+        pause = min(pause * 2, 1.0)
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(LEASE_SECONDS / 3):
+            try:
+                if (_read_lease(lock) or {}).get("owner") == owner:
+                    lock.fs.pipe_file(lock.path, _lease_body(owner))
+            except Exception as exc:  # noqa: BLE001 - a missed renewal only shortens the lease; it is logged
+                logger.warning("Could not renew the lock %s (%s: %s)", lock, type(exc).__name__, exc)
+
+    renewer = threading.Thread(target=renew, name=f"kura-lease-{path.name}", daemon=True)
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
+        try:
+            if (_read_lease(lock) or {}).get("owner") == owner:
+                lock.fs.rm_file(lock.path)
+        except Exception as exc:  # noqa: BLE001 - the save's own outcome stands; a left lock expires with its lease
+            logger.warning("Could not release the lock %s (%s: %s); it expires in %.0f s", lock,
+                           type(exc).__name__, exc, LEASE_SECONDS)
 
 
 def atomic_write_file(path: UPath, write: Callable[[Any], None]) -> int:
