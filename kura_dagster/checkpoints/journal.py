@@ -122,12 +122,14 @@ class Journal:
         self._dir_synced = False
         self._buffer: dict[str, Any] = {}
         self._commit_segments: list[UPath] = []
+        self._writing = 0
         self.syncs = 0
         """Group commits done (fsyncs locally, segment objects on object stores)."""
 
     @property
     def dirty(self) -> bool:
-        return self._dirty or bool(self._buffer)
+        """Records appended but not yet durable (a group commit in progress counts)."""
+        return self._dirty or bool(self._buffer) or self._writing > 0
 
     def append(self, records: dict[str, Any]) -> None:
         if not records:
@@ -165,6 +167,7 @@ class Journal:
             return
         with self._lock:
             records, self._buffer = self._buffer, {}
+            self._writing += bool(records)
         if not records:
             return
         path = self.directory / unique_name(SEGMENT_PREFIX)
@@ -173,10 +176,12 @@ class Journal:
         except BaseException:
             with self._lock:
                 self._buffer = {**records, **self._buffer}
+                self._writing -= 1
             raise
         with self._lock:
             self._commit_segments.append(path)
             self.syncs += 1
+            self._writing -= 1
 
     def compact(self, write_segment: Callable[[dict[str, Any]], object]) -> int:
         """Write everything appended since the last compaction as one atomic segment (``write_segment``), then
