@@ -59,6 +59,7 @@ class FaultInjector:
         self.app = app
         self.rules: list[_Rule] = []
         self.lock = threading.Lock()
+        self.requests: list[tuple[str, str, str]] = []  # (method, path, Range header) of every request
 
     def fail(self, match: Callable[[str, str, str], bool], times: int = 1) -> _Rule:
         rule = _Rule(match, times)
@@ -83,6 +84,7 @@ class FaultInjector:
         method, path, query = environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", "")
         rule = None
         with self.lock:
+            self.requests.append((method, path, environ.get("HTTP_RANGE", "")))
             for r in self.rules:
                 if r.times > 0 and r.match(method, path, query):
                     r.times -= 1
@@ -237,6 +239,24 @@ def test_an_hf_version_is_a_complete_save_to_disk_directory(s3: S3, s3_dir: str)
     assert version is not None and version.startswith(storage.VERSION_MARK)
     dataset = load_from_disk(f"{s3_dir}/summaries/{version}")
     assert dataset["chat_id"] == [s.chat_id for s in versions["A"]]
+
+
+@pytest.mark.parametrize("fmt", [f for f in available_formats() if f != "jsonl"])
+def test_describing_a_checkpoint_on_s3_downloads_no_data(fmt: str, s3: S3, s3_dir: str) -> None:
+    """get_checkpoint_info reads the footer (Parquet) or the manifest and the stream's schema (HF), not the data."""
+    rows = [ConversationSummary(chat_id=f"c{i}", summary=f"summary {i}", metadata={},
+                                embedding=[((i * 31 + j * 7) % 1009) / 1009 for j in range(64)]) for i in range(4000)]
+    manager = build_manager(fmt, s3_dir)
+    size = manager.save_checkpoint("summaries", rows).bytes
+    assert size > 200_000
+    s3.faults.requests.clear()
+    # (64 kB read blocks instead of s3fs's 50 MB, which would fetch a file this small whole in any case)
+    info = build_manager(fmt, s3_dir, storage_options={"default_block_size": 1 << 16}).get_checkpoint_info("summaries")
+    assert info is not None and info["num_rows"] == len(rows) and "embedding" in info["features"]
+    data_gets = [r for m, p, r in s3.faults.requests if m == "GET" and p.endswith((".parquet", ".arrow"))]
+    assert data_gets and all(r.startswith("bytes=") for r in data_gets), data_gets
+    fetched = sum(int(b) - int(a) + 1 for r in data_gets for a, b in [r[len("bytes="):].split("-")])
+    assert fetched < size / 2, (fetched, size)  # (Parquet: the last 64 kB, where the footer is)
 
 
 def test_missing_bucket_is_an_error_naming_it_and_no_bucket_is_created(s3: S3) -> None:

@@ -360,17 +360,39 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
         table, _ = self.open_verified(path)
         return table.select(columns) if columns else table
 
+    def _remote_schema(self, path: UPath) -> tuple[pa.Schema, dict[str, Any]] | None:
+        """(schema, manifest) of a dataset we wrote on an object store, from its manifest and the first bytes of its
+        first data file (an Arrow stream starts with its schema): describing it downloads no data."""
+        files = storage.resolve_dir(path)
+        manifest = self._manifest(files)
+        if manifest is None:
+            return None
+        first = self.data_files(files)[0]
+        try:
+            with first.open("rb", block_size=1 << 16) as fh:
+                return pa.ipc.open_stream(fh).schema, manifest
+        except FileNotFoundError:
+            raise CheckpointCorruptError(first, "a data file of the dataset is missing") from None
+        except (OSError, pa.ArrowException) as exc:
+            raise CheckpointCorruptError(first, f"not a readable Arrow file ({exc})") from None
+
     def _describe(self, path: UPath) -> dict[str, Any]:
-        table, manifest = self.open_verified(path, verify=False)
+        remote = None if storage.is_local(path) else self._remote_schema(path)
+        if remote is not None:
+            schema, manifest = remote
+            rows = manifest["rows"]
+        else:
+            table, manifest = self.open_verified(path, verify=False)
+            schema, rows = table.schema, table.num_rows
         try:
             hf_features = json.loads(storage.read_bytes(storage.resolve_dir(path) / "dataset_info.json")).get("features")
         except (FileNotFoundError, ValueError):
             hf_features = None
         return {
-            "num_rows": table.num_rows,
-            "num_columns": table.num_columns,
-            "column_names": list(table.column_names),
-            "features": arrow.features_of(table.schema, manifest),
+            "num_rows": rows,
+            "num_columns": len(schema),
+            "column_names": list(schema.names),
+            "features": arrow.features_of(schema, manifest),
             "hf_features": hf_features,
             "model": (manifest or {}).get("model"),
             "schema_version": (manifest or {}).get("schema_version"),

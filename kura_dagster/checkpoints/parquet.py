@@ -221,10 +221,11 @@ class ParquetCheckpointManager(BaseCheckpointManager):
                       ) -> tuple[pq.ParquetFile, dict[str, Any] | None]:
         """The open file and our metadata (``None`` for a Kura file), after the integrity checks. ``source`` is an
         already open file to read (e.g. one that several readers share), else ``path`` is opened. On an object
-        store the object is read whole, in one GET (one consistent version, one request instead of many ranges)."""
+        store a verified read downloads the object whole, in one GET (one consistent version, one request instead
+        of many ranges); otherwise only the ranges that are read (the footer, for a description)."""
         blob = None
         try:
-            if source is None and not storage.is_local(path):
+            if source is None and verify and not storage.is_local(path):
                 blob = storage.read_bytes(path)
                 source, size = pa.BufferReader(blob), len(blob)
             else:
