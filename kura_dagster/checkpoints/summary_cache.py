@@ -130,32 +130,47 @@ class _Namespace:
         segments = self._files(SEGMENT_PREFIX)
         for path in segments:
             self.entries.update(parse_lines(path.read_bytes(), path, torn_tail_ok=False))
-        dead: list[UPath] = []
+        dead: dict[UPath, dict[str, Any]] = {}
+        vanished = False
         for path in self._files(JOURNAL_PREFIX):
             try:
                 data = path.read_bytes()
-            except FileNotFoundError:  # its writer compacted it meanwhile; its segment is read below
+            except FileNotFoundError:  # its writer compacted it meanwhile: its answers are in a new segment
+                vanished = True
                 continue
-            self.entries.update(parse_lines(data, path, torn_tail_ok=True))
+            records = parse_lines(data, path, torn_tail_ok=True)
+            self.entries.update(records)
             pid = writer_pid(path.name)
             if storage.is_local(path) and pid is not None and pid != os.getpid() and not storage._pid_alive(pid):
-                dead.append(path)
+                dead[path] = records
+        if vanished:
+            seen = {p.name for p in segments}
+            for path in self._files(SEGMENT_PREFIX):
+                if path.name not in seen:
+                    self.entries.update(parse_lines(path.read_bytes(), path, torn_tail_ok=False))
         self._loaded = True
         if self.entries:
             self.touch()
+        try:
+            self._tidy(segments, dead)
+        except OSError as exc:  # tidying is an optimisation: a read-only cache still serves its answers
+            logger.warning("could not compact cache folder %s (%s); its answers are still used", self.directory, exc)
+        return self.entries
+
+    def _tidy(self, segments: list[UPath], dead: dict[UPath, dict[str, Any]]) -> None:
+        """Merge many segments into one, and the journals of killed runs into a segment (written before the
+        merged files are removed, so a crash in between only leaves duplicates)."""
         if len(segments) > self.compact_after:
             self.write_segment(dict(self.entries))
             for path in segments:
                 remove_file(path)
-        if dead:  # answers of a killed run: make them a segment, then drop the journals
-            if len(segments) <= self.compact_after:
-                merged: dict[str, Any] = {}
-                for path in dead:
-                    merged.update(parse_lines(path.read_bytes(), path, torn_tail_ok=True))
-                self.write_segment(merged)
-            for path in dead:
-                remove_file(path)
-        return self.entries
+        elif dead:
+            merged: dict[str, Any] = {}
+            for records in dead.values():
+                merged.update(records)
+            self.write_segment(merged)
+        for path in dead:
+            remove_file(path)
 
     def touch(self) -> None:
         """Record the identity and that it is in use now (once per process), for ``kura-dagster cache prune``."""
