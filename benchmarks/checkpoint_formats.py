@@ -158,9 +158,94 @@ def _checkpoint_path(impl: str, fmt: str, directory: Path, name: str) -> Path:
     return directory / (f"{name}.{fmt}" if fmt in ("jsonl", "parquet") else name)
 
 
+def jsonl_costs(n: int, dim: int, directory: Path, repeats: int = 3) -> dict:
+    """What each piece of a JSONL save and load costs, timed in one process on one data set (the median of
+    ``repeats``): serialization (and the share of it that is float formatting), each digest, the durable write,
+    the verification pass and validation per line vs in batches, with the collector on and off."""
+    import gc
+    import hashlib
+
+    import xxhash
+    from pydantic import TypeAdapter
+
+    from kura_dagster.checkpoints import jsonl, storage
+    from kura_dagster.checkpoints.jsonl import JSONLCheckpointManager
+    from kura_dagster.checkpoints.models import list_adapter
+    from kura_dagster.types import ConversationSummary
+
+    models = TypeAdapter(list[ConversationSummary]).validate_python(summary_rows(n, dim))
+    no_floats = [m.model_copy(update={"embedding": None}) for m in models] if dim else None
+    manager = JSONLCheckpointManager(directory)
+    manager.save_checkpoint("summaries", models)
+    path = directory / "summaries.jsonl"
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")[:-1]
+    adapter = list_adapter(ConversationSummary)
+
+    def timed(fn, gc_on: bool = True) -> float:
+        times = []
+        for _ in range(repeats):
+            gc.collect()
+            if not gc_on:
+                gc.disable()
+            t0 = time.perf_counter()
+            result = fn()
+            times.append(time.perf_counter() - t0)  # freeing the result is not part of the piece
+            gc.enable()
+            del result
+        return sorted(times)[len(times) // 2]
+
+    def batches() -> list:
+        out: list = []
+        for chunk, _numbers in JSONLCheckpointManager._chunks(raw):
+            out += adapter.validate_json(b"[" + b",".join(chunk) + b"]")
+        return out
+
+    def streamed_read_and_hash() -> None:
+        hasher = xxhash.xxh3_128()
+        with open(path, "rb") as fh:
+            while block := fh.read(jsonl.CHUNK_BYTES):
+                hasher.update(block)
+
+    def durable_write() -> None:
+        storage.atomic_write_file(storage.to_upath(str(directory / "costs-write.jsonl")), lambda fh: fh.write(raw))
+
+    def plain_write() -> None:
+        with open(directory / "costs-plain.jsonl", "wb") as fh:
+            fh.write(raw)
+
+    costs = {
+        "serialize (to_json per model)": timed(lambda: [m.__pydantic_serializer__.to_json(m) for m in models]),
+        "serialize as Kura does (model_dump_json, a str)": timed(lambda: [m.model_dump_json() for m in models]),
+        "SHA-256 of the file (the old checksum)": timed(lambda: hashlib.sha256(raw).hexdigest()),
+        "XXH3-128 of the file (the checksum)": timed(lambda: xxhash.xxh3_128_hexdigest(raw)),
+        "XXH3-64 block digests": timed(lambda: [xxhash.xxh3_64_hexdigest(b"".join(lines[i:i + 256]))
+                                                for i in range(0, len(lines), 256)]),
+        "write, no fsync (what Kura does)": timed(plain_write),
+        "write + fsync + rename + directory fsync": timed(durable_write),
+        "read the file + XXH3-128 as it is read (a load's verification)": timed(streamed_read_and_hash),
+        "validate per line (Kura's way), collector on": timed(
+            lambda: [ConversationSummary.model_validate_json(line) for line in lines]),
+        "validate per line, collector paused": timed(
+            lambda: [ConversationSummary.model_validate_json(line) for line in lines], gc_on=False),
+        "validate in batches, collector on": timed(batches),
+        "validate in batches, collector paused (what a load does)": timed(batches, gc_on=False),
+        "save_checkpoint (everything)": timed(lambda: manager.save_checkpoint("summaries", models)),
+        "load_checkpoint (everything)": timed(lambda: manager.load_checkpoint("summaries", ConversationSummary)),
+    }
+    if no_floats is not None:
+        with_floats = costs["serialize (to_json per model)"]
+        without = timed(lambda: [m.__pydantic_serializer__.to_json(m) for m in no_floats])
+        costs["float formatting (serialize minus the same without embeddings)"] = with_floats - without
+    return {"costs": costs, "bytes": len(raw)}
+
+
 def worker(args: argparse.Namespace) -> dict:
     impl, fmt, op, kind, n, dim = args.impl, args.fmt, args.op, args.kind, args.n, args.dim
     directory = Path(args.dir)
+    if op == "jsonl_costs":
+        directory.mkdir(parents=True, exist_ok=True)
+        return jsonl_costs(n, dim, directory)
     name = kind
     if op in ("bare_parquet", "bare_hf"):
         import numpy as np
@@ -298,7 +383,7 @@ def main() -> None:
     if args.jsonl:
         if not kura:
             raise SystemExit(f"--jsonl compares with Kura: create {KURA_PY} first (see the module docstring)")
-        section = render_jsonl(jsonl_rows(args.repeats), args.repeats)
+        section = render_jsonl(jsonl_rows(args.repeats), args.repeats, jsonl_piece_costs())
         print(section)
         old = RESULT.read_text() if RESULT.exists() else "# Checkpoint formats: ours vs Kura 0.5.4\n"
         head, _, tail = old.partition(JSONL_SECTION)
@@ -307,7 +392,7 @@ def main() -> None:
         RESULT.write_text(head.rstrip("\n") + "\n\n" + section + ("\n" + rest if rest else ""))
         shutil.rmtree(WORK, ignore_errors=True)
         return
-    jsonl_section = render_jsonl(jsonl_rows(args.repeats), args.repeats) if kura else ""
+    jsonl_section = render_jsonl(jsonl_rows(args.repeats), args.repeats, jsonl_piece_costs()) if kura else ""
     for dim in (0, DIM):
         for n in sizes:
             huge = n >= 100_000 and dim > 0
@@ -409,7 +494,21 @@ def jsonl_rows(repeats: int) -> list[dict]:
     return out
 
 
-def render_jsonl(rows: list[dict], repeats: int) -> str:
+def jsonl_piece_costs() -> list[tuple[str, dict]]:
+    """:func:`jsonl_costs` for 100k summaries and for 10k with embeddings, each in a fresh process of ours."""
+    import shutil
+
+    out = []
+    for label, n, dim in (("100k", 100_000, 0), (f"10k×{DIM}", 10_000, DIM)):
+        d = WORK / f"jsonl-costs-{n}-{dim}"
+        r = run("ours", "jsonl", "jsonl_costs", "summaries", n, dim, d)
+        shutil.rmtree(d, ignore_errors=True)
+        if r is not None:
+            out.append((label, r))
+    return out
+
+
+def render_jsonl(rows: list[dict], repeats: int, costs: list[tuple[str, dict]] | None = None) -> str:
     import platform
 
     lines = [
@@ -439,6 +538,28 @@ def render_jsonl(rows: list[dict], repeats: int) -> str:
             f"{r['ours_min']:.3f}–{r['ours_max']:.3f} | {r['kura_min']:.3f}–{r['kura_max']:.3f} | "
             f"{r['ours_cpu']:.3f} | {r['kura_cpu']:.3f} | {r['ours_peak']:,.0f} | {r['kura_peak']:,.0f} | "
             f"{'✅' if ok else '❌'} |")
+    if costs:
+        labels = list(costs[0][1]["costs"])
+        for _, r in costs[1:]:
+            labels += [k for k in r["costs"] if k not in labels]
+        lines += [
+            "",
+            "### What each piece costs",
+            "",
+            "Each piece alone, in one process of ours (`--op jsonl_costs`), the median of 3 runs, on the data of the "
+            "rows above (file sizes: " + ", ".join(f"{label} {r['bytes'] / 2**20:,.0f} MB" for label, r in costs)
+            + "). Kept: serialization by pydantic-core (what Kura's `model_dump_json` does, minus its str round "
+            "trip), one XXH3-128 checksum computed while writing and while reading (no separate verification pass), "
+            "XXH3-64 block digests (only to name the lines a damaged file changed), the durable write, validation in "
+            "batches with the collector paused. Dropped: the SHA-256 pass, per-line validation calls, the collector's "
+            "passes over the models being built.",
+            "",
+            "| piece | " + " | ".join(f"{label} s" for label, _ in costs) + " |",
+            "|---|" + "---:|" * len(costs),
+        ]
+        for key in labels:
+            cells = [r["costs"].get(key) for _, r in costs]
+            lines.append(f"| {key} | " + " | ".join("—" if c is None else f"{c:.3f}" for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 

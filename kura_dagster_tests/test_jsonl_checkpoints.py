@@ -262,14 +262,17 @@ def test_sidecars_with_a_sha256_checksum_still_load_and_refuse_damage(tmp_path):
     assert mgr.load_checkpoint("summaries", ConversationSummary) == data[:10]
 
 
-def test_one_checksum_of_the_file_and_block_digests_of_its_lines(tmp_path):
+@pytest.mark.parametrize("dim", [2, 3000])
+def test_one_checksum_of_the_file_and_block_digests_of_its_lines(tmp_path, dim):
     """The recorded checksum is the XXH3-128 of the file's bytes (anyone can recompute it), and each block digest the
-    XXH3-64 of 256 lines, as written in one pass."""
+    XXH3-64 of 256 lines, as written in one pass: also when long lines (embeddings) go out a few at a time."""
     import xxhash
 
     mgr = JSONLCheckpointManager(tmp_path)
-    saved = mgr.save_checkpoint("summaries", _summaries(600))
+    data = [s.model_copy(update={"embedding": [i / 7] * dim}) for i, s in enumerate(_summaries(600))]
+    saved = mgr.save_checkpoint("summaries", data)
     raw = (tmp_path / "summaries.jsonl").read_bytes()
+    assert raw == "".join(s.model_dump_json() + "\n" for s in data).encode()
     version = json.loads((tmp_path / "summaries.jsonl.meta.json").read_text())["versions"][0]
     assert saved.checksum == version["checksum"] == "xxh3_128:" + xxhash.xxh3_128_hexdigest(raw)
     lines = raw.splitlines(keepends=True)

@@ -54,6 +54,9 @@ slower for 1536-d embeddings)."""
 READ_ATTEMPTS = 5
 BLOCK_LINES = 256
 """Lines per block digest in the sidecar (a 1M-row file gets ~4,000 digests, ~75 kB)."""
+WRITE_BYTES = 256 << 10
+"""About how many bytes a save joins into one buffer per write: 256 lines of 30 kB (1536-d embeddings) joined
+into 8 MB buffers cost ~35% more CPU than the same bytes in 256 kB pieces (fresh memory, out of cache)."""
 BLOCK_HASH = "xxh3_64"
 """The block digests' hash (only for narrowing damage down to lines)."""
 CHECKSUM = "xxh3_128"
@@ -200,14 +203,24 @@ class JSONLCheckpointManager(BaseCheckpointManager):
 
         def write(fh: Any) -> None:
             whole, blocks, size = _HASHERS[CHECKSUM](), [], 0
-            for i in range(0, len(models), BLOCK_LINES):
-                # One block: its lines, each ended by "\n" (the trailing b"" adds the last one), in one buffer.
-                block = b"\n".join([m.__pydantic_serializer__.to_json(m) for m in models[i : i + BLOCK_LINES]]
-                                   + [b""])
-                fh.write(block)
-                whole.update(block)
-                blocks.append(_block_digest(block, BLOCK_HASH))
-                size += len(block)
+            # Lines go out in groups of a power of two that divides BLOCK_LINES, about WRITE_BYTES each, so that
+            # each group feeds the file's checksum and its block's digest as it is written.
+            group = BLOCK_LINES
+            if models:
+                first = len(models[0].__pydantic_serializer__.to_json(models[0])) + 1
+                while group > 1 and group * first > WRITE_BYTES:
+                    group //= 2
+            block = xxhash.xxh3_64()
+            for i in range(0, len(models), group):
+                # One group: its lines, each ended by "\n" (the trailing b"" adds the last one), in one buffer.
+                chunk = b"\n".join([m.__pydantic_serializer__.to_json(m) for m in models[i : i + group]] + [b""])
+                fh.write(chunk)
+                whole.update(chunk)
+                block.update(chunk)
+                size += len(chunk)
+                if (i + group) % BLOCK_LINES == 0 or i + group >= len(models):
+                    blocks.append(block.hexdigest())
+                    block.reset()
             entry.update(checksum=f"{CHECKSUM}:{whole.hexdigest()}", rows=len(models), bytes=size,
                          model=identity_of(model), block_lines=BLOCK_LINES, block_hash=BLOCK_HASH, blocks=blocks)
             # Two-phase sidecar: before the new file replaces the old one (after this function returns), the
