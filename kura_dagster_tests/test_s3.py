@@ -554,11 +554,12 @@ def test_summary_cache_on_s3(s3: S3, s3_dir: str) -> None:
 
 # --- end to end, and the credentials ------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_materialize_the_pipeline_with_every_checkpoint_on_s3(tmp_path: Path, s3: S3, s3_dir: str) -> None:
-    """The five assets with a MultiIOManager whose base_dir is s3://…, quarantine on S3 too; then the
-    credentials appear in no event, log line, metadata value or stored object."""
+def test_materialize_the_pipeline_with_every_checkpoint_on_s3(tmp_path: Path, s3: S3, s3_dir: str,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """The five assets with the MultiIOManager that KURA_CHECKPOINT_DIR=s3://… and KURA_CHECKPOINT_FORMATS give,
+    quarantine and cache on S3 too; then the credentials appear in no event, log line, metadata value or object."""
     from kura_dagster.assets import kura_assets
-    from kura_dagster.io_managers.multi import Backend, MultiIOManager
+    from kura_dagster.io_managers.multi import MultiIOManager, io_manager_from_env
     from kura_dagster.pipeline.demo_data import demo_conversations
     from kura_dagster.resources import ConversationSource, KuraPipelineResource
 
@@ -566,8 +567,10 @@ def test_materialize_the_pipeline_with_every_checkpoint_on_s3(tmp_path: Path, s3
     lines = [c.model_dump_json() for c in demo_conversations(60)]
     source.write_text("\n".join(lines[:30] + ['{"chat_id": "broken"'] + lines[30:]) + "\n")
     formats = available_formats()
-    io = MultiIOManager(base_dir=s3_dir, backends=[Backend(format=f) for f in formats])  # type: ignore[arg-type]
+    io = io_manager_from_env({"KURA_CHECKPOINT_DIR": s3_dir, "KURA_CHECKPOINT_FORMATS": ",".join(formats)})
+    assert isinstance(io, MultiIOManager) and io.base_dir == s3_dir
     instance = dg.DagsterInstance.ephemeral()
+    caplog.set_level(logging.DEBUG, logger="kura_dagster")
     result = dg.materialize(kura_assets, instance=instance, resources={
         "io_manager": io,
         "kura": KuraPipelineResource(checkpoint_dir=s3_dir),
@@ -587,6 +590,7 @@ def test_materialize_the_pipeline_with_every_checkpoint_on_s3(tmp_path: Path, s3
     text = "\n".join(repr(e) for e in events)
     assert s3_dir in text  # (the check can fail: metadata does name the S3 paths)
     assert SECRET not in text and ACCESS_KEY not in text
+    assert "Saved" in caplog.text and SECRET not in caplog.text and ACCESS_KEY not in caplog.text  # our own logs
     assert SECRET.encode() not in s3.all_bytes() and ACCESS_KEY.encode() not in s3.all_bytes()
 
 
