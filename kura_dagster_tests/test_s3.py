@@ -620,3 +620,25 @@ def test_the_s3_specific_endpoint_variable_is_honoured(s3: S3, s3_dir: str, monk
     manager = build_manager("jsonl", s3_dir, storage_options={"skip_instance_cache": True})
     manager.save_checkpoint("summaries", _versions(3)["A"])
     assert s3.keys(s3_dir) == ["summaries.jsonl", "summaries.jsonl.meta.json"]
+
+
+@pytest.mark.slow
+def test_the_readme_command_with_kura_checkpoint_dir_on_s3(tmp_path: Path, s3: S3, s3_dir: str) -> None:
+    """What a new user runs: `dagster asset materialize -m kura_dagster.definitions --select '*'` with
+    KURA_CHECKPOINT_DIR=s3://…. Everything lands in the bucket, nothing in a local `./s3:` folder."""
+    import subprocess
+    import sys
+
+    home, work = tmp_path / "dagster_home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    env = {**os.environ, "DAGSTER_HOME": str(home), "KURA_CHECKPOINT_DIR": s3_dir,
+           "KURA_CHECKPOINT_FORMATS": "jsonl,hf"}
+    proc = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "kura_dagster.definitions",
+                           "--select", "*"], cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list(work.iterdir()) == []
+    for fmt in ("jsonl", "hf"):
+        names = build_manager(fmt, s3_dir).list_checkpoints()
+        assert {"conversations", "summaries", "clusters", "meta_clusters", "dimensionality"} <= set(names), names
+    assert SECRET not in proc.stdout + proc.stderr and ACCESS_KEY not in proc.stdout + proc.stderr
