@@ -160,7 +160,7 @@ INTENTS: dict[str, Intent] = {
     "langchain_tracing": _i(
         ["How do I trace a LangChain {x} with W&B?", "langchain {x} tracing", "Can Weave trace my LangChain {x}?",
          "What's the way to see LangChain {x} calls in W&B?"],
-        ["agent", "retrieval chain", "RAG pipeline", "tool calls"],
+        ["agent", "retrieval chain", "RAG pipeline", "tool-using agent"],
         ["weave", "langchain"], ["Does it capture token usage?", "Can I trace only some calls?"],
         "import weave\nweave.init(\"my-project\")\nchain = prompt | llm\nchain.invoke({{\"question\": q}})", ""),
     "weave_evaluation": _i(

@@ -355,25 +355,46 @@ class TemplateStats:
     word for word (MT-Bench repeats each of its questions ~80 times) is never mistaken for template.
     """
 
-    def __init__(self, units: frozenset[str], heads: frozenset[str], threshold: int, messages: int) -> None:
-        self.units, self.heads, self.threshold, self.messages = units, heads, threshold, messages
+    def __init__(self, counts: dict[str, int], heads: frozenset[str], threshold: int, messages: int) -> None:
+        self.counts = counts
+        """Template line or sentence -> in how many distinct user messages it occurs."""
+        self.units = frozenset(counts)
+        self.heads, self.threshold, self.messages = heads, threshold, messages
 
     @classmethod
-    def fit(cls, conversations: Sequence[Conversation]) -> TemplateStats:
-        distinct = {m.content for c in conversations for m in c.messages if m.role == "user"}
+    def fit(cls, conversations: Sequence[Conversation], sample: int = 30_000) -> TemplateStats:
+        """Count over the first ``sample`` distinct user messages (in corpus order): a template repeats in
+        most messages, so a sample finds it, and the pass costs the same for 30,000 or 3 million."""
+        distinct: dict[str, None] = {}
+        for c in conversations:
+            for m in c.messages:
+                if m.role == "user":
+                    distinct[m.content] = None
+            if len(distinct) >= sample:
+                break
         threshold = max(3, min(20, math.ceil(0.01 * len(distinct))))
         units: Counter[str] = Counter()
         heads: Counter[str] = Counter()
+        rests: dict[str, set[str]] = {}  # what follows each label: a template label is followed by many texts
+        seen_heads: set[str] = set()
         for text in distinct:
             if len(text) > _MAX_CHARS:
                 text = text[: _MAX_CHARS // 2] + "\n" + text[-_MAX_CHARS // 2:]
             if "\n" in text or _SENTENCE.search(text):
                 units.update(_units(text))
             if ":" in text:
-                heads.update({_norm(m.group(1)) for line in text.split("\n") if (m := _HEAD.match(line))
-                              and len(m.group(1).split()) <= 5})
-        return cls(frozenset(u for u, n in units.items() if n >= threshold),
-                   frozenset(h for h, n in heads.items() if n >= threshold and h), threshold, len(distinct))
+                for line in text.split("\n"):
+                    if (m := _HEAD.match(line)) and len(m.group(1).split()) <= 5:
+                        head = _norm(m.group(1))
+                        if head not in seen_heads:
+                            seen_heads.add(head)
+                            heads[head] += 1
+                        if len(rests.setdefault(head, set())) < 1_000:
+                            rests[head].add(_norm(line[m.end():]))
+                seen_heads.clear()
+        return cls({u: n for u, n in units.items() if n >= threshold},
+                   frozenset(h for h, n in heads.items() if n >= threshold and h
+                             and len(rests[h] - {""}) >= max(3, min(n, 1_000) // 2)), threshold, len(distinct))
 
 
 _MAX_CHARS = 20_000
@@ -398,7 +419,10 @@ def _clean_markup(line: str) -> str:
 
 def message_candidates(text: str, stats: TemplateStats | None) -> list[_Candidate]:
     """The sentences of a user message that may state its request, in order, without template lines,
-    code blocks, tracebacks, markdown markup, URLs and long quotations."""
+    code blocks, tracebacks, markdown markup, URLs and long quotations.
+
+    When every line of the message is template (a question asked again and again around different pasted
+    documents), the line the corpus repeats least is the one the user wrote."""
     if len(text) > _MAX_CHARS:
         text = text[: _MAX_CHARS // 2] + "\n" + text[-_MAX_CHARS // 2:]
     units = stats.units if stats is not None else frozenset()
@@ -406,40 +430,45 @@ def message_candidates(text: str, stats: TemplateStats | None) -> list[_Candidat
     fast = not _SLOW_PATH.search(text)
     lines = [text] if fast else _FENCE.sub("\n", text).split("\n")
     out: list[_Candidate] = []
-    material = False
+    pasted = False  # inside pasted documentation (after a markdown heading or in a list)
+    introduced = False  # after "Here is the paragraph:", until a blank line
+    repeated: list[str] = []
     for raw in lines:
         line = raw.strip()
         if not line:
+            introduced = False
             continue
         slot = False
         if not fast:
-            if _norm(line) in units:
-                material = False  # a template line ("### Question") ends the pasted material before it
+            m = _HEAD.match(line)
+            if m and _norm(m.group(1)) in heads:  # "User Query: <the request>"
+                line, slot, pasted, introduced = line[m.end():].strip(), True, False, False
+                if not line:
+                    continue
+            elif _norm(line) in units:
+                pasted = introduced = False  # a template line ("### Question") ends the pasted material before it
+                if not line.startswith("#"):
+                    repeated.append(line)
                 continue
             if line.startswith("#"):
-                material = True
+                pasted = True
                 continue
             if _SKIP_LINE.match(line):
                 continue
-            if m := _HEAD.match(line):
-                head = _norm(m.group(1))
-                if head in heads:
-                    line, slot, material = line[m.end():].strip(), True, False
-                    if not line:
-                        continue
             if _LIST_ITEM.match(line):
                 line = _LIST_ITEM.sub("", line)
-                if not slot:
-                    material = True
+                pasted = pasted or not slot
             line = _clean_markup(line)
-        intro = line.endswith(":")  # "Here is my code:", "Edit the following paragraph:" -> material follows
         for sentence in _SENTENCE.split(line) if _SENTENCE.search(line) else (line,):
             sentence = sentence.strip()
-            if sentence and (fast is False or units) and _norm(sentence) in units:
+            if sentence and units and not slot and _norm(sentence) in units:
                 continue
             if sentence and _CONTENT.search(sentence):
-                out.append(_Candidate(sentence, slot, material and not slot))
-        material = material or intro
+                out.append(_Candidate(sentence, slot, (pasted or introduced) and not slot))
+        introduced = introduced or line.endswith(":")  # "Edit the following paragraph:" -> material follows
+    if not out and repeated and stats is not None:
+        rarest = min(repeated, key=lambda s: stats.counts.get(_norm(s), 0))
+        out = [_Candidate(_clean_markup(rarest), False, False)]
     return out
 
 
@@ -459,7 +488,8 @@ def choose_request(candidates: Sequence[_Candidate]) -> str:
     and a short statement of context gives way to the question or instruction after it."""
     if not candidates:
         return ""
-    pool = [c for c in candidates if c.slot] or [c for c in candidates if not c.material] or list(candidates)
+    pool = [c for c in candidates if c.slot] or [c for c in candidates if not c.material] \
+        or [c for c in candidates if _is_question(c.text)] or list(candidates)
     sentences = [_GREETING_PREFIX.sub("", c.text).strip() for c in pool]
     content = [s for s in sentences if s and not (_GREETING.match(s) and len(s.split()) <= 4)
                and not _ACKNOWLEDGEMENT.match(s)
@@ -467,7 +497,10 @@ def choose_request(candidates: Sequence[_Candidate]) -> str:
     if not content:
         return ""
     chosen = content[0]
-    if (_is_statement(chosen) or _VAGUE.match(chosen)) and not _WANT.match(chosen):
+    if not (_is_question(chosen) or _looks_imperative(chosen) or _is_statement(chosen) or _WANT.match(chosen)):
+        # "See the docs below." then "Why does X hang?": the question states the request
+        chosen = next((s for s in content[1:4] if _is_question(s) and _content_words(s) >= 2), chosen)
+    elif (_is_statement(chosen) or _VAGUE.match(chosen)) and not _WANT.match(chosen):
         later = next((s for s in content[1:4] if (_is_question(s) or _looks_imperative(s))
                       and _content_words(s) >= 3), None)
         if later is not None and (len(chosen.split()) <= 5 or _VAGUE.match(chosen) or _is_question(later)
@@ -505,6 +538,10 @@ def _substantive(sentence: str) -> bool:
     return any(w.lower() not in stop for w in _CONTENT.findall(sentence))
 
 
+_as_instruction = functools.lru_cache(maxsize=65_536)(as_instruction)
+"""Follow-ups repeat ("Can I freeze it?"): the rewrite is pure, so it is done once per distinct sentence."""
+
+
 def _times(n: int) -> str:
     return {1: "once", 2: "twice"}.get(n, f"{n} times")
 
@@ -522,6 +559,8 @@ class LocalSummaryModel:
 
     def __init__(self) -> None:
         self._stats: TemplateStats | None = None
+        self._memo: dict[str, str] = {}  # message -> its request sentence, under ``_memo_stats``
+        self._memo_stats: TemplateStats | None = None
 
     def prepare(self, conversations: Sequence[Conversation]) -> None:
         """Learn the corpus's template text (lines and labels many distinct user messages repeat)."""
@@ -533,7 +572,13 @@ class LocalSummaryModel:
         out: list[str] = []
         for m in conversation.messages:
             if m.role == "user":
-                sentence = choose_request(message_candidates(m.content, stats))
+                sentence = self._memo.get(m.content) if stats is self._memo_stats else None
+                if sentence is None:
+                    sentence = choose_request(message_candidates(m.content, stats))
+                    if stats is self._memo_stats:
+                        if len(self._memo) >= 100_000:
+                            self._memo.clear()
+                        self._memo[m.content] = sentence
                 if _substantive(sentence) and sentence.lower() not in (s.lower() for s in out):
                     out.append(sentence)
         return out
@@ -543,14 +588,14 @@ class LocalSummaryModel:
         n_users = sum(m.role == "user" for m in conversation.messages)
         n_replies = sum(m.role == "assistant" for m in conversation.messages)
         if asks:
-            ask = as_instruction(_clip(asks[0], 30))
+            ask = _as_instruction(_clip(asks[0], 30))
             first = f"The user asked the assistant to {ask.rstrip('.…')}"
         elif n_users:
             ask = "help with a short message"
             first = "The user sent a short message with no clear request"
         else:
             ask, first = "start a conversation", "The user sent no message"
-        follows = [as_instruction(_clip(s, 20)).rstrip(".…") for s in asks[1:3]]
+        follows = [_as_instruction(_clip(s, 20)).rstrip(".…") for s in asks[1:3]]
         replies = f"the assistant replied {_times(n_replies)}" if n_replies else ""
         if follows:
             second = f"They followed up asking the assistant to {', then to '.join(follows)}"
@@ -569,6 +614,8 @@ class LocalSummaryModel:
 
     def summarise(self, conversations: Sequence[Conversation], progress: Progress | None = None) -> list[GeneratedSummary]:
         stats = self._stats if self._stats is not None else TemplateStats.fit(conversations)
+        if stats is not self._memo_stats:
+            self._memo, self._memo_stats = {}, stats
         out = []
         total = len(conversations)
         for i, conversation in enumerate(conversations, start=1):
@@ -668,6 +715,7 @@ _TERM = re.compile(
 (names are tokenised with their first word lower-cased, so a sentence's capital never starts one)."""
 
 
+@functools.lru_cache(maxsize=200_000)
 def _term_key(surface: str) -> str | None:
     key = " ".join(surface.lower().split())
     if key in _stopword_set() or key in _IMPERATIVES or key in _VERBS or key.isdigit():
@@ -691,6 +739,56 @@ def _terms(text: str) -> list[tuple[str, str, int, int]]:
     return out
 
 
+_MULTIWORD = re.compile(r"[A-Z][A-Za-z0-9]*(?:\s?&\s?[A-Z][A-Za-z0-9]*)+|[A-Z][a-z0-9]+(?:\s[A-Z][a-z0-9]+)+")
+
+
+def _multiword_key(text: str) -> str:
+    key = re.sub(r"\s*(?:&|\band\b)\s*", " & ", text.lower())
+    return " ".join(re.sub(r"^(?:the|a|an)\s+", "", key).split())
+
+
+def _multiword_merger(docs: Sequence[str], limit: int = 200):
+    """Multi-word names the corpus writes capitalised ("Hugging Face", "Weights & Biases") are learnt from
+    it; the returned function rewrites their lower-case spellings ("hugging face", "weights and biases") to
+    that form, so they stay one term. None when the corpus has no such names."""
+    counts: Counter[str] = Counter()
+    surfaces: Counter[tuple[str, str]] = Counter()
+    for doc in docs:
+        for m in _MULTIWORD.findall(doc):
+            if " " in m:
+                m = re.sub(r"^(?:The|A|An)\s+", "", m)
+                if " " in m:
+                    counts[_multiword_key(m)] += 1
+                    surfaces[_multiword_key(m), m] += 1
+    keys = [k for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit] if n >= 2]
+    if not keys:
+        return None
+    canonical: dict[str, str] = {}
+    for (k, s), _ in sorted(surfaces.items(), key=lambda kv: (-kv[1], kv[0][1])):
+        canonical.setdefault(k, s)
+    alternatives = "|".join(re.escape(k).replace(r"\ \&\ ", r"\s*(?:&|and)\s*").replace(r"\ ", r"\s+")
+                            for k in sorted(keys, key=lambda k: (-len(k), k)))
+    pattern = re.compile(rf"\b(?:{alternatives})\b", re.I)
+    firsts = {k.split()[0] for k in keys}
+
+    def merge(doc: str) -> str:
+        lowered = doc.lower()
+        if not any(f in lowered for f in firsts):
+            return doc
+        return pattern.sub(lambda m: canonical.get(_multiword_key(m.group(0)), m.group(0)), doc)
+
+    return merge
+
+
+@functools.lru_cache(maxsize=200_000)
+def _keyed(surface: str) -> tuple[str, str] | None:
+    """``(key, surface)`` of one matched term, or None for a stop word or verb."""
+    if surface.startswith(("The ", "A ", "An ")) and " " in surface:
+        surface = surface[surface.index(" ") + 1:]
+    key = _term_key(surface)
+    return (key, surface) if key else None
+
+
 def _slug_part(key: str) -> str:
     return re.sub(r"[^a-z0-9]", "", key.replace("&", "and").replace("++", "pp").replace("#", "sharp"))
 
@@ -704,14 +802,15 @@ def _distinctive_terms(docs: Sequence[str], top: int = 3, seed: int = 0,
     """
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    surfaces: dict[str, Counter] = {}
+    seen: Counter[tuple[str, str]] = Counter()
+    merge = _multiword_merger(docs)
 
     def analyse(doc: str) -> list[str]:
-        keys = []
-        for key, surface, _, _ in _terms(doc):
-            keys.append(key)
-            surfaces.setdefault(key, Counter())[surface] += 1
-        return keys
+        if merge is not None:
+            doc = merge(doc)
+        pairs = [p for p in map(_keyed, _TERM.findall(_lower_first(doc))) if p is not None]
+        seen.update(pairs)
+        return [k for k, _ in pairs]
 
     vec = TfidfVectorizer(analyzer=analyse, sublinear_tf=True, max_df=0.9 if len(docs) > 3 else 1.0)
     try:
@@ -719,7 +818,9 @@ def _distinctive_terms(docs: Sequence[str], top: int = 3, seed: int = 0,
     except ValueError:  # every word was a stop word
         return [list(_FALLBACK_TERMS[:top]) for _ in docs]
     vocab = vec.get_feature_names_out()
-    shown = {k: min(c, key=lambda s: (-c[s], s)) for k, c in surfaces.items()}
+    shown: dict[str, str] = {}
+    for (key, surface), n in sorted(seen.items(), key=lambda kv: (-kv[1], kv[0][1])):
+        shown.setdefault(key, surface)  # the most common spelling ("PyTorch" over "pytorch")
     out = []
     for i in range(matrix.shape[0]):
         lo, hi = matrix.indptr[i], matrix.indptr[i + 1]
@@ -796,7 +897,8 @@ def _shorten(instruction: str, max_words: int = 10) -> tuple[str, bool]:
         return "Help with a general request", True
     whole = True
     if len(words) > max_words:
-        cuts = [i for i in range(3, max_words + 1) if not _inside_quote(words[:i])
+        open_at = _quote_depths(words[: max_words + 1])
+        cuts = [i for i in range(3, max_words + 1) if not open_at[i]
                 and words[i - 1].lower().strip(",;:") not in _DANGLING and _phrase_ends(words, i)]
         clauses = [i for i in cuts if i >= 6 and words[i].lower() in _CLAUSE_STARTS]
         if clauses or cuts:
@@ -827,6 +929,16 @@ def _phrase_ends(words: Sequence[str], i: int) -> bool:
 def _short_name(instruction: str, max_words: int = 10) -> str:
     """At most ``max_words`` words, not ending on a dangling article or preposition, capitalised."""
     return _shorten(instruction, max_words)[0]
+
+
+def _quote_depths(words: Sequence[str]) -> list[bool]:
+    """``out[i]``: whether a quotation opened in ``words[:i]`` is still open after them."""
+    out, depth = [False], 0
+    for w in words:
+        depth += w[:1] in "'\"“(" and len(w) > 1
+        depth -= w.rstrip(",.;:!?")[-1:] in "'\"”)" and not w.endswith("'s")
+        out.append(depth > 0)
+    return out
 
 
 def _inside_quote(words: Sequence[str]) -> bool:
@@ -933,11 +1045,16 @@ class LocalClusterNamingModel:
         used: set[str] = set()
         for i in sorted(range(len(groups)), key=lambda i: (-len(groups[i]), i)):
             ranked = _ranked(instructions[i]) if instructions[i] else ["help with a general request"]
-            options = [(rep, *_shorten(rep)) for rep in ranked]
-            pick = next(((r, n) for r, n, whole in options if whole and n.lower() not in used), None) \
-                or next(((r, n) for r, n, _ in options if n.lower() not in used), None)
-            if pick is None:  # every candidate is another group's name: tell them apart by a term
-                pick = (options[0][0], options[0][1])
+            options = []
+            pick = None
+            for rep in ranked:  # the most typical request that makes a whole name no other group has
+                name, whole = _shorten(rep)
+                options.append((rep, name, whole))
+                if whole and name.lower() not in used:
+                    pick = (rep, name)
+                    break
+            pick = pick or next(((r, n) for r, n, _ in options if n.lower() not in used), None) \
+                or (options[0][0], options[0][1])  # every candidate is taken: a term tells them apart below
             reps[i], names[i] = pick
             used.add(names[i].lower())
         exclude = [frozenset({_action(n)[0], n.split(maxsplit=1)[0].lower()}) for n in names]
