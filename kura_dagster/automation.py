@@ -87,6 +87,40 @@ def dask_cluster_config(environ: Mapping[str, str] | None = None) -> dict[str, A
     return {"cluster": {"local": local}}
 
 
+def pool_safe_dask_executor() -> dg.ExecutorDefinition:
+    """dagster-dask's ``dask_executor`` (same config), made to work with steps in a concurrency pool.
+
+    dagster-dask 0.29.27 hands the ``DagsterRun`` to ``Client.submit``, whose argument parser (dask's task
+    spec) walks tuples, and the run is a named tuple: when steps are in a pool (``kura_llm``), the run holds a
+    ``RunOpConcurrency`` record, which refuses iteration, and every run fails before its first step ("Iteration
+    is not allowed on `@record` RunOpConcurrency"). That field only tells the run queue which pools a run
+    uses (the queue reads it from the run storage, not from this object), and the steps' code never reads
+    it, so the executor submits a copy of the run without it. Everything else is dagster-dask's.
+    """
+    import copy
+
+    from dagster_dask.executor import DaskExecutor, dask_executor
+    from dagster_shared.record import copy as copy_record
+
+    class PoolSafeDaskExecutor(DaskExecutor):
+        def execute(self, plan_context: Any, execution_plan: Any) -> Any:
+            run = plan_context.dagster_run
+            if run.run_op_concurrency is not None:
+                plan_context = copy.copy(plan_context)
+                plan_context._plan_data = plan_context.plan_data._replace(  # noqa: SLF001 - see the docstring
+                    dagster_run=copy_record(run, run_op_concurrency=None))
+            return super().execute(plan_context, execution_plan)
+
+    def create(init_context: dg.InitExecutorContext) -> dg.Executor:
+        base = dask_executor.executor_creation_fn(init_context)  # type: ignore[misc]
+        return PoolSafeDaskExecutor(base.cluster_type, base.cluster_configuration)
+
+    return dg.ExecutorDefinition(
+        name="dask", config_schema=dask_executor.config_schema.as_field(), executor_creation_fn=create,
+        requirements=dg.multiple_process_executor_requirements(), description=dask_executor.description,
+    )
+
+
 def executor_for(choice: str | dg.ExecutorDefinition, what: str = "executor") -> dg.ExecutorDefinition:
     """``in_process``, ``multiprocess``, ``dask`` or ``k8s`` (or an ``ExecutorDefinition``, returned as it is).
 
@@ -106,8 +140,8 @@ def executor_for(choice: str | dg.ExecutorDefinition, what: str = "executor") ->
     if name == "multiprocess":
         return dg.multiprocess_executor
     if name == "dask":
-        dask_executor = _optional_executor("dagster_dask", "dask_executor", "dask", what)
-        return dask_executor.configured(dask_cluster_config(), name="dask")
+        _optional_executor("dagster_dask", "dask_executor", "dask", what)
+        return pool_safe_dask_executor().configured(dask_cluster_config(), name="dask")
     if name in ("k8s", "kubernetes"):
         return _optional_executor("dagster_k8s", "k8s_job_executor", "k8s", what)
     raise ValueError(f"{what}={choice!r}: use one of {', '.join(EXECUTORS)}")
