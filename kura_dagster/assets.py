@@ -45,7 +45,7 @@ from kura_dagster.observability import (
     settings_metadata,
     tree_metadata,
 )
-from kura_dagster.pipeline.cluster import generate_base_clusters
+from kura_dagster.pipeline.cluster import base_clusters_from_columns
 from kura_dagster.pipeline.dimensionality import project_clusters
 from kura_dagster.pipeline.inputs import ReadResult, quarantine_jsonl
 from kura_dagster.pipeline.meta_cluster import reduce_clusters
@@ -252,7 +252,8 @@ def clusters_step(
         context.log.info(f"Read {len(columns)} summaries from {len(partitions)} partition(s) "
                          f"({partitions[0]} … {partitions[-1]})")
     namer = CachedNamingModel(kura.naming_model(), answer_cache(kura))
-    out = generate_base_clusters(columns.to_models(), namer, kura.settings(), embeddings=columns.embeddings)
+    # k-means on the matrix; summary models only for the few rows each cluster's naming reads
+    out = base_clusters_from_columns(columns, namer, kura.settings())
     context.log.info(f"{len(out)} base clusters from {len(columns)} summaries ({columns.format} columns)")
     return dg.MaterializeResult(
         value=out,

@@ -10,7 +10,9 @@ returns :class:`SummaryColumns`:
 * from JSONL (or any other format) the models are loaded and converted: correct, just slower.
 
 The other columns (summary text, request…) stay in an Arrow table; :meth:`SummaryColumns.to_models` builds
-models from them when a stage needs them (cluster naming does), by default without the embeddings.
+models from them when a stage needs them, by default without the embeddings, and
+:meth:`SummaryColumns.models_for` builds them for some rows only (cluster naming reads a few examples per
+cluster), reading the columns it is asked for one partition at a time.
 """
 
 from __future__ import annotations
@@ -67,6 +69,50 @@ class SummaryColumns:
     _load_table: Any = field(default=None, repr=False)
     _parts: list[SummaryColumns] | None = field(default=None, repr=False)
 
+    def read_columns(self, names: Sequence[str] | None = None) -> pa.Table:
+        """The other columns, or only ``names`` of them (read for this call and not kept)."""
+        if names is None:
+            return self.columns()
+        names = [n for n in names if n != EMBEDDING]
+        if self.table is not None:
+            return self.table.select([n for n in names if n in self.table.column_names])
+        if self._load_table is not None:
+            return self._load_table(names)
+        return self.columns().select([n for n in names if n == "chat_id"])
+
+    def models_for(self, rows: Sequence[int] | np.ndarray, fields: Sequence[str] | None = None
+                   ) -> list[ConversationSummary]:
+        """Models (without embeddings) for ``rows`` only, in that order: what a stage that needs a few rows
+        (cluster naming's examples) builds instead of every model. ``fields``: the columns to read (the others
+        are left at their defaults; ``metadata`` is ``{}`` when not read); ``None`` reads every column.
+        Partitions are read one at a time and not kept, so the peak is one partition's columns plus the models."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"row {int(rows.max() if rows.max() >= len(self) else rows.min())} is outside "
+                             f"the {len(self)} summaries of {self.source or 'these columns'}")
+        if self._parts is not None:
+            offsets = np.cumsum([0] + [len(p) for p in self._parts])
+            part_of = np.searchsorted(offsets, rows, side="right") - 1
+            out: list[Any] = [None] * len(rows)
+            order = np.argsort(part_of, kind="stable")
+            bounds = np.flatnonzero(np.diff(part_of[order])) + 1
+            for sel in np.split(order, bounds) if len(order) else []:
+                j = int(part_of[sel[0]])
+                for i, m in zip(sel.tolist(), self._parts[j].models_for(rows[sel] - offsets[j], fields)):
+                    out[i] = m
+            return out
+        if self._models is not None:
+            return [self._models[i].model_copy(update={"embedding": None}) for i in rows.tolist()]
+        table = self.read_columns(None if fields is None else ["chat_id", *fields]).take(pa.array(rows))
+        if self.meta is not None:
+            found = arrow.table_rows(table, self.meta)
+        else:
+            found = arrow.kura_rows(table, ConversationSummary, class_labels=None)
+        if fields is not None and "metadata" not in fields:
+            for row in found:
+                row.setdefault("metadata", {})
+        return arrow.rows_to_models(found, ConversationSummary, self.source)
+
     def columns(self) -> pa.Table:
         """The other columns (summary, request, …) as Arrow, read on first use."""
         if self.table is None and self._load_table is not None:
@@ -91,8 +137,9 @@ class SummaryColumns:
 
     @classmethod
     def concat(cls, parts: Sequence[SummaryColumns]) -> SummaryColumns:
-        """Several partitions' columns as one: one matrix (copied once), chat_ids in order, and the other columns
-        read part by part when a stage asks for them."""
+        """Several partitions' columns as one: one matrix (copied once; each part's matrix then becomes a view
+        of it, so the vectors are held once), chat_ids in order, and the other columns read part by part when a
+        stage asks for them."""
         parts = [p for p in parts if len(p)]
         if len(parts) == 1:
             return parts[0]
@@ -105,8 +152,12 @@ class SummaryColumns:
         chat_ids = [cid for p in parts for cid in p.chat_ids]
         out = cls(chat_ids, np.concatenate([p.embeddings for p in parts]), source=f"{len(parts)} partitions",
                   format="+".join(dict.fromkeys(p.format for p in parts)))
+        at = 0
+        for p in parts:  # the parts' own matrices can go: the data is in the new one
+            p.embeddings, at = out.embeddings[at:at + len(p)], at + len(p)
         out._parts = list(parts)
-        out._load_table = lambda: pa.concat_tables([p.columns() for p in parts], promote_options="permissive")
+        out._load_table = lambda names=None: pa.concat_tables([p.read_columns(names) for p in parts],
+                                                              promote_options="permissive")
         return out
 
     def to_models(self, *, with_embeddings: bool = False) -> list[ConversationSummary]:
@@ -224,7 +275,8 @@ def _from_parquet(manager: Any, path: Any) -> SummaryColumns:
     pool.release_unused()
     # The text columns are only read when a stage asks for them (to_models / columns()), from the same open file.
     return SummaryColumns(chat_ids, matrix, None, meta, str(path), "parquet", False,
-                          _load_table=lambda: manager._read_table(pf, path, others))  # noqa: SLF001
+                          _load_table=lambda names=None: manager._read_table(  # noqa: SLF001
+                              pf, path, others if names is None else [n for n in names if n in others]))
 
 
 class _HashingReader(io.RawIOBase):

@@ -1,0 +1,379 @@
+"""A million conversations on this machine: daily partitions, single-run backfills, then the unpartitioned stages.
+
+    python benchmarks/scale.py                               # 100k, 300k and 1M; writes benchmarks/results/scale.md
+    python benchmarks/scale.py --sizes 100000 --chunk-days 5 # any sizes (multiples of 10,000), any backfill chunk
+
+Input: the demo generator (``kura_dagster.pipeline.demo_data``), 10,000 conversations per UTC day written straight
+to day files ``logs/<date>.jsonl`` (one day's conversations in memory at a time; each day has its own seed and its
+own chat ids, ``created_at`` spread over the day). A size of ``n`` uses the first ``n / 10,000`` days; the day after
+them is "the new day". The files are shared by all sizes (generated once, not timed).
+
+The pipeline is ``build_kura_defs("scale", conversations="logs/{date}.jsonl", partitions="daily", formats=[parquet])``
+with the offline models, each size with its own checkpoint directory and Dagster instance (``DAGSTER_HOME``):
+
+1. backfill: the days in single-run backfills of ``--chunk-days`` days each (``conversations`` + ``summaries``, tags
+   ``dagster/asset_partition_range_start``/``_end``, exactly what ``--partition-range`` sends);
+2. ``clusters``, ``meta_clusters``, ``projected_clusters``, one run each;
+3. the new day: its partition, then the three unpartitioned stages again.
+
+Every run is its own subprocess (``execute_in_process`` against the size's instance), pinned to two cores with
+BLAS/OpenMP threads capped at two, so each process's peak RSS is its own: a thread samples RSS and CPU time every
+20 ms, and each step's wall time, CPU time and peak come from the samples between its STEP_START and its
+STEP_SUCCESS events in the run's event log (the kernel's high-water mark ``ru_maxrss`` is reported per process
+too). "start-up" is everything in a process outside its steps: imports, building the definitions, run bookkeeping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "scale.md"
+PER_DAY = 10_000
+START = date(2026, 7, 1)
+PREFIX = "scale"
+TARGET_SECONDS, TARGET_GB = 30 * 60, 6.0
+UNPARTITIONED = ("clusters", "meta_clusters", "projected_clusters")
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+KURA_054 = ("Kura 0.5.4, loading 100k summaries ×1536 as models", None)
+
+
+def day_key(i: int) -> str:
+    return (START + timedelta(days=i)).isoformat()
+
+
+# --- input ------------------------------------------------------------------------------------------------
+
+
+def generate_day(logs: Path, i: int) -> Path:
+    """Day ``i``'s 10,000 conversations as ``logs/<date>.jsonl`` (atomic; kept when it already exists)."""
+    from kura_dagster.pipeline.demo_data import demo_conversations
+
+    path = logs / f"{day_key(i)}.jsonl"
+    if path.exists():
+        return path
+    midnight = datetime.combine(START + timedelta(days=i), datetime.min.time(), tzinfo=timezone.utc)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for j, c in enumerate(demo_conversations(PER_DAY, seed=1_000 + i)):
+            created = midnight + timedelta(seconds=j * 86_400 // PER_DAY)
+            delta = created - c.created_at
+            fh.write(c.model_copy(update={
+                "chat_id": f"{day_key(i)}-{j:05d}",
+                "created_at": created,
+                "messages": [m.model_copy(update={"created_at": m.created_at + delta}) for m in c.messages],
+            }).model_dump_json())
+            fh.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+# --- one measured process ---------------------------------------------------------------------------------
+
+
+class Sampler:
+    """(time, RSS bytes, CPU seconds) of this process every ``interval`` seconds, in a background thread."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self.samples: list[tuple[float, int, float]] = []
+        self._stop = threading.Event()
+        self._interval = interval
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def sample(self) -> None:
+        cpu = self._proc.cpu_times()
+        self.samples.append((time.time(), self._proc.memory_info().rss, cpu.user + cpu.system))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            time.sleep(self._interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def window(self, t0: float, t1: float) -> dict:
+        inside = [s for s in self.samples if t0 <= s[0] <= t1]
+        before = [s for s in self.samples if s[0] <= t0]
+        after = [s for s in self.samples if s[0] >= t1]
+        cpu0 = before[-1][2] if before else (inside[0][2] if inside else 0.0)
+        cpu1 = after[0][2] if after else (inside[-1][2] if inside else cpu0)
+        peak = max([s[1] for s in inside] + ([before[-1][1]] if before else []) + ([after[0][1]] if after else []))
+        return {"seconds": t1 - t0, "cpu_seconds": cpu1 - cpu0, "peak_bytes": peak}
+
+
+def _maxrss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def child_run(spec: dict) -> dict:
+    """One Dagster run of ``spec['select']`` (and a partition range), measured step by step."""
+    started = time.time()
+    sampler = Sampler()
+    import dagster as dg
+
+    from kura_dagster import build_kura_defs
+
+    defs = build_kura_defs(PREFIX, conversations=str(Path(spec["logs"]) / "{date}.jsonl"), partitions="daily",
+                           partition_start=START.isoformat(), checkpoint_dir=spec["ckpt"], formats=["parquet"],
+                           sensor=False)
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection={dg.AssetKey([PREFIX, s]) for s in spec["select"]})
+    tags = {}
+    if spec.get("range"):
+        tags = {"dagster/asset_partition_range_start": spec["range"][0],
+                "dagster/asset_partition_range_end": spec["range"][1]}
+    instance = dg.DagsterInstance.get()
+    result = job.execute_in_process(instance=instance, tags=tags)
+    sampler.stop()
+    if not result.success:
+        raise SystemExit(f"run of {spec['select']} failed")
+    starts: dict[str, float] = {}
+    steps: dict[str, dict] = {}
+    for entry in instance.all_logs(result.run_id):
+        ev = entry.dagster_event
+        if ev is None or ev.step_key is None:
+            continue
+        stage = ev.step_key.split("__")[-1]
+        if ev.event_type_value == "STEP_START":
+            starts[stage] = entry.timestamp
+        elif ev.event_type_value == "STEP_SUCCESS":
+            steps[stage] = sampler.window(starts[stage], entry.timestamp)
+    metadata: dict[str, dict] = {}
+    for mat in result.get_asset_materialization_events():
+        m = mat.materialization
+        stage = m.asset_key.path[-1]
+        keep = ("summaries_read", "partitions_read", "dagster/row_count", "clusters", "conversations", "summaries")
+        metadata.setdefault(stage, {}).update({k: v.value for k, v in m.metadata.items()
+                                               if k in keep and isinstance(v.value, (int, float, str))})
+    ended = time.time()
+    whole = sampler.window(started, ended)
+    return {"seconds": ended - started, "cpu_seconds": whole["cpu_seconds"], "peak_bytes": max(whole["peak_bytes"],
+            _maxrss_bytes()), "max_rss_bytes": _maxrss_bytes(), "steps": steps, "metadata": metadata}
+
+
+def run_child(args: list[str], env: dict[str, str]) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), *args]
+    pin = None
+    if hasattr(os, "sched_setaffinity"):
+        cores = sorted(os.sched_getaffinity(0))[:2]
+        pin = lambda: os.sched_setaffinity(0, cores)  # noqa: E731 - runs in the child before exec
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, preexec_fn=pin, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark child {args[:2]} failed:\n{proc.stderr[-6000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --- one size ---------------------------------------------------------------------------------------------
+
+
+def run_size(n: int, root: Path, logs: Path, chunk_days: int, log, previous: dict | None = None,
+             phases: tuple[str, ...] = ("backfill", "stages")) -> dict:
+    """``phases``: ``backfill`` (from scratch) and/or ``stages`` (the unpartitioned stages and the new day, on the
+    checkpoints a backfill left; ``previous`` holds that backfill's measurements)."""
+    days = n // PER_DAY
+    work = root / f"n{n}"
+    home = work / "dagster_home"
+    if "backfill" in phases:
+        shutil.rmtree(work, ignore_errors=True)
+        home.mkdir(parents=True)
+    env = dict(os.environ, DAGSTER_HOME=str(home), **{v: "2" for v in THREAD_VARS})
+
+    def run(select: tuple[str, ...], first: int | None = None, last: int | None = None) -> dict:
+        spec = {"logs": str(logs), "ckpt": str(work / "ckpt"), "select": list(select),
+                "range": [day_key(first), day_key(last)] if first is not None else None}
+        t0 = time.time()
+        out = run_child(["--child", json.dumps(spec)], env)
+        what = f"{select[0]}…{select[-1]}" + (f" {day_key(first)}…{day_key(last)}" if first is not None else "")
+        log(f"  n={n:,} {what}: {time.time() - t0:.1f} s, peak {out['peak_bytes'] / 2**30:.2f} GB")
+        return out
+
+    load = [os.getloadavg()[0]]
+    backfill: list[dict] = []
+    if "backfill" not in phases:
+        backfill, chunk_days, load = previous["backfill"], previous["chunk_days"], previous["load"]
+    else:
+        for first in range(0, days, chunk_days):
+            backfill.append(run(("conversations", "summaries"), first, min(first + chunk_days, days) - 1))
+            load.append(os.getloadavg()[0])
+    if "stages" not in phases:
+        return {"n": n, "days": days, "chunk_days": chunk_days, "backfill": backfill, "load": load}
+    stages = {s: run((s,)) for s in UNPARTITIONED}
+    load.append(os.getloadavg()[0])
+    new_day = [run(("conversations", "summaries"), days, days)] + [run((s,)) for s in UNPARTITIONED]
+    load.append(os.getloadavg()[0])
+    return {"n": n, "days": days, "chunk_days": chunk_days, "backfill": backfill, "stages": stages,
+            "new_day": new_day, "load": load}
+
+
+# --- the report -------------------------------------------------------------------------------------------
+
+
+def _mb(b: float) -> str:
+    return f"{b / 2**20:,.0f}"
+
+
+def summarise(r: dict) -> dict:
+    """Per-row (seconds, CPU seconds, peak bytes) of one size's table column."""
+    rows: dict[str, tuple[float, float, float]] = {}
+    bf = r["backfill"]
+    for stage in ("conversations", "summaries"):
+        steps = [b["steps"][stage] for b in bf]
+        rows[stage] = (sum(s["seconds"] for s in steps), sum(s["cpu_seconds"] for s in steps),
+                       max(s["peak_bytes"] for s in steps))
+    in_steps = sum(sum(s["seconds"] for s in b["steps"].values()) for b in bf)
+    for stage in UNPARTITIONED:
+        p = r["stages"][stage]
+        s = p["steps"][stage]
+        rows[stage] = (s["seconds"], s["cpu_seconds"], s["peak_bytes"])
+        in_steps += s["seconds"]
+    procs = bf + [r["stages"][s] for s in UNPARTITIONED]
+    total = sum(p["seconds"] for p in procs)
+    rows["start-up"] = (total - in_steps, float("nan"), float("nan"))
+    rows["end to end"] = (total, sum(p["cpu_seconds"] for p in procs), max(p["peak_bytes"] for p in procs))
+    new = r["new_day"]
+    rows["new day: its partition"] = (new[0]["seconds"], new[0]["cpu_seconds"], new[0]["peak_bytes"])
+    rows["new day: clusters → projected"] = (sum(p["seconds"] for p in new[1:]), sum(p["cpu_seconds"] for p in new[1:]),
+                                             max(p["peak_bytes"] for p in new[1:]))
+    new_total = sum(p["seconds"] for p in new)
+    rows["new day: total"] = (new_total, sum(p["cpu_seconds"] for p in new), max(p["peak_bytes"] for p in new))
+    return {"rows": rows, "fraction": new_total / total if total else float("nan")}
+
+
+ROW_LABELS = {
+    "conversations": "conversations (backfill: read day files, write Parquet)",
+    "summaries": "summaries (backfill: local summary + embedding models)",
+    "clusters": "clusters (read every partition, k-means, naming)",
+    "meta_clusters": "meta_clusters",
+    "projected_clusters": "projected_clusters",
+    "start-up": "process start-up + Dagster bookkeeping (outside steps)",
+    "end to end": "**end to end** (backfill + 3 stages; peak = highest process)",
+    "new day: its partition": "new day: its partition (conversations + summaries)",
+    "new day: clusters → projected": "new day: clusters → meta_clusters → projected_clusters",
+    "new day: total": "**new day: total**",
+}
+
+
+def table(results: list[dict]) -> str:
+    sums = [summarise(r) for r in results]
+    head = "| stage | " + " | ".join(f"{r['n']:,}: wall s | {r['n']:,}: CPU s | {r['n']:,}: peak MB"
+                                     for r in results) + " |"
+    lines = [head, "|---|" + "---:|---:|---:|" * len(results)]
+    for key, label in ROW_LABELS.items():
+        cells = []
+        for s in sums:
+            sec, cpu, peak = s["rows"][key]
+            bold = "**" if label.startswith("**") else ""
+            cells += [f"{bold}{sec:,.1f}{bold}", "—" if math.isnan(cpu) else f"{cpu:,.1f}",
+                      "—" if math.isnan(peak) else f"{bold}{_mb(peak)}{bold}"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("| new day as a fraction of the full run | " + " | ".join(
+        f"**{s['fraction']:.1%}** | | " for s in sums) + "|")
+    return "\n".join(lines)
+
+
+def details(results: list[dict]) -> str:
+    lines = ["| conversations | days | backfill runs | summaries read by clusters | base clusters | all clusters | "
+             "highest process RSS (ru_maxrss) | load average (min–max during the size) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        md = r["stages"]["clusters"]["metadata"].get("clusters", {})
+        meta = r["stages"]["meta_clusters"]["metadata"].get("meta_clusters", {})
+        procs = r["backfill"] + [r["stages"][s] for s in UNPARTITIONED] + r["new_day"]
+        lines.append(f"| {r['n']:,} | {r['days']} | {len(r['backfill'])} × {r['chunk_days']} days | "
+                     f"{md.get('summaries_read', '?'):,} | {md.get('dagster/row_count', '?'):,} | "
+                     f"{meta.get('dagster/row_count', '?'):,} | {_mb(max(p['max_rss_bytes'] for p in procs))} MB | "
+                     f"{min(r['load']):.1f}–{max(r['load']):.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 300_000, 1_000_000])
+    ap.add_argument("--chunk-days", type=int, default=10, help="days per single-run backfill")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/kura-scale"))
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--json", type=Path, default=HERE / "results" / "scale.json",
+                    help="the raw measurements (read back by --phases stages and --report)")
+    ap.add_argument("--phases", nargs="+", choices=("backfill", "stages"), default=["backfill", "stages"],
+                    help="'stages' alone reuses the checkpoints and measurements of an earlier backfill")
+    ap.add_argument("--report", action="store_true", help="only write the table from --json")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--generate", type=int, nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    logs = args.workdir / "logs"
+    if args.child is not None:
+        print(json.dumps(child_run(json.loads(args.child))))
+        return 0
+    if args.generate is not None:
+        for i in range(*args.generate):
+            generate_day(logs, i)
+        print(json.dumps({}))
+        return 0
+    if any(n % PER_DAY for n in args.sizes):
+        raise SystemExit(f"sizes must be multiples of {PER_DAY:,}")
+
+    def log(msg: str) -> None:
+        print(f"{datetime.now(timezone.utc):%H:%M:%S} {msg}", file=sys.stderr, flush=True)
+
+    saved = {r["n"]: r for r in json.loads(args.json.read_text())} if args.json.exists() else {}
+    if args.report:
+        write_report([saved[n] for n in sorted(saved) if "stages" in saved[n]], args.out)
+        return 0
+    days = max(args.sizes) // PER_DAY + 1
+    logs.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    halves = [(0, days // 2), (days // 2, days)]  # two generator processes (not timed)
+    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--workdir", str(args.workdir),
+                               "--generate", str(a), str(b)], stdout=subprocess.DEVNULL) for a, b in halves]
+    if any(p.wait() for p in procs):
+        raise SystemExit("generating the day files failed")
+    log(f"{days} day files of {PER_DAY:,} conversations in {logs} ({time.time() - t0:.0f} s)")
+    for n in args.sizes:
+        log(f"n={n:,}")
+        saved[n] = run_size(n, args.workdir, logs, args.chunk_days, log, saved.get(n), tuple(args.phases))
+        args.json.write_text(json.dumps([saved[k] for k in sorted(saved)], indent=1))
+    write_report([saved[n] for n in sorted(saved) if "stages" in saved[n]], args.out)
+    return 0
+
+
+def write_report(results: list[dict], out: Path) -> None:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    md = "\n".join([
+        "# A million conversations: partitioned backfill and the unpartitioned stages",
+        "",
+        f"`python benchmarks/scale.py` — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, Python "
+        f"{platform.python_version()}, {platform.machine()}, {min(cpus or 1, 2)} cores (pinned), BLAS/OpenMP "
+        f"threads = 2, offline models, Parquet checkpoints. Targets at 1M: ≤ {TARGET_SECONDS // 60} min end to end, "
+        f"≤ {TARGET_GB:g} GB peak RSS in every process.",
+        "",
+        table(results),
+        "",
+        details(results),
+        "",
+    ])
+    print(md)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(md, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
