@@ -15,10 +15,14 @@ from kura_dagster.pipeline import kmeans
 from kura_dagster.pipeline.demo_data import TOPICS, demo_conversations
 from kura_dagster.pipeline.kmeans import allocate, cluster_labels, distinct_rows
 from kura_dagster.pipeline.models.local import (
+    _plural,
     _short_name,
+    _shorten,
     as_instruction,
+    choose_request,
     detect_languages,
     key_sentence,
+    message_candidates,
     third_person,
 )
 
@@ -213,3 +217,56 @@ def test_long_names_end_where_a_clause_ends() -> None:
     # never inside a quotation
     assert _short_name("explain the casual way to say 'the bill, please' in Japanese to a waiter politely") == \
         "Explain the casual way to say 'the bill, please'"
+
+
+# --- issue 14: real-world requests ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("W&B best practices", "help with W&B best practices"),
+        ("experiment tracking", "help with experiment tracking"),
+        ("difference between allow and auto in wandb", "explain the difference between allow and auto in wandb"),
+        ("Is there a way to group runs by a config value?", "explain how to group runs by a config value"),
+        ("What's the best way to log images during training?", "explain the best way to log images during training"),
+        ("Can W&B send alerts to Slack?", "explain whether W&B can send alerts to Slack"),
+        ("Can the Trainer report metrics to wandb?", "explain whether the Trainer can report metrics to wandb"),
+        ("Does it log the model graph?", "advise whether it logs the model graph"),
+        ("please help: my sweep agent hangs", "help when their sweep agent hangs"),
+        ("need to continue logging to an existing run", "continue logging to an existing run"),
+    ],
+)
+def test_queries_and_questions_become_instructions(message: str, expected: str) -> None:
+    assert as_instruction(choose_request(message_candidates(message, None))) == expected
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("Hey team, I'm new to wandb. log images wandb", "log images wandb"),
+        ("I have a question about W&B.", "I have a question about W&B."),
+        ("Our training runs on SLURM. How do I resume a crashed run?", "How do I resume a crashed run?"),
+        ("Edit the following paragraph to correct any errors:\nShe dont like it.",
+         "Edit the following paragraph to correct any errors:"),
+        ("> quoted error line\nWhy is my run marked as crashed?", "Why is my run marked as crashed?"),
+    ],
+)
+def test_the_request_sentence_is_chosen_over_context_and_material(message: str, expected: str) -> None:
+    assert choose_request(message_candidates(message, None)) == expected
+
+
+def test_names_are_cut_only_where_a_phrase_ends() -> None:
+    assert _shorten("imagine you are writing a blog post comparing two popular smartphone models") == \
+        ("Imagine you are writing a blog post", True)
+    assert _shorten("write a captivating short story beginning with the sentence: The old house") == \
+        ("Write a captivating short story", True)
+    assert _shorten("help construct a catchy, yet scientifically accurate, headline for an article on energy") == \
+        ("Help construct a catchy, yet scientifically accurate, headline", True)
+    name, whole = _shorten("summarise these twelve very long unbroken words one two three four five six")
+    assert not whole and len(name.split()) <= 10
+
+
+def test_plurals_for_meta_names() -> None:
+    assert [_plural(p) for p in ("blog post", "itinerary", "email", "W&B best practices", "sketch", "PyTorch")] == \
+        ["blog posts", "itineraries", "emails", "W&B best practices", "sketches", "PyTorch"]

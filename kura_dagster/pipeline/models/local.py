@@ -1008,23 +1008,43 @@ def _action(name: str) -> tuple[str, str]:
     return verb, rest
 
 
-def _phrases(text: str) -> dict[str, str]:
-    """Content phrases of one to three adjacent terms (key -> surface), split at stop words and punctuation."""
+def _phrases(text: str) -> dict[str, tuple[str, bool]]:
+    """Content phrases of one to three adjacent terms (key -> surface, countable), split at stop words and
+    punctuation. A phrase that ends a run after "a"/"an" ("a blog post") is countable: a name may say
+    "blog posts"."""
+    text = _lower_first(text)
     runs: list[list[tuple[str, str]]] = []
+    articles: list[bool] = []
     last_end = -1
     for key, surface, start, end in _terms(text):
-        between = text[last_end:start] if last_end >= 0 else ""
-        if last_end < 0 or between.strip() or not runs:
+        between = text[last_end:start] if last_end >= 0 else text[:start]
+        if last_end < 0 or between.strip():
             runs.append([])
+            articles.append(bool(re.search(r"\b(?:a|an|one|each|every)\s+$", between, re.I)))
         runs[-1].append((key, surface))
         last_end = end
-    out: dict[str, str] = {}
-    for run in runs:
+    out: dict[str, tuple[str, bool]] = {}
+    for run, article in zip(runs, articles):
         for n in (1, 2, 3):
             for i in range(len(run) - n + 1):
                 part = run[i: i + n]
-                out.setdefault(" ".join(k for k, _ in part), " ".join(s for _, s in part))
+                out.setdefault(" ".join(k for k, _ in part),
+                               (" ".join(s for _, s in part), article and i + n == len(run)))
     return out
+
+
+def _plural(phrase: str) -> str:
+    """"blog post" -> "blog posts", "itinerary" -> "itineraries" (a lower-case last word only)."""
+    head, _, last = phrase.rpartition(" ")
+    if not last.isalpha() or not last.islower() or last.endswith("s"):
+        return phrase
+    if last.endswith(("x", "z", "ch", "sh")):
+        last += "es"
+    elif last.endswith("y") and last[-2:-1] not in "aeiou":
+        last = last[:-1] + "ies"
+    else:
+        last += "s"
+    return f"{head} {last}" if head else last
 
 
 class LocalClusterNamingModel:
@@ -1093,11 +1113,14 @@ class LocalClusterNamingModel:
             verbs: Counter[str] = Counter()
             coverage: Counter[str] = Counter()
             surface: dict[str, str] = {}
+            countable: Counter[str] = Counter()
             for ((verb, _), w), phrases in zip(acts, sets):
-                verbs[verb] += w
-                for k, s in phrases.items():
+                verbs[_VERB_FAMILY.get(verb, verb)] += w
+                for k, (s, count) in phrases.items():
                     coverage[k] += w
                     surface.setdefault(k, s)
+                    countable[k] += w if count else 0
+            surface = {k: _plural(s) if countable[k] > 0 else s for k, s in surface.items()}
             verb_order = sorted(verbs, key=lambda v: (-verbs[v], v))
             scored = sorted(coverage, key=lambda k: (
                 -(coverage[k] / total) ** 1.5 * math.log((1 + n_groups) / group_df[k])
@@ -1109,7 +1132,7 @@ class LocalClusterNamingModel:
             for ci, (((verb, _), w), found) in enumerate(zip(acts, sets)):
                 for k in phrases:
                     if k in found:
-                        verbs_of.setdefault(k, Counter())[verb] += w
+                        verbs_of.setdefault(k, Counter())[_VERB_FAMILY.get(verb, verb)] += w
                         children_of.setdefault(k, []).append(ci)
             only = {c.name for c in groups[gi]}
             if len(only) == 1 and (lead := " ".join(next(iter(only)).lower().split()[:2])) not in used_leads:
@@ -1154,6 +1177,12 @@ def _distinct_phrases(scored: Sequence[str], top: int, coverage: Counter | None 
     return out
 
 
+_VERB_FAMILY = {"compose": "write", "draft": "write", "craft": "write", "pen": "write", "rewrite": "edit",
+                "revise": "edit", "proofread": "edit", "correct": "edit", "rephrase": "edit", "paraphrase": "edit",
+                "polish": "edit", "debug": "fix", "troubleshoot": "fix", "resolve": "fix", "summarise": "summarize",
+                "analyse": "analyze", "organise": "organize", "visualise": "visualize", "optimise": "optimize"}
+"""Verbs a meta-cluster name may speak of together ("Write" for compose, draft and craft)."""
+
 _ADVICE_HEADS = ("Help with", "Explain", "Advise on", "Answer questions on")
 
 
@@ -1190,6 +1219,9 @@ def _meta_name(verbs_of: dict[str, Counter], verb_order: Sequence[str], phrases:
         shown = surface.get(p, p)
         partners = [q for q in phrases if q != p and _main_verb(verbs_of.get(q, Counter())) == verb
                     and not set(children_of.get(q, ())) <= set(children_of.get(p, ()))]
+        second = heads[1] if len(heads) > 1 and verb not in _ADVICE_VERBS and " " not in heads[1] else None
+        if second:  # two kinds of request on the same thing: "Write and edit professional emails"
+            candidates.append((f"{heads[0]} and {second.lower()} {shown}", f"{heads[0]} and".lower(), heads[0]))
         for head in heads:
             lead = f"{head} {shown.split()[0]}".lower()
             if partners:
