@@ -123,7 +123,8 @@ def build_kura_defs(
       ``summaries``; ``window_days``: ``clusters`` reads only the last N days of summaries.
     * ``schedule_cron``: a schedule that re-materializes stale assets (none when not given).
     * ``sensor``: watch a path source and run the job on each change (default: on for a path source).
-    * ``executor``: ``in_process``, ``multiprocess`` or an ExecutorDefinition; the code location's executor, so
+    * ``executor``: ``in_process``, ``multiprocess``, ``dask``, ``k8s`` (extras ``[dask]``, ``[k8s]``; see
+      :func:`~kura_dagster.automation.executor_for`) or an ExecutorDefinition; the code location's executor, so
       give it to one call only when merging.
     * ``fs_options``: fsspec options for ``s3://``-style checkpoint and source locations.
     * ``**settings``: any setting of the ``kura`` resource (``clusters_per_group``, ``max_clusters``, ``seed``,
