@@ -97,10 +97,13 @@ def hash_file(path: Any, start: int = 0, length: int | None = None, chunk: int =
     return checksum_text(h)
 
 
-def read_consistently(path: Any, read: Callable[[], R], attempts: int = 3) -> R:
+def read_consistently(path: Any, read: Callable[[], R], attempts: int = 10) -> R:
     """``read()``, again if the checkpoint at ``path`` was replaced while it ran (a writer's atomic rename
     landed between the files or checks a read opens): a healthy checkpoint is never reported corrupt
-    because it changed mid-read. Damage that is still there on an unchanged checkpoint is raised."""
+    because it changed mid-read. Damage that is still there on an unchanged checkpoint is raised. (A retry happens
+    only when the checkpoint changed meanwhile, so many attempts cost nothing on a quiet checkpoint; on S3 a
+    replaced HF version is deleted as soon as its successor is published, so a reader racing a busy writer may
+    need several.)"""
     from kura_dagster.checkpoints import storage
 
     def identity() -> Any:  # inode and mtime locally; the pointer or ETag on object stores
