@@ -7,9 +7,9 @@ version.
 Object stores get what their API guarantees, and nothing that relies on a rename they do not have:
 
 * **One object** (a JSONL file, its sidecar, a Parquet file, a cache segment, a quarantine file, a pointer). On
-  S3 (``s3://``, ``s3a://``) the object is uploaded straight to its key as a multipart upload that is completed
-  only after the last byte was written (``autocommit=False``, then ``commit()``), and aborted (``discard()``) on
-  any error. S3 makes an object visible only when its PUT or CompleteMultipartUpload succeeds, so a reader sees
+  S3 (``s3://``, ``s3a://``) the object is uploaded straight to its key: bytes already in memory in one PUT, a
+  streamed file as a multipart upload that is completed only after the last byte was written
+  (``autocommit=False``, then ``commit()``), and aborted (``discard()``) on any error. S3 makes an object visible only when its PUT or CompleteMultipartUpload succeeds, so a reader sees
   the old object or the new one, never a part; a writer killed mid-upload leaves an incomplete multipart upload,
   which is invisible (a bucket lifecycle rule ``AbortIncompleteMultipartUpload`` reclaims its parts). Reads are
   pinned to the ETag they opened (s3fs), so an object replaced mid-read raises instead of mixing versions.
