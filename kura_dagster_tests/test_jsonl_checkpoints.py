@@ -365,3 +365,25 @@ def test_lines_that_start_with_whitespace_are_read_as_kura_reads_them(tmp_path):
     lines = [s.model_dump_json() for s in data]
     (tmp_path / "summaries.jsonl").write_text(f"{lines[0]}\n  {lines[1]}\n\n \t\n{lines[2]}\r\n{lines[3]}")
     assert JSONLCheckpointManager(tmp_path).load_checkpoint("summaries", ConversationSummary) == data
+
+
+def test_early_writeback_leaves_the_same_file(tmp_path, monkeypatch):
+    """Asking the kernel to start writing every few kB while saving (instead of only fsyncing at the end) changes
+    nothing in what is saved, locally or on a filesystem without file descriptors."""
+    from kura_dagster.checkpoints import jsonl
+
+    data = _summaries(600)
+    monkeypatch.setattr(jsonl, "WRITEBACK_BYTES", 1024)
+    calls = []
+    real = jsonl._sync_file_range()
+    if real is not None:
+        monkeypatch.setattr(jsonl, "_sync_file_range", lambda: lambda *a: calls.append(a[1:3]) or real(*a))
+    for location in (tmp_path, "memory://kura-tests/writeback"):
+        mgr = JSONLCheckpointManager(location)
+        mgr.save_checkpoint("summaries", data)
+        raw = mgr.get_checkpoint_path("summaries").read_bytes()
+        assert raw == "".join(s.model_dump_json() + "\n" for s in data).encode()
+        assert mgr.load_checkpoint("summaries", ConversationSummary) == data
+    if real is not None:  # Linux: consecutive ranges from the start, each at least WRITEBACK_BYTES
+        assert calls and calls[0][0] == 0 and all(a + n == b for (a, n), (b, _) in zip(calls, calls[1:]))
+        assert all(n >= 1024 for _, n in calls)

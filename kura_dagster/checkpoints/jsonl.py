@@ -27,8 +27,11 @@ What a save and a load cost, and why each piece is there (measured in ``benchmar
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import gc
 import hashlib
+import io
 import json
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -125,6 +128,47 @@ class _Hashers:
         return {name: h.hexdigest() for name, h in self._hashers.items()}
 
 
+WRITEBACK_BYTES = 16 << 20
+"""A local save asks the kernel to start writing each further ~16 MB to disk while it serializes the rest."""
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+@functools.lru_cache(maxsize=1)
+def _sync_file_range() -> Any:
+    """libc's ``sync_file_range`` (Linux), or ``None``. ``CDLL(None)`` is the running program's own symbols: no
+    library search."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return fn
+
+
+class _EarlyWriteback:
+    """Starts writeback of what a local save has written so far, every :data:`WRITEBACK_BYTES`, without waiting for
+    it (``sync_file_range(SYNC_FILE_RANGE_WRITE)``): the disk writes while the save serializes the next lines, and
+    the fsync that makes the file durable then waits for the last few MB instead of the whole file. Durability
+    still comes from that fsync alone. Without the call (not Linux) or a file descriptor (object stores), nothing."""
+
+    def __init__(self, fh: Any) -> None:
+        self._fh, self._fd, self._started = fh, None, 0
+        fn = _sync_file_range()
+        if fn is not None:
+            with contextlib.suppress(AttributeError, OSError, io.UnsupportedOperation):
+                self._fd = fh.fileno()
+        self._fn = fn
+
+    def written(self, total: int) -> None:
+        if self._fd is None or total - self._started < WRITEBACK_BYTES:
+            return
+        self._fh.flush()
+        if self._fn(self._fd, self._started, total - self._started, _SYNC_FILE_RANGE_WRITE) != 0:
+            self._fd = None  # refused (e.g. a filesystem without it): the final fsync does all the work, as before
+            return
+        self._started = total
+
+
 _gc_lock = threading.Lock()
 _gc_pauses = 0
 _gc_was_enabled = False
@@ -211,6 +255,7 @@ class JSONLCheckpointManager(BaseCheckpointManager):
                 while group > 1 and group * first > WRITE_BYTES:
                     group //= 2
             block = xxhash.xxh3_64()
+            writeback = _EarlyWriteback(fh)
             for i in range(0, len(models), group):
                 # One group: its lines, each ended by "\n" (the trailing b"" adds the last one), in one buffer.
                 chunk = b"\n".join([m.__pydantic_serializer__.to_json(m) for m in models[i : i + group]] + [b""])
@@ -218,6 +263,7 @@ class JSONLCheckpointManager(BaseCheckpointManager):
                 whole.update(chunk)
                 block.update(chunk)
                 size += len(chunk)
+                writeback.written(size)
                 if (i + group) % BLOCK_LINES == 0 or i + group >= len(models):
                     blocks.append(block.hexdigest())
                     block.reset()
