@@ -469,6 +469,15 @@ def test_the_s3_lock_waits_for_a_live_holder_and_breaks_a_dead_or_expired_one(
     assert identify(manager.load_checkpoint("summaries", ConversationSummary), _versions(5)) == "B"
 
 
+def test_a_store_refusing_conditional_puts_saves_without_the_lock(s3: S3, s3_dir: str,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    s3.faults.fail(lambda m, p, q: m == "PUT" and p.endswith(".summaries.jsonl.lock"))
+    manager = build_manager("jsonl", s3_dir)
+    manager.save_checkpoint("summaries", _versions(3)["A"])
+    assert identify(manager.load_checkpoint("summaries", ConversationSummary), _versions(3)) == "A"
+    assert "saving s3://" in caplog.text and "without it" in caplog.text
+
+
 # --- a damaged object is detected ---------------------------------------------------------------------------------
 def _flip_byte(fs: Any, key: str, at: int | None = None) -> None:
     data = bytearray(fs.cat_file(key))

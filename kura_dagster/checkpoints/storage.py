@@ -285,6 +285,11 @@ def s3_lease(path: UPath) -> Iterator[None]:
         except FileNotFoundError as exc:
             _raise_missing_bucket(path, exc)
             raise
+        except OSError as exc:  # e.g. a store that refuses conditional PUTs instead of ignoring them
+            logger.warning("Could not create the lock %s (%s: %s): saving %s without it; two processes saving it "
+                           "at once are not serialised", lock, type(exc).__name__, exc, path)
+            yield
+            return
         holder = _read_lease(lock)
         if holder is not None and _stale(holder):
             again = _read_lease(lock)  # only if it is still the same stale lock
