@@ -183,6 +183,14 @@ def test_resolve_location_keeps_urls_and_absolutises_paths(tmp_path: Path, monke
     assert storage.resolve_location("~/ck") == str(tmp_path / "home" / "ck")
 
 
+def test_version_and_pointer_names_cannot_be_checkpoint_or_partition_names() -> None:
+    from kura_dagster.checkpoints.errors import InvalidCheckpointName
+
+    for name in (f"{storage.VERSION_MARK}00000000000000000001-0123abcd", f"summaries/{storage.POINTER_NAME}"):
+        with pytest.raises(InvalidCheckpointName, match="reserved"):
+            storage.validate_name(name)
+
+
 def test_checkpoint_dir_from_the_environment_stays_an_s3_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The bug this replaces: ``os.path.abspath("s3://b/k")`` made a local folder ``./s3:/b/k``."""
     from kura_dagster.io_managers.multi import MultiIOManager, io_manager_from_env

@@ -385,7 +385,8 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
             table, manifest = self.open_verified(path, verify=False)
             schema, rows = table.schema, table.num_rows
         try:
-            hf_features = json.loads(storage.read_bytes(storage.resolve_dir(path) / "dataset_info.json")).get("features")
+            info = json.loads(storage.read_bytes(storage.resolve_dir(path) / "dataset_info.json"))
+            hf_features = info.get("features")
         except (FileNotFoundError, ValueError):
             hf_features = None
         return {

@@ -9,10 +9,12 @@ Object stores get what their API guarantees, and nothing that relies on a rename
 * **One object** (a JSONL file, its sidecar, a Parquet file, a cache segment, a quarantine file, a pointer). On
   S3 (``s3://``, ``s3a://``) the object is uploaded straight to its key: bytes already in memory in one PUT, a
   streamed file as a multipart upload that is completed only after the last byte was written
-  (``autocommit=False``, then ``commit()``), and aborted (``discard()``) on any error. S3 makes an object visible only when its PUT or CompleteMultipartUpload succeeds, so a reader sees
-  the old object or the new one, never a part; a writer killed mid-upload leaves an incomplete multipart upload,
-  which is invisible (a bucket lifecycle rule ``AbortIncompleteMultipartUpload`` reclaims its parts). Reads are
-  pinned to the ETag they opened (s3fs), so an object replaced mid-read raises instead of mixing versions.
+  (``autocommit=False``, then ``commit()``), and aborted (``discard()``) on any error. S3 makes an object visible
+  only when its PUT or CompleteMultipartUpload succeeds, so a reader sees the old object or the new one, never a
+  part; a writer killed mid-upload leaves an incomplete multipart upload, which is invisible (a bucket lifecycle
+  rule ``AbortIncompleteMultipartUpload`` reclaims its parts). Whole-object reads are one GET
+  (:func:`read_bytes`); ranged reads are pinned to the ETag they opened (s3fs), so an object replaced mid-read
+  raises (and the read is retried, :func:`gone_or_replaced`) instead of mixing versions.
   Other object stores (``memory://``, …) write a temporary object and move it over the final key.
 * **A directory** (an HF dataset: several objects). There is no atomic directory swap, so the directory holds
   immutable *versions* and one small pointer object, the commit record::
@@ -125,7 +127,7 @@ def validate_name(name: str, *, what: str = "checkpoint name") -> str:
             if seg in ("", ".", ".."):
                 problem = f"it has a {seg or 'empty'!r} path segment"
                 break
-            if seg.startswith(TMP_MARK) or seg.startswith(OLD_MARK):
+            if seg.startswith((TMP_MARK, OLD_MARK, VERSION_MARK)) or seg == POINTER_NAME:
                 problem = "it uses a name reserved for temporary files"
                 break
     if problem:
