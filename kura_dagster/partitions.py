@@ -199,13 +199,15 @@ def read_partitioned(
         merged = merge_results([source.from_value(v, upstream or "upstream asset") for v in values],
                                f"asset {upstream}")
     elif is_day_template(source.location()):
+        from kura_dagster.checkpoints.storage import to_upath
+
         results = []
         for day in keys:
             location = day_path(source.location(), day)
-            try:
-                results.append(source.read(location))
-            except FileNotFoundError:
-                missing.append(location)
+            if not to_upath(location, source.fs_options or None).exists():
+                missing.append(location)  # no file for that day: an empty partition, reported
+                continue
+            results.append(source.read(location))
         merged = merge_results(results, f"{source.location()} ({len(keys) - len(missing)} of {len(keys)} day file(s))")
     else:
         merged = source.read()

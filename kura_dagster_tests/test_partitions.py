@@ -110,6 +110,13 @@ def test_day_template_reads_only_that_day(tmp_path):
         md = result.get_asset_materialization_events()[0].materialization.metadata
         assert md["conversations"].value == len(by_day[DAYS[3]])
         assert md["in_other_partitions"].value == 0  # nothing else was read
+        # a day without a file is an empty partition, reported in the metadata (not a failed backfill)
+        (tmp_path / "logs" / f"{DAYS[2]}.jsonl").unlink()
+        result = _run(defs, instance, selection=_keys("t", "conversations"), partition_range=(DAYS[1], DAYS[2]))
+        assert result.success
+        md = result.get_asset_materialization_events()[0].materialization.metadata
+        assert md["missing_day_files"].value == 1 and md["conversations"].value == len(by_day[DAYS[1]])
+        assert (tmp_path / "ck" / "conversations" / f"{DAYS[2]}.jsonl").read_text() == ""
     assert {s.name for s in defs.sensors} == {"t_new_files"}
 
 
