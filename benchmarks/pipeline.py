@@ -2,11 +2,16 @@
 
     python benchmarks/pipeline.py                    # 1k, 10k, 100k; writes benchmarks/results/pipeline.md
     python benchmarks/pipeline.py --sizes 1000 5000  # any sizes
+    python benchmarks/pipeline.py --data support --out benchmarks/results/pipeline_support.md
+                                                     # templated RAG support logs (issue 14)
 
 Each size runs in its own subprocess (so peak memory is that size's alone), pinned to at most two CPU
 cores with BLAS/OpenMP threads capped at two. Conversations come from the demo generator
 (``kura_dagster.pipeline.demo_data``: seventeen topics, several phrasings and three many-valued slots per
 topic, topic-specific answers and follow-ups), so texts are varied rather than copies of a few hundred.
+``--data support`` uses ``kura_dagster.pipeline.support_data`` instead: questions wrapped in a RAG prompt
+template with pasted markdown documentation, multi-turn support chats and code-heavy questions (long
+messages, so the summary stage's template detection and cleaning are exercised).
 
 Per stage the table reports wall time and the process's peak resident memory (RSS, sampled every 5 ms
 by a background thread with psutil, and never below ``getrusage``'s high-water mark when it is the
@@ -72,7 +77,7 @@ def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def child(n: int, seed: int) -> dict:
+def child(n: int, seed: int, data: str = "demo") -> dict:
     """Run the pipeline once on ``n`` generated conversations; return per-stage seconds and peak bytes."""
     from kura_dagster.pipeline import (
         PipelineSettings,
@@ -100,7 +105,12 @@ def child(n: int, seed: int) -> dict:
         return out
 
     settings = PipelineSettings(seed=seed)
-    convs = timed("generate", lambda: demo_conversations(n, seed=seed))
+    if data == "support":
+        from kura_dagster.pipeline.support_data import support_conversations
+
+        convs = timed("generate", lambda: support_conversations(n, seed=seed))
+    else:
+        convs = timed("generate", lambda: demo_conversations(n, seed=seed))
     summary_model = LocalSummaryModel()
     embedder = LocalEmbeddingModel(dims=settings.embedding_dims, seed=settings.seed)
     namer = LocalClusterNamingModel(seed=settings.seed)
@@ -120,9 +130,9 @@ def child(n: int, seed: int) -> dict:
     }
 
 
-def run_size(n: int, seed: int) -> dict:
+def run_size(n: int, seed: int, data: str = "demo") -> dict:
     env = dict(os.environ, **{v: "2" for v in THREAD_VARS})
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(n), "--seed", str(seed)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(n), "--seed", str(seed), "--data", data]
     pin = None
     if hasattr(os, "sched_setaffinity"):
         cores = sorted(os.sched_getaffinity(0))[:2]
@@ -168,22 +178,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--data", choices=("demo", "support"), default="demo",
+                    help="demo: the demo generator; support: templated RAG support conversations")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child is not None:
-        print(json.dumps(child(args.child, args.seed)))
+        print(json.dumps(child(args.child, args.seed, args.data)))
         return 0
     results = []
     for n in args.sizes:
         print(f"running n={n:,} …", file=sys.stderr, flush=True)
-        results.append(run_size(n, args.seed))
+        results.append(run_size(n, args.seed, args.data))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     md = "\n".join([
         "# Offline pipeline benchmark",
         "",
-        f"`python benchmarks/pipeline.py` — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, Python "
+        f"`python benchmarks/pipeline.py{' --data support' if args.data == 'support' else ''}` — "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, Python "
         f"{platform.python_version()}, {platform.machine()}, {min(cpus or 1, 2)} cores (pinned), "
-        "BLAS/OpenMP threads = 2. Input: the demo generator (17 topics, varied phrasings and slots).",
+        "BLAS/OpenMP threads = 2. Input: " + (
+            "templated RAG support conversations (`support_data`: prompt template, pasted markdown docs, "
+            "multi-turn chats, code)." if args.data == "support"
+            else "the demo generator (17 topics, varied phrasings and slots)."),
         f"Target: 100k conversations end to end in ≤ {TARGET_SECONDS} s and ≤ {TARGET_GB:g} GB.",
         "Peak MB is the process's resident memory at its highest during that stage (it includes the data "
         "held from earlier stages). CPU s is the process's user+system time (up to 2x wall on two cores); "

@@ -248,3 +248,28 @@ def test_doc_text_never_names_a_cluster(templated: Run) -> None:
     for c in templated.meta:
         name = c.name.lower()
         assert not any(line in name or (len(name.split()) >= 4 and name in line) for line in doc_lines), c.name
+
+
+_NAMES_SCRIPT = """
+import json
+from kura_dagster_tests.test_templated_quality import run_offline
+from kura_dagster.pipeline.support_data import support_conversations
+run = run_offline(support_conversations(120, seed=6))
+print(json.dumps([[s.summary for s in run.summaries], [[c.name, c.slug, c.description] for c in run.meta]]))
+"""
+
+
+@pytest.mark.slow
+def test_same_seed_same_summaries_and_names_in_any_process() -> None:
+    """Deterministic for a seed, whatever Python's string-hash seed (sets and dicts of words are involved)."""
+    import os
+    import subprocess
+    import sys
+
+    outs = []
+    for hash_seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+        proc = subprocess.run([sys.executable, "-c", _NAMES_SCRIPT], env=env, capture_output=True, text=True,
+                              check=True, timeout=120)
+        outs.append(proc.stdout)
+    assert outs[0] == outs[1] and len(outs[0]) > 1000
