@@ -235,6 +235,9 @@ def test_long_names_end_where_a_clause_ends() -> None:
         ("Does it log the model graph?", "advise whether it logs the model graph"),
         ("please help: my sweep agent hangs", "help when their sweep agent hangs"),
         ("need to continue logging to an existing run", "continue logging to an existing run"),
+        ("wandb config log hyperparameters", "log hyperparameters in wandb config"),
+        ("model registry link a model version", "link a model version in model registry"),
+        ("hugging face Trainer run wandb", "help with hugging face Trainer run wandb"),
     ],
 )
 def test_queries_and_questions_become_instructions(message: str, expected: str) -> None:

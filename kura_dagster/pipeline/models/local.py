@@ -214,6 +214,8 @@ def as_instruction(sentence: str) -> str:
         out = f"explain the {m.group(1).lower()} between {m.group(2)}"
     elif first.strip(",:;") in _IMPERATIVES or first in _SUBJECT_PRONOUNS or first == "let's":
         out = _lower_first(s)
+    elif (k := _verb_after_topic(words)) is not None:  # "wandb config log hyperparameters"
+        out = f"{words[k].lower()} {rest(k + 1)} in {' '.join(words[:k])}"
     else:  # a query of a few words ("W&B best practices", "experiment tracking")
         out = f"help with {_lower_first(s)}"
     return third_person(out)
@@ -222,7 +224,7 @@ def as_instruction(sentence: str) -> str:
 _MODALS = frozenset("is are can could should would will does".split()) - {"does"}
 _TOOL_WORDS = frozenset("wandb weave it this that there".split())
 _IMPERATIVES = frozenset("""
-    accept access act add adapt behave embrace speak reply adjust advise analyse analyze answer apply approve arrange ask assess assign assist
+    accept access act add adapt behave embrace speak reply reduce free disable silence invite adjust advise analyse analyze answer apply approve arrange ask assess assign assist
     assume avoid automate back balance brainstorm break build calculate call cancel categorize categorise change check
     choose clarify classify clean clear close collect combine come compare compile complete compose compute
     configure connect consider construct continue convert copy correct count craft create critique customise
@@ -242,6 +244,22 @@ _IMPERATIVES = frozenset("""
     try tune turn update upgrade upload use validate verify version visualise visualize walk watch write
     """.split())
 """Verbs a request can start with ("Write …", "Log …"); a query starting otherwise is a topic ("help with …")."""
+
+_NOUN_TOO = frozenset("run report test version group sweep train launch name order score set plot map note".split())
+"""Verbs that are nouns just as often in a keyword query ("Trainer run wandb")."""
+
+
+def _verb_after_topic(words: Sequence[str]) -> int | None:
+    """Where a keyword query's instruction starts after the thing it is about: "model registry link a model
+    version" -> 2 (so: "link a model version in model registry"); None when it has no such shape."""
+    stop = _stopword_set()
+    for k in range(1, min(4, len(words) - 1)):
+        w = words[k].lower()
+        if w in _IMPERATIVES and w not in _NOUN_TOO and words[k + 1].lower() not in ("of", "for", "to", "and", "is", "are") \
+                and not any(x.lower() in stop or x.lower() in _IMPERATIVES for x in words[:k]):
+            return k
+    return None
+
 
 _CODE_HINTS = ("```", "def ", "import ", "print(", "const ", "function ", "console.log", "select", "public static",
                "#include", "std::", "$ ", "fn main", "<div", "<html")
