@@ -114,13 +114,29 @@ def test_dask_executor_config_validates(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 # --- Kubernetes -------------------------------------------------------------------------------------------------
-def _readme_k8s_run_config() -> dict[str, Any]:
+def _readme_yaml(marker: str) -> dict[str, Any]:
+    """The README's one ```yaml block containing ``marker``, parsed."""
     import yaml
 
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", text, flags=re.S) if "k8s_job_executor run config" in b]
-    assert len(blocks) == 1, "README: expected one ```yaml block with the k8s_job_executor run config"
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", text, flags=re.S) if marker in b]
+    assert len(blocks) == 1, f"README: expected one ```yaml block containing {marker!r}, found {len(blocks)}"
     return yaml.safe_load(blocks[0])
+
+
+def test_the_readme_k8s_run_launcher_config_validates() -> None:
+    _extra("dagster_k8s", "k8s")
+    from dagster._config import process_config
+    from dagster._config.field import resolve_to_config_type
+    from dagster_k8s import K8sRunLauncher
+
+    instance_yaml = _readme_yaml("class: K8sRunLauncher")
+    launcher = instance_yaml["run_launcher"]
+    assert (launcher["module"], launcher["class"]) == ("dagster_k8s", "K8sRunLauncher")
+    schema = resolve_to_config_type(K8sRunLauncher.config_type())
+    result = process_config(schema, launcher["config"])
+    assert result.success, result.errors
+    assert not process_config(schema, {**launcher["config"], "job_namspace": "kura"}).success
 
 
 def test_k8s_definitions_load_and_the_executor_config_validates() -> None:
@@ -132,7 +148,7 @@ def test_k8s_definitions_load_and_the_executor_config_validates() -> None:
     assert job.executor_def.name == "k8s"
     assert {a.key.to_user_string() for a in defs.resolve_all_asset_specs()} >= {"summaries", "projected_clusters"}
 
-    run_config = _readme_k8s_run_config()
+    run_config = _readme_yaml("k8s_job_executor run config")
     assert run_config["execution"]["config"]["job_namespace"]
     given = run_config["execution"]["config"]
     resolved = dg.validate_run_config(job, run_config)["execution"]["k8s"]  # keyed by the executor's name
