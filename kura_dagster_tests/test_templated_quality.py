@@ -273,3 +273,17 @@ def test_same_seed_same_summaries_and_names_in_any_process() -> None:
                               check=True, timeout=120)
         outs.append(proc.stdout)
     assert outs[0] == outs[1] and len(outs[0]) > 1000
+
+
+def test_a_preamble_sent_as_its_own_first_message_is_template() -> None:
+    """Some logs send the system prompt as the first user message: identical in every conversation, it is
+    template (the question in the next message is the request), though identical conversations count once."""
+    base = support_conversations(80, seed=8, shapes={"chat": 1.0})
+    preamble = TEMPLATES["system_preamble"].split("\n\n")[0]
+    convs = [c.model_copy(update={"messages": [c.messages[0].model_copy(update={"content": preamble}),
+                                               *c.messages]}) for c in base]
+    model = LocalSummaryModel()
+    model.prepare(convs)
+    for c in convs[:30]:
+        s = model.summarise_one(c)
+        assert not _template_hits(s.summary) and "wandbot" not in s.summary.lower(), s.summary

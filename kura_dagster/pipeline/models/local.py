@@ -366,11 +366,12 @@ def _units(text: str) -> set[str]:
 class TemplateStats:
     """What a corpus repeats around its requests, learnt from the corpus itself.
 
-    A line or sentence that occurs in at least ``threshold`` *distinct* user messages is template: a prompt
-    preamble, a "Retrieved Information" header, pasted documentation, a stock "Here is my code:". A line
-    label ("User Query:", "Question:") that starts lines in that many distinct messages is a template label,
-    and what follows it is the request. Identical messages count once, so a question that many users send
-    word for word (MT-Bench repeats each of its questions ~80 times) is never mistaken for template.
+    A line or sentence that occurs in the user messages of at least ``threshold`` *distinct* conversations
+    is template: a prompt preamble, a "Retrieved Information" header, pasted documentation, a stock "Here is
+    my code:". A line label ("User Query:", "Question:") that starts lines in that many conversations, each
+    time followed by different text, is a template label, and what follows it is the request. Conversations
+    whose user messages are identical count once, so a question that many users send word for word
+    (MT-Bench repeats each of its conversations ~80 times) is never mistaken for template.
     """
 
     def __init__(self, counts: dict[str, int], heads: frozenset[str], threshold: int, messages: int) -> None:
@@ -378,38 +379,40 @@ class TemplateStats:
         """Template line or sentence -> in how many distinct user messages it occurs."""
         self.units = frozenset(counts)
         self.heads, self.threshold, self.messages = heads, threshold, messages
+        """``messages``: how many distinct conversations were counted."""
 
     @classmethod
     def fit(cls, conversations: Sequence[Conversation], sample: int = 30_000) -> TemplateStats:
-        """Count over the first ``sample`` distinct user messages (in corpus order): a template repeats in
-        most messages, so a sample finds it, and the pass costs the same for 30,000 or 3 million."""
-        distinct: dict[str, None] = {}
+        """Count over the first ``sample`` distinct conversations (by their user messages, in corpus order): a
+        template repeats in most of them, so a sample finds it, and the pass costs the same for 30,000 or 3
+        million. A message repeated word for word in many *different* conversations (a system-prompt-like
+        first message) is template; the same conversation repeated (MT-Bench's questions) counts once."""
+        distinct: dict[tuple[str, ...], None] = {}
         for c in conversations:
-            for m in c.messages:
-                if m.role == "user":
-                    distinct[m.content] = None
+            distinct[tuple(dict.fromkeys(m.content for m in c.messages if m.role == "user"))] = None
             if len(distinct) >= sample:
                 break
         threshold = max(3, min(20, math.ceil(0.01 * len(distinct))))
         units: Counter[str] = Counter()
         heads: Counter[str] = Counter()
         rests: dict[str, set[str]] = {}  # what follows each label: a template label is followed by many texts
-        seen_heads: set[str] = set()
-        for text in distinct:
-            if len(text) > _MAX_CHARS:
-                text = text[: _MAX_CHARS // 2] + "\n" + text[-_MAX_CHARS // 2:]
-            if "\n" in text or _SENTENCE.search(text):
-                units.update(_units(text))
-            if ":" in text:
-                for line in text.split("\n"):
-                    if (m := _HEAD.match(line)) and len(m.group(1).split()) <= 5:
-                        head = _norm(m.group(1))
-                        if head not in seen_heads:
-                            seen_heads.add(head)
-                            heads[head] += 1
-                        if len(rests.setdefault(head, set())) < 1_000:
-                            rests[head].add(_norm(line[m.end():]))
-                seen_heads.clear()
+        for texts in distinct:
+            found: set[str] = set()
+            labels: set[str] = set()
+            for text in texts:
+                if len(text) > _MAX_CHARS:
+                    text = text[: _MAX_CHARS // 2] + "\n" + text[-_MAX_CHARS // 2:]
+                if "\n" in text or _SENTENCE.search(text):
+                    found |= _units(text)
+                if ":" in text:
+                    for line in text.split("\n"):
+                        if (m := _HEAD.match(line)) and len(m.group(1).split()) <= 5:
+                            head = _norm(m.group(1))
+                            labels.add(head)
+                            if len(rests.setdefault(head, set())) < 1_000:
+                                rests[head].add(_norm(line[m.end():]))
+            units.update(found)
+            heads.update(labels)
         return cls({u: n for u, n in units.items() if n >= threshold},
                    frozenset(h for h, n in heads.items() if n >= threshold and h
                              and len(rests[h] - {""}) >= max(3, min(n, 1_000) // 2)), threshold, len(distinct))
@@ -486,7 +489,8 @@ def message_candidates(text: str, stats: TemplateStats | None) -> list[_Candidat
         introduced = introduced or line.endswith(":")  # "Edit the following paragraph:" -> material follows
     if not out and repeated and stats is not None:
         rarest = min(repeated, key=lambda s: stats.counts.get(_norm(s), 0))
-        out = [_Candidate(_clean_markup(rarest), False, False)]
+        if stats.counts.get(_norm(rarest), 0) <= max(stats.threshold, 0.2 * stats.messages):
+            out = [_Candidate(_clean_markup(rarest), False, False)]  # not a preamble most conversations share
     return out
 
 
