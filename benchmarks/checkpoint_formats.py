@@ -182,18 +182,20 @@ def jsonl_costs(n: int, dim: int, directory: Path, repeats: int = 3) -> dict:
     lines = raw.split(b"\n")[:-1]
     adapter = list_adapter(ConversationSummary)
 
-    def timed(fn, gc_on: bool = True) -> float:
-        times = []
+    def timed(fn, gc_on: bool = True) -> list[float]:
+        """[wall, CPU] seconds, each the median of ``repeats``."""
+        walls, cpus = [], []
         for _ in range(repeats):
             gc.collect()
             if not gc_on:
                 gc.disable()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             result = fn()
-            times.append(time.perf_counter() - t0)  # freeing the result is not part of the piece
+            walls.append(time.perf_counter() - t0)  # freeing the result is not part of the piece
+            cpus.append(time.process_time() - c0)
             gc.enable()
             del result
-        return sorted(times)[len(times) // 2]
+        return [sorted(walls)[len(walls) // 2], sorted(cpus)[len(cpus) // 2]]
 
     def batches() -> list:
         out: list = []
@@ -236,7 +238,8 @@ def jsonl_costs(n: int, dim: int, directory: Path, repeats: int = 3) -> dict:
     if no_floats is not None:
         with_floats = costs["serialize (to_json per model)"]
         without = timed(lambda: [m.__pydantic_serializer__.to_json(m) for m in no_floats])
-        costs["float formatting (serialize minus the same without embeddings)"] = with_floats - without
+        costs["float formatting (serialize minus the same without embeddings)"] = [
+            a - b for a, b in zip(with_floats, without)]
     return {"costs": costs, "bytes": len(raw)}
 
 
@@ -550,7 +553,8 @@ def render_jsonl(rows: list[dict], repeats: int, costs: list[tuple[str, dict]] |
             "",
             "### What each piece costs",
             "",
-            "Each piece alone, in one process of ours (`--op jsonl_costs`), the median of 3 runs, on the data of the "
+            "Each piece alone, in one process of ours (`--op jsonl_costs`), the median of 3 runs (CPU time is the "
+            "steadier measure on a shared machine; writes and fsyncs also wait for the disk), on the data of the "
             "rows above (file sizes: " + ", ".join(f"{label} {r['bytes'] / 2**20:,.0f} MB" for label, r in costs)
             + "). Kept: serialization by pydantic-core (what Kura's `model_dump_json` does, minus its str round "
             "trip), one XXH3-128 checksum computed while writing and while reading (no separate verification pass), "
@@ -558,12 +562,13 @@ def render_jsonl(rows: list[dict], repeats: int, costs: list[tuple[str, dict]] |
             "batches with the collector paused. Dropped: the SHA-256 pass, per-line validation calls, the collector's "
             "passes over the models being built.",
             "",
-            "| piece | " + " | ".join(f"{label} s" for label, _ in costs) + " |",
-            "|---|" + "---:|" * len(costs),
+            "| piece | " + " | ".join(f"{label} CPU s | {label} wall s" for label, _ in costs) + " |",
+            "|---|" + "---:|---:|" * len(costs),
         ]
         for key in labels:
             cells = [r["costs"].get(key) for _, r in costs]
-            lines.append(f"| {key} | " + " | ".join("—" if c is None else f"{c:.3f}" for c in cells) + " |")
+            lines.append(f"| {key} | " + " | ".join("— | —" if c is None else f"{c[1]:.3f} | {c[0]:.3f}"
+                                                    for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 

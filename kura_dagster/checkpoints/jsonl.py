@@ -52,9 +52,11 @@ SIDECAR_SUFFIX = ".meta.json"
 CHUNK_BYTES = 256 << 10
 """Bytes read (and hashed) at a time while loading (1 MB blocks left ~3 MB more in the loading process's peak RSS
 for 100k summaries, for no speed)."""
-BATCH_BYTES = 128 << 10
-"""Bytes of lines validated per pydantic-core call (larger batches fall out of the CPU cache: 4 MB ones were ~20%
-slower for 1536-d embeddings)."""
+BATCH_BYTES = 32 << 10
+"""Bytes of lines validated per pydantic-core call: ~40 summaries, or one line of a 1536-d embedding. Batches of
+16 kB to 256 kB validate equally fast; 4 MB ones fell out of the CPU cache (~20% slower with embeddings), and
+128 kB ones left ~7 MB more in a 10k×1536 load's RSS than one line at a time (pydantic-core parses a whole
+batch before it builds the models)."""
 READ_ATTEMPTS = 5
 BLOCK_LINES = 256
 """Lines per block digest in the sidecar (a 1M-row file gets ~4,000 digests, ~75 kB)."""
