@@ -144,11 +144,17 @@ def s3_server() -> Iterator[S3]:
         mp.setenv("AWS_CONFIG_FILE", os.devnull)  # no profile of the developer's machine
         mp.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
         mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        import s3fs
+
+        # fsspec caches filesystems by their options, not by the environment: a client another module made for
+        # another endpoint would be reused. Start and end with none.
+        s3fs.S3FileSystem.clear_instance_cache()
         s3 = S3(f"http://{host}:{port}", faults)
         s3.fs().mkdir(BUCKET)
         try:
             yield s3
         finally:
+            s3fs.S3FileSystem.clear_instance_cache()
             server.stop()
 
 

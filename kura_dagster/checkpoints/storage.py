@@ -402,6 +402,7 @@ def _upload(path: UPath, fh: Any, write: Callable[[Any], None]) -> int:
     except BaseException:
         try:
             fh.discard()  # AbortMultipartUpload: the parts sent so far are dropped
+            fh.closed = True  # (else the file's __del__ would try to flush the discarded buffer)
         except Exception as exc:  # noqa: BLE001 - the write's own error is the one to raise; this one is logged
             logger.warning("Could not abort the unfinished upload of %s (%s: %s); its parts are invisible and a "
                            "bucket lifecycle rule (AbortIncompleteMultipartUpload) reclaims them",
