@@ -215,7 +215,7 @@ def as_instruction(sentence: str) -> str:
     elif first.strip(",:;") in _IMPERATIVES or first in _SUBJECT_PRONOUNS or first == "let's":
         out = _lower_first(s)
     elif (k := _verb_after_topic(words)) is not None:  # "wandb config log hyperparameters"
-        out = f"{words[k].lower()} {rest(k + 1)} in {' '.join(words[:k])}"
+        out = f"{words[k].lower()} {rest(k + 1)} in {_lower_first(' '.join(words[:k]))}"
     else:  # a query of a few words ("W&B best practices", "experiment tracking")
         out = f"help with {_lower_first(s)}"
     return third_person(out)
@@ -224,7 +224,8 @@ def as_instruction(sentence: str) -> str:
 _MODALS = frozenset("is are can could should would will does".split()) - {"does"}
 _TOOL_WORDS = frozenset("wandb weave it this that there".split())
 _IMPERATIVES = frozenset("""
-    accept access act add adapt behave embrace speak reply reduce free disable silence invite adjust advise analyse analyze answer apply approve arrange ask assess assign assist
+    accept access act add adapt behave embrace speak reply reduce free disable silence invite say ask cook bake grow
+    repot prune sleep eat stretch negotiate apologise apologize memorise memorize practise practice pronounce adjust advise analyse analyze answer apply approve arrange ask assess assign assist
     assume avoid automate back balance brainstorm break build calculate call cancel categorize categorise change check
     choose clarify classify clean clear close collect combine come compare compile complete compose compute
     configure connect consider construct continue convert copy correct count craft create critique customise
@@ -244,6 +245,13 @@ _IMPERATIVES = frozenset("""
     try tune turn update upgrade upload use validate verify version visualise visualize walk watch write
     """.split())
 """Verbs a request can start with ("Write …", "Log …"); a query starting otherwise is a topic ("help with …")."""
+
+_ALSO_NOUNS = frozenset("""
+    run report test version group sweep log chart plot name order score set map note launch train record sync export
+    import alert email link label list plan design start display schedule watch store cache search sort filter
+    return model table track query support update upgrade access account save share switch
+    """.split())
+"""Words of ``_IMPERATIVES`` that name things as often as actions ("a run", "the report"): they may be keywords."""
 
 _NOUN_TOO = frozenset("run report test version group sweep train launch name order score set plot map note".split())
 """Verbs that are nouns just as often in a keyword query ("Trainer run wandb")."""
@@ -740,7 +748,7 @@ _TERM = re.compile(
 @functools.lru_cache(maxsize=200_000)
 def _term_key(surface: str) -> str | None:
     key = " ".join(surface.lower().split())
-    if key in _stopword_set() or key in _IMPERATIVES or key in _VERBS or key.isdigit():
+    if key in _stopword_set() or key in _VERBS or (key in _IMPERATIVES and key not in _ALSO_NOUNS) or key.isdigit():
         return None
     if len(key) < 3 and not any(ch in key for ch in "&+#"):
         return None
@@ -1030,10 +1038,11 @@ def _action(name: str) -> tuple[str, str]:
     return verb, rest
 
 
-def _phrases(text: str) -> dict[str, tuple[str, bool]]:
-    """Content phrases of one to three adjacent terms (key -> surface, countable), split at stop words and
-    punctuation. A phrase that ends a run after "a"/"an" ("a blog post") is countable: a name may say
-    "blog posts"."""
+def _phrases(text: str) -> dict[str, tuple[str, bool, bool]]:
+    """Content phrases of one to three adjacent terms (key -> surface, countable, final), split at stop words
+    and punctuation. A phrase that ends a run after "a"/"an" ("a blog post") is countable: a name may say
+    "blog posts". A final phrase ends a run somewhere, as a noun phrase does ("bayesian" in "bayesian
+    search" never does)."""
     text = _lower_first(text)
     runs: list[list[tuple[str, str]]] = []
     articles: list[bool] = []
@@ -1045,13 +1054,43 @@ def _phrases(text: str) -> dict[str, tuple[str, bool]]:
             articles.append(bool(re.search(r"\b(?:a|an|one|each|every)\s+$", between, re.I)))
         runs[-1].append((key, surface))
         last_end = end
-    out: dict[str, tuple[str, bool]] = {}
+    out: dict[str, tuple[str, bool, bool]] = {}
     for run, article in zip(runs, articles):
         for n in (1, 2, 3):
             for i in range(len(run) - n + 1):
                 part = run[i: i + n]
-                out.setdefault(" ".join(k for k, _ in part),
-                               (" ".join(s for _, s in part), article and i + n == len(run)))
+                key, last = " ".join(k for k, _ in part), i + n == len(run)
+                surface, countable, final = out.get(key, (" ".join(s for _, s in part), False, False))
+                out[key] = (surface, countable or (article and last), final or last)
+    return out
+
+
+_ADJECTIVES = frozenset("best right good new different specific custom same other whole easy fastest simple "
+                        "simplest easiest better quick clear proper correct main large small".split())
+"""Words that describe what is asked about without naming it: a name never ends on one."""
+
+
+def _verb_form(word: str, in_phrase: bool) -> bool:
+    """"crashing", or "crashes"/"sets" ending a longer phrase ("env var sets"): a verb, not what is asked about."""
+    if word.endswith("ing") or word in _ADJECTIVES:
+        return True
+    if not in_phrase or not word.endswith("s"):
+        return False
+    stem = word[:-2] if word.endswith(("ches", "shes", "xes", "sses")) else word[:-1]
+    return stem in _IMPERATIVES and stem not in ("run", "report", "test", "version", "group", "log", "chart")
+
+
+def _term_parts(phrase: str, multiword: set[str]) -> list[str]:
+    """A phrase key's terms, multi-word names kept whole: "weights & biases sweeps" -> ["weights & biases",
+    "sweeps"]."""
+    words, out, i = phrase.split(" "), [], 0
+    while i < len(words):
+        for n in (3, 2, 1):
+            part = " ".join(words[i: i + n])
+            if n == 1 or part in multiword:
+                out.append(part)
+                i += n
+                break
     return out
 
 
@@ -1123,6 +1162,8 @@ class LocalClusterNamingModel:
     def name_meta_clusters(self, groups: Sequence[Sequence[Cluster]]) -> list[GeneratedCluster]:
         actions = [[(_action(c.name), max(len(c.chat_ids), 1)) for c in g] for g in groups]
         phrase_sets = [[_phrases(rest) for (_, rest), _ in acts] for acts in actions]
+        multiword = {k for sets in phrase_sets for s in sets for k, (surface, _, _) in s.items()
+                     if " " in k and len(_TERM.findall(surface)) == 1}  # "Weights & Biases", "Hugging Face"
         group_df: Counter[str] = Counter()
         for sets in phrase_sets:
             group_df.update({k for s in sets for k in s})
@@ -1136,18 +1177,23 @@ class LocalClusterNamingModel:
             coverage: Counter[str] = Counter()
             surface: dict[str, str] = {}
             countable: Counter[str] = Counter()
+            ends: Counter[str] = Counter()
+            spellings: Counter[tuple[str, str]] = Counter()
             for ((verb, _), w), phrases in zip(acts, sets):
                 verbs[_VERB_FAMILY.get(verb, verb)] += w
-                for k, (s, count) in phrases.items():
+                for k, (s, count, final) in phrases.items():
                     coverage[k] += w
-                    surface.setdefault(k, s)
+                    spellings[k, s] += w
                     countable[k] += w if count else 0
+                    ends[k] += w if final else 0
+            for (k, s), _ in sorted(spellings.items(), key=lambda kv: (-kv[1], kv[0][1])):
+                surface.setdefault(k, s)  # the spelling most children use
             surface = {k: _plural(s) if countable[k] > 0 else s for k, s in surface.items()}
             verb_order = sorted(verbs, key=lambda v: (-verbs[v], v))
             scored = sorted(coverage, key=lambda k: (
                 -(coverage[k] / total) ** 1.5 * math.log((1 + n_groups) / group_df[k])
                 * (1 + 0.15 * (len(k.split()) - 1)), k))
-            scored = [k for k in scored if not k.rsplit(" ", 1)[-1].endswith("ing")] or scored
+            scored = [k for k in scored if ends[k] and not _verb_form(k.rsplit(" ", 1)[-1], " " in k)] or scored
             phrases = _distinct_phrases(scored, 4, coverage)
             verbs_of: dict[str, Counter] = {}
             children_of: dict[str, list[int]] = {}
@@ -1173,8 +1219,8 @@ class LocalClusterNamingModel:
                 description = (f"Users asked the assistant to {_lower(name)}, across {len(group)} related clusters "
                                f"such as {examples}. Together these clusters covered {n_chats} conversations.")
             first = name.split(maxsplit=1)[0].lower()
-            slug_terms = [t for k in phrases for t in k.split() if t != first] + \
-                [t for k in scored[:12] for t in k.split() if t != first]
+            slug_terms = [t for k in list(phrases) + list(scored[:12]) for t in _term_parts(k, multiword)
+                          if t != first]
             results[gi] = GeneratedCluster(name=name, summary=description, slug=_slug(slug_terms))
         return results  # type: ignore[return-value]
 
