@@ -321,7 +321,8 @@ def test_lines_are_validated_in_batches_and_errors_still_name_the_line(tmp_path,
     data = _summaries(1000)
     text = "".join(s.model_dump_json() + "\n" for s in data)
     batches = [numbers for _, numbers in JSONLCheckpointManager._chunks(text.encode())]
-    assert [n for numbers in batches for n in numbers] == list(range(1, 1001)) and len(batches) == 2
+    assert [n for numbers in batches for n in numbers] == list(range(1, 1001))
+    assert 1 < len(batches) <= 10  # ~140 lines of ~230 bytes per 32 kB batch
     calls = []
     original = jsonl.list_adapter
 
