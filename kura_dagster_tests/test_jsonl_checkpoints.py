@@ -388,3 +388,43 @@ def test_early_writeback_leaves_the_same_file(tmp_path, monkeypatch):
     if real is not None:  # Linux: consecutive ranges from the start, each at least WRITEBACK_BYTES
         assert calls and calls[0][0] == 0 and all(a + n == b for (a, n), (b, _) in zip(calls, calls[1:]))
         assert all(n >= 1024 for _, n in calls)
+
+
+def test_a_write_that_fails_on_the_writer_thread_fails_the_save_and_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    """Lines are written on a second thread while the next ones are serialized; a write error there (a full disk)
+    is raised by the save, the previous checkpoint stays loadable, and no thread or temporary file is left."""
+    import errno
+    import threading
+
+    from kura_dagster.checkpoints import jsonl, storage
+
+    mgr = JSONLCheckpointManager(tmp_path)
+    old = _summaries(300)
+    mgr.save_checkpoint("summaries", old)
+    real = storage.atomic_write_file
+
+    class FullDisk:
+        def __init__(self, fh):
+            self._fh, self._written = fh, 0
+
+        def write(self, data):
+            self._written += len(data)
+            if self._written > 20_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self._fh.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self._fh, name)
+
+    def failing(path, write):
+        return real(path, (lambda fh: write(FullDisk(fh))) if path.name.endswith(".jsonl") else write)
+
+    monkeypatch.setattr(storage, "atomic_write_file", failing)
+    monkeypatch.setattr(jsonl, "WRITE_BYTES", 4096)  # many small writes, so the error comes mid-save
+    with pytest.raises(OSError, match="No space left"):
+        mgr.save_checkpoint("summaries", _summaries(3000))
+    monkeypatch.undo()
+    assert mgr.load_checkpoint("summaries", ConversationSummary) == old
+    assert not [t for t in threading.enumerate() if t.name == "kura-jsonl-writer"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".summaries.jsonl.lock")) == [
+        "summaries.jsonl", "summaries.jsonl.meta.json"]

@@ -21,7 +21,9 @@ What a save and a load cost, and why each piece is there (measured in ``benchmar
   returns (restoring it as it was; nested and concurrent loads share one pause).
 * **Serialization** is pydantic-core's own (``__pydantic_serializer__.to_json``, exactly the bytes of Kura's
   ``model_dump_json``, floats formatted by the same shortest-round-trip code), without Kura's decode to ``str``
-  and encode back; lines go out a block at a time, never joined into one buffer for the whole file.
+  and encode back; lines go out ~256 kB at a time, never joined into one buffer for the whole file, written by a
+  second thread while the next ones are serialized, and a local file's writeback starts as it goes (the fsync
+  that makes it durable then waits for the last MBs, not the whole file).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import gc
 import hashlib
 import io
 import json
+import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -172,6 +175,44 @@ class _EarlyWriteback:
         self._started = total
 
 
+class _BackgroundWriter:
+    """Writes the buffers a save hands it on a second thread, so that copying them into the OS (or uploading them, on
+    an object store) overlaps serializing the next lines: pydantic-core holds the GIL while it serializes, a write
+    releases it while in the kernel. At most ``depth`` buffers wait (a few MB). :meth:`close` waits for the last
+    write and raises the first error a write met; :meth:`put` raises it too, so a failed write stops the save."""
+
+    def __init__(self, fh: Any, depth: int = 8) -> None:
+        self._fh = fh
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._writeback = _EarlyWriteback(fh)
+        self._thread = threading.Thread(target=self._run, name="kura-jsonl-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        written = 0
+        while (chunk := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drain, so that put() never blocks on a dead writer
+            try:
+                self._fh.write(chunk)
+                written += len(chunk)
+                self._writeback.written(written)
+            except BaseException as exc:  # noqa: BLE001 - handed to the saving thread, which raises it
+                self._error = exc
+
+    def put(self, chunk: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(chunk)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 _gc_lock = threading.Lock()
 _gc_pauses = 0
 _gc_was_enabled = False
@@ -258,18 +299,20 @@ class JSONLCheckpointManager(BaseCheckpointManager):
                 while group > 1 and group * first > WRITE_BYTES:
                     group //= 2
             block = xxhash.xxh3_64()
-            writeback = _EarlyWriteback(fh)
-            for i in range(0, len(models), group):
-                # One group: its lines, each ended by "\n" (the trailing b"" adds the last one), in one buffer.
-                chunk = b"\n".join([m.__pydantic_serializer__.to_json(m) for m in models[i : i + group]] + [b""])
-                fh.write(chunk)
-                whole.update(chunk)
-                block.update(chunk)
-                size += len(chunk)
-                writeback.written(size)
-                if (i + group) % BLOCK_LINES == 0 or i + group >= len(models):
-                    blocks.append(block.hexdigest())
-                    block.reset()
+            writer = _BackgroundWriter(fh)
+            try:
+                for i in range(0, len(models), group):
+                    # One group: its lines, each ended by "\n" (the trailing b"" adds the last one), in one buffer.
+                    chunk = b"\n".join([m.__pydantic_serializer__.to_json(m) for m in models[i : i + group]] + [b""])
+                    writer.put(chunk)
+                    whole.update(chunk)
+                    block.update(chunk)
+                    size += len(chunk)
+                    if (i + group) % BLOCK_LINES == 0 or i + group >= len(models):
+                        blocks.append(block.hexdigest())
+                        block.reset()
+            finally:
+                writer.close()  # the last write done (its error raised) before the file is fsynced and renamed
             entry.update(checksum=f"{CHECKSUM}:{whole.hexdigest()}", rows=len(models), bytes=size,
                          model=identity_of(model), block_lines=BLOCK_LINES, block_hash=BLOCK_HASH, blocks=blocks)
             # Two-phase sidecar: before the new file replaces the old one (after this function returns), the
