@@ -238,6 +238,8 @@ def test_long_names_end_where_a_clause_ends() -> None:
         ("wandb config log hyperparameters", "log hyperparameters in wandb config"),
         ("model registry link a model version", "link a model version in model registry"),
         ("hugging face Trainer run wandb", "help with hugging face Trainer run wandb"),
+        ("pytorch learning rate scheduler wandb", "help with pytorch learning rate scheduler wandb"),
+        ("runs show as crashed even though they finished", "help with runs show as crashed even though they finished"),
     ],
 )
 def test_queries_and_questions_become_instructions(message: str, expected: str) -> None:

@@ -257,13 +257,22 @@ _NOUN_TOO = frozenset("run report test version group sweep train launch name ord
 """Verbs that are nouns just as often in a keyword query ("Trainer run wandb")."""
 
 
+_DETERMINERS = frozenset("a an the my our their this that these those all every each multiple several two".split())
+_TOOL_VERBS = frozenset("""log add delete remove export import install link embed create use update upgrade configure
+    deploy track resume sync compare plot download upload share reduce transfer change send get find disable enable
+    store version move rename restore convert visualize visualise""".split())
+"""Verbs that start an instruction in a keyword query even without an article after them ("log metrics")."""
+
+
 def _verb_after_topic(words: Sequence[str]) -> int | None:
     """Where a keyword query's instruction starts after the thing it is about: "model registry link a model
     version" -> 2 (so: "link a model version in model registry"); None when it has no such shape."""
     stop = _stopword_set()
     for k in range(1, min(4, len(words) - 1)):
         w = words[k].lower()
-        if w in _IMPERATIVES and w not in _NOUN_TOO and words[k + 1].lower() not in ("of", "for", "to", "and", "is", "are") \
+        nxt = words[k + 1].lower()
+        if w in _IMPERATIVES and w not in _NOUN_TOO and nxt not in _PHRASE_STARTS and nxt not in _AUXILIARIES \
+                and (nxt in _DETERMINERS or w in _TOOL_VERBS) \
                 and not any(x.lower() in stop or x.lower() in _IMPERATIVES for x in words[:k]):
             return k
     return None
