@@ -403,16 +403,23 @@ class JSONLCheckpointManager(BaseCheckpointManager):
                 ) -> Iterator[tuple[Sequence[bytes], Sequence[int]]]:
         """Non-blank lines with their 1-based line numbers (counting from ``first_number``), in batches of about
         ``chunk_bytes`` (:data:`BATCH_BYTES`)."""
-        chunk_bytes = chunk_bytes or BATCH_BYTES
         lines = data.split(b"\n")
         if not lines[-1]:
             lines.pop()  # the data ends with a line ending
+        return JSONLCheckpointManager._batches(lines, first_number, len(data), chunk_bytes)
+
+    @staticmethod
+    def _batches(lines: list[bytes], first_number: int, size: int, chunk_bytes: int | None = None
+                 ) -> Iterator[tuple[Sequence[bytes], Sequence[int]]]:
+        """``lines`` (``size`` bytes in all, the first numbered ``first_number``) without the blank ones, in batches
+        of about ``chunk_bytes``, with their line numbers."""
+        chunk_bytes = chunk_bytes or BATCH_BYTES
         if not lines:
             return
         if min(lines)[:1] == b"{":
             # No line is blank or starts with whitespace (every line of a file we or Kura wrote starts with "{";
             # min() finds any that sorts before it in one C-level pass): the line numbers are a range.
-            step = max(1, chunk_bytes * len(lines) // max(1, len(data)))
+            step = max(1, chunk_bytes * len(lines) // max(1, size))
             for i in range(0, len(lines), step):
                 yield lines[i : i + step], range(first_number + i, first_number + min(i + step, len(lines)))
             return
@@ -436,23 +443,24 @@ class JSONLCheckpointManager(BaseCheckpointManager):
         """:meth:`_chunks` over an open file, read ``block`` (:data:`CHUNK_BYTES`) bytes at a time (fed to
         ``hasher`` as they are read), so a load holds a block of the file, never all of it."""
         block = block or CHUNK_BYTES
-        rest = b""
-        number = 1  # the number of the first line of the next piece
+        rest = b""  # the start of a line whose end is in the next block
+        number = 1  # the number of the next whole line
         while True:
             buf = fh.read(block)
             if not buf:
                 if rest:
-                    yield from cls._chunks(rest, first_number=number)
+                    yield from cls._batches([rest], number, len(rest))
                 return
             if hasher is not None:
                 hasher.update(buf)
-            cut = buf.rfind(b"\n")
-            if cut < 0:
-                rest += buf  # one line longer than a block: keep reading
-                continue
-            piece, rest = rest + buf[: cut + 1], buf[cut + 1:]
-            yield from cls._chunks(piece, first_number=number)
-            number += piece.count(b"\n")
+            size = len(rest) + len(buf)
+            lines = buf.split(b"\n")
+            if rest:
+                lines[0] = rest + lines[0]  # one line copied, not the block
+            rest = lines.pop()  # after the last line ending (b"" if the block ends with one)
+            if lines:
+                yield from cls._batches(lines, number, size - len(rest))
+                number += len(lines)
 
     @classmethod
     def _lines(cls, data: bytes) -> tuple[list[bytes], list[int]]:
@@ -469,9 +477,11 @@ class JSONLCheckpointManager(BaseCheckpointManager):
         """One pydantic-core call per batch of lines (joined into one JSON array); a batch that fails is looked at
         line by line, so the error names the line."""
         validate = list_adapter(model).validate_json
+        validate_one = model.__pydantic_validator__.validate_json
         for lines, numbers in chunks:
             try:
-                yield validate(b"[" + b",".join(lines) + b"]")
+                # One long line (an embedding's worth) is validated as it is, without copying it into an array.
+                yield [validate_one(lines[0])] if len(lines) == 1 else validate(b"[" + b",".join(lines) + b"]")
                 continue
             except ValidationError as err:
                 idx, text = describe_validation_error(err)
