@@ -210,6 +210,9 @@ def run_size(n: int, root: Path, logs: Path, chunk_days: int, log, previous: dic
     backfill: list[dict] = []
     if "backfill" not in phases:
         backfill, chunk_days, load = previous["backfill"], previous["chunk_days"], previous["load"]
+        for stage in ("conversations", "summaries"):  # an earlier run's new day: not part of the backfill
+            for f in (work / "ckpt" / stage).glob(f"*{day_key(days)}*"):
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
     else:
         for first in range(0, days, chunk_days):
             backfill.append(run(("conversations", "summaries"), first, min(first + chunk_days, days) - 1))

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import dagster as dg
 
+from kura_dagster.io_managers.base import summary_columns_type
 from kura_dagster.names import KuraNames
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, ProjectedCluster
 
@@ -177,6 +178,13 @@ def _rows(value: Any) -> list:
     return list(value)
 
 
+def _chat_ids(value: Any) -> list[str]:
+    """The chat ids of a summaries input read through the columnar path (``SummaryColumns``, or ``{partition:
+    columns}``): at 1M summaries, loading them as models (each embedding a list of Python floats) took 11 GB."""
+    parts = [value[k] for k in sorted(value)] if isinstance(value, dict) else [value]
+    return [cid for p in parts for cid in (p.chat_ids if hasattr(p, "chat_ids") else [s.chat_id for s in p])]
+
+
 def build_kura_checks(
     names: KuraNames = KuraNames(),
     partitions_def: Optional[dg.PartitionsDefinition] = None,
@@ -202,12 +210,13 @@ def build_kura_checks(
 
     @dg.asset_check(
         asset=key("clusters"),
-        additional_ins={"summaries": dg.AssetIn(key("summaries"), metadata=summaries_in_metadata or {})},
+        additional_ins={"summaries": dg.AssetIn(key("summaries"), metadata=summaries_in_metadata or {},
+                                                dagster_type=summary_columns_type())},
         blocking=True,
         description="Every summary is in exactly one base cluster, and every cluster member is a summary.",
     )
     def every_summary_in_one_cluster(clusters: list[Cluster], summaries: Any) -> dg.AssetCheckResult:
-        chat_ids = [s.chat_id for s in _rows(summaries)]
+        chat_ids = _chat_ids(summaries)
         return result(base_cluster_problems(chat_ids, clusters), clusters=len(clusters), summaries=len(chat_ids))
 
     @dg.asset_check(
