@@ -242,13 +242,15 @@ def summarise(r: dict) -> dict:
         steps = [b["steps"][stage] for b in bf]
         rows[stage] = (sum(s["seconds"] for s in steps), sum(s["cpu_seconds"] for s in steps),
                        max(s["peak_bytes"] for s in steps))
-    in_steps = sum(sum(s["seconds"] for s in b["steps"].values()) for b in bf)
     for stage in UNPARTITIONED:
-        p = r["stages"][stage]
-        s = p["steps"][stage]
+        s = r["stages"][stage]["steps"][stage]
         rows[stage] = (s["seconds"], s["cpu_seconds"], s["peak_bytes"])
-        in_steps += s["seconds"]
     procs = bf + [r["stages"][s] for s in UNPARTITIONED]
+    checks = [s for p in procs for name, s in p["steps"].items() if name not in ("conversations", "summaries",
+                                                                                   *UNPARTITIONED)]
+    rows["asset checks"] = (sum(s["seconds"] for s in checks), sum(s["cpu_seconds"] for s in checks),
+                            max((s["peak_bytes"] for s in checks), default=float("nan")))
+    in_steps = sum(s["seconds"] for p in procs for s in p["steps"].values())
     total = sum(p["seconds"] for p in procs)
     rows["start-up"] = (total - in_steps, float("nan"), float("nan"))
     rows["end to end"] = (total, sum(p["cpu_seconds"] for p in procs), max(p["peak_bytes"] for p in procs))
@@ -267,6 +269,7 @@ ROW_LABELS = {
     "clusters": "clusters (read every partition, k-means, naming)",
     "meta_clusters": "meta_clusters",
     "projected_clusters": "projected_clusters",
+    "asset checks": "asset checks (blocking; summaries per partition, clusters, tree, projection)",
     "start-up": "process start-up + Dagster bookkeeping (outside steps)",
     "end to end": "**end to end** (backfill + 3 stages; peak = highest process)",
     "new day: its partition": "new day: its partition (conversations + summaries)",
@@ -377,7 +380,8 @@ def analysis(results: list[dict]) -> str:
     rows = sums[big]
     total, cpu_total = rows["end to end"][0], rows["end to end"][1]
     lines = [f"**Where the time goes at {big:,}** (share of end-to-end wall / of end-to-end CPU):"]
-    for key in ("conversations", "summaries", "clusters", "meta_clusters", "projected_clusters", "start-up"):
+    for key in ("conversations", "summaries", "clusters", "meta_clusters", "projected_clusters", "asset checks",
+                "start-up"):
         sec, cpu, peak = rows[key]
         cpu_share = "" if math.isnan(cpu) else f" / {cpu / cpu_total:.0%} CPU"
         mem = "" if math.isnan(peak) else f", peak {_mb(peak)} MB"
