@@ -10,6 +10,7 @@ so it has nothing to block; it still fails with severity ERROR.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any, Optional
@@ -19,6 +20,10 @@ import dagster as dg
 from kura_dagster.io_managers.base import summary_columns_type
 from kura_dagster.names import KuraNames
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, ProjectedCluster
+
+# Checks of a partitioned summaries run per partition (partitions_def on the check): Dagster 1.13 calls that a
+# preview and warns on every load; the behaviour is tested here (test_partitions.py).
+warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning)
 
 SHOWN_PROBLEMS = 20
 """How many problems a failed check lists in its metadata (all are counted)."""
