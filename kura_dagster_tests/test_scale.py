@@ -167,3 +167,17 @@ def test_concat_holds_the_vectors_once_and_models_for_reads_rows_in_order(tmp_pa
     assert full == summaries[10].model_copy(update={"embedding": None})
     with pytest.raises(IndexError, match="outside the 600 summaries"):
         columns.models_for([600])
+
+
+def test_clusters_check_reads_summaries_through_the_columnar_path(tmp_path) -> None:
+    """The blocking check on clusters runs in the clusters run: it must not load every summary as a model."""
+    from kura_dagster import build_kura_defs
+    from kura_dagster.checks import _chat_ids
+
+    defs = build_kura_defs("s", checkpoint_dir=str(tmp_path / "ck"), partitions="daily", partition_start="2026-01-05")
+    check = next(c for c in defs.asset_checks if any(k.name == "every_summary_in_one_cluster" for k in c.check_keys))
+    assert check.node_def.input_dict["summaries"].dagster_type.typing_type is SummaryColumns
+    # several partitions of columns, or of models (another IO manager), give the chat ids in partition order
+    cols = SummaryColumns(["b1", "b2"], np.zeros((2, 3), dtype=np.float32))
+    models = [ConversationSummary(summary="s", chat_id="a1", metadata={})]
+    assert _chat_ids({"2026-01-06": cols, "2026-01-05": models}) == ["a1", "b1", "b2"]
