@@ -195,9 +195,11 @@ def jsonl_costs(n: int, dim: int, directory: Path, repeats: int = 3) -> dict:
             del result
         return [sorted(walls)[len(walls) // 2], sorted(cpus)[len(cpus) // 2]]
 
+    split = list(JSONLCheckpointManager._chunks(raw))  # split into lines beforehand, as the per-line rows are
+
     def batches() -> list:  # what a load does: one call per ~32 kB of lines (per line, for a long one)
         out: list = []
-        for chunk in manager._parse_chunks(path, JSONLCheckpointManager._chunks(raw), ConversationSummary):
+        for chunk in manager._parse_chunks(path, split, ConversationSummary):
             out += chunk
         return out
 
