@@ -274,3 +274,55 @@ def test_incremental_cost_with_an_llm(tmp_path, fake_openai):
         md = [e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == "summaries"][0]
         assert md.materialization.metadata["cache_hits"].value + md.materialization.metadata["deduplicated"].value \
             == len(by_day[days[0]])
+
+
+def test_a_daily_partitioned_upstream_asset_is_read_one_day_at_a_time(tmp_path):
+    """conversations=dg.AssetKey of a project asset partitioned by the same days: a partition reads only its day."""
+    reads: list[str] = []
+    pd = dg.DailyPartitionsDefinition(start_date=DAYS[0], timezone="UTC")
+
+    @dg.asset(partitions_def=pd, io_manager_key="warehouse_io_manager")
+    def daily_chats(context) -> list[dict]:
+        reads.append(context.partition_key)
+        return [c.model_dump(mode="json") for c in CONVS if utc_day(c.created_at) == context.partition_key]
+
+    defs = dg.Definitions.merge(
+        dg.Definitions(assets=[daily_chats], resources={"warehouse_io_manager": dg.InMemoryIOManager()}),
+        build_kura_defs("u", conversations=dg.AssetKey("daily_chats"), partitions="daily", partition_start=DAYS[0],
+                        checkpoint_dir=str(tmp_path / "ck")),
+    )
+    with dg.instance_for_test() as instance:
+        result = _run(defs, instance, selection=[dg.AssetKey("daily_chats"), *_keys("u", "conversations")],
+                      partition_key=DAYS[1])
+        assert result.success and reads == [DAYS[1]]
+        md = [e for e in result.get_asset_materialization_events() if e.asset_key.path[0] == "u"][0]
+        assert md.materialization.metadata["in_other_partitions"].value == 0
+    convs = _lines(tmp_path / "ck" / "conversations" / f"{DAYS[1]}.jsonl", Conversation)
+    assert [c.chat_id for c in convs] == [c.chat_id for c in CONVS if utc_day(c.created_at) == DAYS[1]]
+
+
+def test_a_changed_day_marks_its_summaries_partition_stale(tmp_path):
+    from dagster._core.definitions.data_version import StaleStatus
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    by_day: dict[str, list[Conversation]] = {}
+    for c in CONVS:
+        by_day.setdefault(utc_day(c.created_at), []).append(c)
+    for day, convs in by_day.items():
+        _write(tmp_path / "logs" / f"{day}.jsonl", convs)
+    defs = build_kura_defs("s", conversations=str(tmp_path / "logs" / "{date}.jsonl"), partitions="daily",
+                           partition_start=DAYS[0], checkpoint_dir=str(tmp_path / "ck"))
+    assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
+    summaries = dg.AssetKey(["s", "summaries"])
+    with dg.instance_for_test() as instance:
+        for day in DAYS[:2]:
+            assert _run(defs, instance, selection=_keys("s", "conversations", "summaries"), partition_key=day).success
+        status = get_stale_status_resolver(instance, assets)
+        assert status.get_status(summaries, DAYS[0]) == status.get_status(summaries, DAYS[1]) == StaleStatus.FRESH
+        # re-reading an unchanged day leaves its summaries fresh; a changed day makes them stale
+        assert _run(defs, instance, selection=_keys("s", "conversations"), partition_key=DAYS[0]).success
+        _write(tmp_path / "logs" / f"{DAYS[1]}.jsonl", by_day[DAYS[1]][:-1])
+        assert _run(defs, instance, selection=_keys("s", "conversations"), partition_key=DAYS[1]).success
+        status = get_stale_status_resolver(instance, assets)
+        assert status.get_status(summaries, DAYS[0]) == StaleStatus.FRESH
+        assert status.get_status(summaries, DAYS[1]) == StaleStatus.STALE
