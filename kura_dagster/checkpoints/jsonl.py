@@ -136,8 +136,9 @@ class _Hashers:
         return {name: h.hexdigest() for name, h in self._hashers.items()}
 
 
-WRITEBACK_BYTES = 16 << 20
-"""A local save asks the kernel to start writing each further ~16 MB to disk while it serializes the rest."""
+WRITEBACK_BYTES = 4 << 20
+"""A local save asks the kernel to start writing each further ~4 MB to disk while it serializes the rest (the fsync
+at the end then has at most a few MB left to wait for)."""
 _SYNC_FILE_RANGE_WRITE = 2
 
 
