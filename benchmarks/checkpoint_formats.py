@@ -566,8 +566,8 @@ def render_jsonl(rows: list[dict], repeats: int, costs: list[tuple[str, dict]] |
             "pausing the collector. Kept: serialization by pydantic-core (what Kura's `model_dump_json` does, minus its str round "
             "trip), one XXH3-128 checksum computed while writing and while reading (no separate verification pass), "
             "XXH3-64 block digests (only to name the lines a damaged file changed), the durable write, validation in "
-            "batches with the collector paused. Dropped: the SHA-256 pass, per-line validation calls, the collector's "
-            "passes over the models being built.",
+            "batches with the collector paused. Dropped: the SHA-256 pass and the collector's passes over the models "
+            "being built.",
             "",
             "| piece | " + " | ".join(f"{label} CPU s | {label} wall s" for label, _ in costs) + " |",
             "|---|" + "---:|---:|" * len(costs),
