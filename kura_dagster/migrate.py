@@ -31,18 +31,10 @@ from kura_dagster.checkpoints.base import BaseCheckpointManager
 from kura_dagster.checkpoints.errors import CheckpointError
 from kura_dagster.checkpoints.registry import FORMATS, build_manager
 from kura_dagster.checkpoints.storage import resolve_location, to_upath
-from kura_dagster.types import Cluster, Conversation, ConversationSummary, ProjectedCluster, resolve_model
+from kura_dagster.types import KURA_CHECKPOINT_MODELS, resolve_model
 
 logger = logging.getLogger(__name__)
 
-#: The checkpoint names Kura's pipeline writes, and the model each holds.
-KURA_CHECKPOINT_MODELS: dict[str, type[BaseModel]] = {
-    "conversations": Conversation,
-    "summaries": ConversationSummary,
-    "clusters": Cluster,
-    "meta_clusters": Cluster,
-    "dimensionality": ProjectedCluster,
-}
 
 
 class MigrationError(CheckpointError):

@@ -17,17 +17,10 @@ from typing import Any, Optional
 from kura_dagster.checkpoints import storage
 from kura_dagster.checkpoints.base import BaseCheckpointManager
 from kura_dagster.checkpoints.registry import build_manager
-from kura_dagster.types import Cluster, Conversation, ConversationSummary, ProjectedCluster
+from kura_dagster.types import KURA_CHECKPOINT_MODELS
 
 logger = logging.getLogger(__name__)
 
-KURA_FILES = {
-    "conversations": Conversation,
-    "summaries": ConversationSummary,
-    "clusters": Cluster,
-    "meta_clusters": Cluster,
-    "dimensionality": ProjectedCluster,
-}
 FORMAT_ORDER = ("jsonl", "parquet", "hf")
 BATCH = 5_000
 
@@ -91,7 +84,7 @@ def export_kura(checkpoint_dir: Any, out_dir: Any, *, storage_options: Optional[
     if storage.is_local(root) and not root.exists():
         raise FileNotFoundError(f"{checkpoint_dir}: no such checkpoint directory")
     report = ExportReport()
-    for name, model in KURA_FILES.items():
+    for name, model in KURA_CHECKPOINT_MODELS.items():
         found = _find(root, name, storage_options)
         if found is None:
             report.missing.append(name)

@@ -45,7 +45,18 @@ for _m, _kura in (
 ):
     register_model(_m, _kura)
 
+#: The checkpoint names Kura's pipeline writes, and the model each holds (Kura calls the projected clusters
+#: ``dimensionality``).
+KURA_CHECKPOINT_MODELS: dict[str, type[BaseModel]] = {
+    "conversations": Conversation,
+    "summaries": ConversationSummary,
+    "clusters": Cluster,
+    "meta_clusters": Cluster,
+    "dimensionality": ProjectedCluster,
+}
+
 __all__ = [
+    "KURA_CHECKPOINT_MODELS",
     "Cluster",
     "ClusterTreeNode",
     "Conversation",
