@@ -68,6 +68,7 @@ class SummaryColumns:
     _models: list[ConversationSummary] | None = field(default=None, repr=False)
     _load_table: Any = field(default=None, repr=False)
     _parts: list[SummaryColumns] | None = field(default=None, repr=False)
+    _models_without_embeddings: bool = field(default=False, repr=False)
 
     def read_columns(self, names: Sequence[str] | None = None) -> pa.Table:
         """The other columns, or only ``names`` of them (read for this call and not kept)."""
@@ -167,6 +168,8 @@ class SummaryColumns:
         if self._models is not None:
             models = self._models
             if with_embeddings:
+                if self._models_without_embeddings:  # the matrix holds them: put them back
+                    return [m.model_copy(update={"embedding": v}) for m, v in zip(models, self.embeddings.tolist())]
                 return models
             return [m.model_copy(update={"embedding": None}) for m in models]
         table = self.columns()
@@ -417,6 +420,12 @@ def load_summary_columns(manager: BaseCheckpointManager, filename: str) -> Summa
         return read_consistently(path, lambda: _from_parquet(manager, path))
     if manager.format_name == "hf":
         return read_consistently(path, lambda: _from_hf(manager, path))
-    columns = SummaryColumns.coerce(manager.load_checkpoint(filename, ConversationSummary) or [])
+    models = manager.load_checkpoint(filename, ConversationSummary) or []
+    columns = SummaryColumns.coerce(models)
+    # The models were loaded here and belong to nobody else: once their vectors are in the matrix, drop the
+    # per-row Python floats (at 256 dimensions ~8 KB a row, most of a summary's memory).
+    for m in models:
+        m.embedding = None
+    columns._models_without_embeddings = True
     columns.source, columns.format = str(path), manager.format_name
     return columns
