@@ -130,17 +130,23 @@ def child(n: int, seed: int, data: str = "demo") -> dict:
     }
 
 
-def run_size(n: int, seed: int, data: str = "demo") -> dict:
-    env = dict(os.environ, **{v: "2" for v in THREAD_VARS})
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(n), "--seed", str(seed), "--data", data]
+def run_pinned_child(script: str | Path, args: list[str], env: dict[str, str], what: str) -> dict:
+    """Run ``script args`` in a fresh Python pinned to two cores; its last stdout line is the JSON result.
+    (``benchmarks/scale.py`` runs its children through this too.)"""
+    cmd = [sys.executable, str(Path(script).resolve()), *args]
     pin = None
     if hasattr(os, "sched_setaffinity"):
         cores = sorted(os.sched_getaffinity(0))[:2]
         pin = lambda: os.sched_setaffinity(0, cores)  # noqa: E731 - runs in the child before exec
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, preexec_fn=pin, check=False)
     if proc.returncode != 0:
-        raise SystemExit(f"benchmark child for n={n} failed:\n{proc.stderr}")
+        raise SystemExit(f"benchmark child {what} failed:\n{proc.stderr[-6000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_size(n: int, seed: int, data: str = "demo") -> dict:
+    env = dict(os.environ, **{v: "2" for v in THREAD_VARS})
+    return run_pinned_child(__file__, ["--child", str(n), "--seed", str(seed), "--data", data], env, f"for n={n}")
 
 
 def _mb(b: int) -> str:

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -38,6 +37,8 @@ import threading
 import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+
+from pipeline import THREAD_VARS, _maxrss_bytes, run_pinned_child  # benchmarks/pipeline.py, beside this script
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "scale.md"
@@ -47,7 +48,6 @@ START = date(2026, 7, 1)
 PREFIX = "scale"
 TARGET_SECONDS, TARGET_GB = 30 * 60, 6.0
 UNPARTITIONED = ("clusters", "meta_clusters", "projected_clusters")
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
 def day_key(i: int) -> str:
@@ -120,10 +120,6 @@ class Sampler:
         return {"seconds": t1 - t0, "cpu_seconds": cpu1 - cpu0, "peak_bytes": peak}
 
 
-def _maxrss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-
-
 def child_run(spec: dict) -> dict:
     """One Dagster run of ``spec['select']`` (and a partition range), measured step by step."""
     started = time.time()
@@ -171,15 +167,7 @@ def child_run(spec: dict) -> dict:
 
 
 def run_child(args: list[str], env: dict[str, str]) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), *args]
-    pin = None
-    if hasattr(os, "sched_setaffinity"):
-        cores = sorted(os.sched_getaffinity(0))[:2]
-        pin = lambda: os.sched_setaffinity(0, cores)  # noqa: E731 - runs in the child before exec
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, preexec_fn=pin, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"benchmark child {args[:2]} failed:\n{proc.stderr[-6000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_pinned_child(__file__, args, env, str(args[:2]))
 
 
 # --- one size ---------------------------------------------------------------------------------------------
