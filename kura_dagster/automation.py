@@ -147,9 +147,10 @@ def executor_for(choice: str | dg.ExecutorDefinition, what: str = "executor") ->
     raise ValueError(f"{what}={choice!r}: use one of {', '.join(EXECUTORS)}")
 
 
-def executor_from_env() -> dg.ExecutorDefinition:
+def executor_from_env(environ: Mapping[str, str] | None = None) -> dg.ExecutorDefinition:
     """``KURA_EXECUTOR``: ``in_process`` (the default), ``multiprocess``, ``dask`` or ``k8s``."""
-    return executor_for(os.environ.get(EXECUTOR_ENV, ""), EXECUTOR_ENV)
+    env = os.environ if environ is None else environ
+    return executor_for(env.get(EXECUTOR_ENV, ""), EXECUTOR_ENV)
 
 
 def schedule_cron() -> str:

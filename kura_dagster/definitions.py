@@ -13,7 +13,7 @@ from typing import Optional
 
 import dagster as dg
 
-from kura_dagster.factory import build_kura_defs, default_checkpoint_root
+from kura_dagster.factory import build_kura_defs
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -36,13 +36,9 @@ def _env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[
     return value
 
 
-def checkpoint_dir_from_env() -> str:
-    return default_checkpoint_root()
-
-
 def build_definitions(environ: Optional[Mapping[str, str]] = None) -> dg.Definitions:
     """The Definitions of ``kura_dagster.definitions`` for an environment (``os.environ`` by default)."""
-    from kura_dagster.automation import CRON_ENV, DEFAULT_CRON, EXECUTOR_ENV
+    from kura_dagster.automation import CRON_ENV, DEFAULT_CRON, executor_from_env
 
     from kura_dagster.io_managers.multi import io_manager_settings_from_env
 
@@ -59,7 +55,7 @@ def build_definitions(environ: Optional[Mapping[str, str]] = None) -> dg.Definit
         partition_start=env.get("KURA_PARTITION_START") or None,
         window_days=_env_int(env, "KURA_WINDOW_DAYS", 0, minimum=0) or None,
         schedule_cron=(env.get(CRON_ENV) or "").strip() or DEFAULT_CRON,
-        executor=env.get(EXECUTOR_ENV) or "in_process",
+        executor=executor_from_env(env),  # a wrong value is an error naming KURA_EXECUTOR
         **io_manager_settings_from_env(env),
     )
 

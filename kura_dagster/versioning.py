@@ -141,23 +141,3 @@ def versioned_assets(
     """The assets with ``code_version = "<version in assets.py>+<hash of the settings that shape it>"``."""
     version = _versioner(settings_by_asset(assets, resources, names))
     return [a.map_asset_specs(version) for a in assets]
-
-
-def with_settings_versions(defs: dg.Definitions) -> dg.Definitions:
-    """``defs`` with its assets' code versions extended by the settings of its own resources.
-
-    (``Definitions.map_asset_specs`` would do this in one call, but it is a preview API in Dagster 1.13 and warns
-    on every load.)"""
-    assets = list(defs.assets or [])
-    return dg.Definitions(
-        assets=versioned_assets([a for a in assets if isinstance(a, dg.AssetsDefinition)], dict(defs.resources or {}))
-        + [a for a in assets if not isinstance(a, dg.AssetsDefinition)],
-        asset_checks=defs.asset_checks,
-        schedules=defs.schedules,
-        sensors=defs.sensors,
-        jobs=defs.jobs,
-        resources=defs.resources,
-        executor=defs.executor,
-        loggers=defs.loggers,
-        metadata=defs.metadata,
-    )
