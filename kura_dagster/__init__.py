@@ -11,9 +11,9 @@ from kura_dagster.types import Cluster, Conversation, ConversationSummary, Messa
 __version__ = "0.1.0"
 
 _LAZY = {
-    "build_kura_defs": "kura_dagster.factory",
-    "KuraNames": "kura_dagster.names",
-    "KuraPipelineComponent": "kura_dagster.component",
+    "build_kura_defs": "kura_dagster.orchestration.factory",
+    "KuraNames": "kura_dagster.orchestration.names",
+    "KuraPipelineComponent": "kura_dagster.orchestration.component",
 }
 
 

@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    from kura_dagster.migrate import migrate, open_location, storage_overview
+    from kura_dagster.checkpoints.migrate import migrate, open_location, storage_overview
 
     try:
         if args.command == "cache":

@@ -13,7 +13,7 @@ from typing import Optional
 
 import dagster as dg
 
-from kura_dagster.factory import build_kura_defs
+from kura_dagster.orchestration.factory import build_kura_defs
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -38,7 +38,7 @@ def _env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[
 
 def build_definitions(environ: Optional[Mapping[str, str]] = None) -> dg.Definitions:
     """The Definitions of ``kura_dagster.definitions`` for an environment (``os.environ`` by default)."""
-    from kura_dagster.automation import CRON_ENV, DEFAULT_CRON, executor_from_env
+    from kura_dagster.orchestration.automation import CRON_ENV, DEFAULT_CRON, executor_from_env
 
     from kura_dagster.io_managers.multi import io_manager_settings_from_env
 

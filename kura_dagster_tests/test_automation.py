@@ -11,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from kura_dagster.automation import (
+from kura_dagster.orchestration.automation import (
     build_conversations_sensor,
     build_stale_refresh_schedule,
     executor_from_env,
@@ -19,7 +19,7 @@ from kura_dagster.automation import (
     kura_job,
 )
 from kura_dagster.definitions import build_definitions
-from kura_dagster.resources import ConversationSource
+from kura_dagster.orchestration.resources import ConversationSource
 
 ASSETS = {"conversations", "summaries", "clusters", "meta_clusters", "projected_clusters"}
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from kura_dagster.assets import conversations
+from kura_dagster.orchestration.assets import conversations
 from kura_dagster.definitions import build_definitions
 from kura_dagster.io_managers import JSONLIOManager
 from kura_dagster.pipeline.inputs import DEFAULT_MAX_MESSAGE_CHARS, ConversationInputError, read_conversations
-from kura_dagster.resources import ConversationSource, KuraPipelineResource
+from kura_dagster.orchestration.resources import ConversationSource, KuraPipelineResource
 from kura_dagster.types import Conversation
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from kura_dagster.assets import kura_assets, summaries
-from kura_dagster.checks import (
+from kura_dagster.orchestration.assets import kura_assets, summaries
+from kura_dagster.orchestration.checks import (
     base_cluster_problems,
     kura_checks,
     meta_tree_problems,
@@ -20,7 +20,7 @@ from kura_dagster.checks import (
 from kura_dagster.io_managers import JSONLIOManager
 from kura_dagster.pipeline.models.local import LocalEmbeddingModel, LocalSummaryModel
 from kura_dagster.pipeline.summarise import summarise_conversations
-from kura_dagster.resources import ConversationSource, KuraPipelineResource
+from kura_dagster.orchestration.resources import ConversationSource, KuraPipelineResource
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, Message, ProjectedCluster
 
 

@@ -11,7 +11,7 @@ import datasets
 import numpy as np
 import pytest
 
-from kura_dagster.assets import kura_assets
+from kura_dagster.orchestration.assets import kura_assets
 from kura_dagster.checkpoints import (
     HFDatasetCheckpointManager,
     JSONLCheckpointManager,
@@ -21,7 +21,7 @@ from kura_dagster.checkpoints import (
 )
 from kura_dagster.checkpoints import columnar
 from kura_dagster.io_managers import HFDatasetIOManager, JSONLIOManager, ParquetIOManager
-from kura_dagster.resources import ConversationSource, KuraPipelineResource
+from kura_dagster.orchestration.resources import ConversationSource, KuraPipelineResource
 from kura_dagster.types import Cluster, ConversationSummary
 
 MANAGERS = {"parquet": ParquetCheckpointManager, "hf": HFDatasetCheckpointManager, "jsonl": JSONLCheckpointManager}

@@ -26,7 +26,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from kura_dagster.automation import dask_cluster_config, executor_for
+from kura_dagster.orchestration.automation import dask_cluster_config, executor_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -239,8 +239,8 @@ def test_steps_run_on_dask_workers_that_share_only_s3(
 
 # --- one LLM rate limit for parallel runs -----------------------------------------------------------------------
 def test_the_model_calling_steps_are_in_one_pool_for_every_pipeline() -> None:
-    from kura_dagster.assets import LLM_POOL
-    from kura_dagster.factory import build_kura_defs
+    from kura_dagster.orchestration.assets import LLM_POOL
+    from kura_dagster.orchestration.factory import build_kura_defs
 
     defs = dg.Definitions.merge(build_kura_defs("support", sensor=False), build_kura_defs("sales", sensor=False))
     pools = {a.key.to_user_string(): a.op.pool for a in defs.assets}  # type: ignore[union-attr]

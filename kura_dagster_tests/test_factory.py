@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from kura_dagster import build_kura_defs
-from kura_dagster.factory import upstream_key
+from kura_dagster.orchestration.factory import upstream_key
 from kura_dagster.pipeline.demo_data import demo_conversations
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, ProjectedCluster
 

@@ -12,7 +12,7 @@ import pytest
 from kura_dagster import cli
 from kura_dagster.checkpoints import JSONLCheckpointManager
 from kura_dagster.checkpoints.registry import build_manager
-from kura_dagster.migrate import (
+from kura_dagster.checkpoints.migrate import (
     KURA_CHECKPOINT_MODELS,
     MigrationError,
     content_digest,
@@ -22,7 +22,7 @@ from kura_dagster.migrate import (
     parse_location,
     storage_overview,
 )
-from kura_dagster.migration_job import checkpoint_storage_job, migrate_checkpoints_job
+from kura_dagster.orchestration.migration_job import checkpoint_storage_job, migrate_checkpoints_job
 from kura_dagster.types import ConversationSummary
 from kura_dagster_tests._formats import available_formats
 

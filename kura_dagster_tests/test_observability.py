@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from kura_dagster.observability import (
+from kura_dagster.orchestration.observability import (
     MAP_MAX_BYTES,
     ProgressReporter,
     cluster_map_metadata,

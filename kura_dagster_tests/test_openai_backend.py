@@ -21,7 +21,7 @@ from kura_dagster.pipeline.models.openai import (
     parse_backend,
 )
 from kura_dagster.pipeline.summarise import StreamingSummaryModel
-from kura_dagster.resources import KuraPipelineResource
+from kura_dagster.orchestration.resources import KuraPipelineResource
 from kura_dagster.types import Cluster, ConversationSummary, GeneratedCluster, GeneratedSummary
 from kura_dagster_tests.fake_openai import FakeOpenAIServer, fake_conversations, fake_embedding
 
@@ -218,9 +218,9 @@ def test_definitions_read_the_backend_from_the_environment(monkeypatch: pytest.M
 def test_every_asset_runs_on_the_openai_backend(server: FakeOpenAIServer, tmp_path) -> None:
     import dagster as dg
 
-    from kura_dagster.assets import kura_assets
+    from kura_dagster.orchestration.assets import kura_assets
     from kura_dagster.io_managers import JSONLIOManager
-    from kura_dagster.resources import ConversationSource
+    from kura_dagster.orchestration.resources import ConversationSource
 
     source = tmp_path / "conversations.jsonl"
     source.write_text("".join(c.model_dump_json() + "\n" for c in fake_conversations(30)))

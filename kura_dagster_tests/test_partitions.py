@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 
 from kura_dagster import build_kura_defs
-from kura_dagster.partitions import utc_day
+from kura_dagster.orchestration.partitions import utc_day
 from kura_dagster.pipeline.demo_data import demo_conversations
 from kura_dagster.types import Cluster, Conversation, ConversationSummary
 

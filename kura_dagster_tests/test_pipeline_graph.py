@@ -8,10 +8,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from kura_dagster.assets import kura_assets
+from kura_dagster.orchestration.assets import kura_assets
 from kura_dagster.checkpoints import JSONLCheckpointManager
 from kura_dagster.io_managers import JSONLIOManager
-from kura_dagster.resources import ConversationSource, KuraPipelineResource
+from kura_dagster.orchestration.resources import ConversationSource, KuraPipelineResource
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, ProjectedCluster
 
 KURA_FILES = {

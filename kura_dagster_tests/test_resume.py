@@ -14,10 +14,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from kura_dagster.assets import conversations, summaries
+from kura_dagster.orchestration.assets import conversations, summaries
 from kura_dagster.checkpoints.summary_cache import SummaryCache
 from kura_dagster.io_managers import JSONLIOManager
-from kura_dagster.resources import ConversationSource, KuraPipelineResource
+from kura_dagster.orchestration.resources import ConversationSource, KuraPipelineResource
 from kura_dagster_tests.fake_openai import FakeOpenAIServer, fake_conversations
 
 API_KEY = "sk-test-resume-7c1e"
@@ -151,7 +151,7 @@ def test_kill_9_in_the_middle_of_summaries_then_resume(server: FakeOpenAIServer,
 def test_an_unchanged_rerun_of_every_asset_sends_no_request(server: FakeOpenAIServer, tmp_path: Path) -> None:
     """Summaries, summary embeddings, base-cluster names, meta-cluster names and cluster-text embeddings are all
     cached: the second run of the whole pipeline over the same conversations asks the server nothing."""
-    from kura_dagster.assets import kura_assets
+    from kura_dagster.orchestration.assets import kura_assets
 
     convs = fake_conversations(30)
     twins = [c.model_copy(update={"chat_id": f"{c.chat_id}-twin"}) for c in convs[:10]]

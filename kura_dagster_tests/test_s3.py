@@ -550,7 +550,7 @@ def test_migration_and_storage_overview_between_local_and_s3(tmp_path: Path, s3:
 
 
 def test_storage_job_reads_kura_checkpoint_dir_on_s3(s3: S3, s3_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kura_dagster.migration_job import checkpoint_storage_job
+    from kura_dagster.orchestration.migration_job import checkpoint_storage_job
 
     build_manager("parquet", s3_dir).save_checkpoint("summaries", _versions(5)["A"])
     monkeypatch.setenv("KURA_CHECKPOINT_DIR", s3_dir)
@@ -581,10 +581,10 @@ def test_materialize_the_pipeline_with_every_checkpoint_on_s3(tmp_path: Path, s3
                                                              caplog: pytest.LogCaptureFixture) -> None:
     """The five assets with the MultiIOManager that KURA_CHECKPOINT_DIR=s3://… and KURA_CHECKPOINT_FORMATS give,
     quarantine and cache on S3 too; then the credentials appear in no event, log line, metadata value or object."""
-    from kura_dagster.assets import kura_assets
+    from kura_dagster.orchestration.assets import kura_assets
     from kura_dagster.io_managers.multi import MultiIOManager, io_manager_from_env
     from kura_dagster.pipeline.demo_data import demo_conversations
-    from kura_dagster.resources import ConversationSource, KuraPipelineResource
+    from kura_dagster.orchestration.resources import ConversationSource, KuraPipelineResource
 
     source = tmp_path / "conversations.jsonl"
     lines = [c.model_dump_json() for c in demo_conversations(60)]

@@ -172,7 +172,7 @@ def test_concat_holds_the_vectors_once_and_models_for_reads_rows_in_order(tmp_pa
 def test_clusters_check_reads_summaries_through_the_columnar_path(tmp_path) -> None:
     """The blocking check on clusters runs in the clusters run: it must not load every summary as a model."""
     from kura_dagster import build_kura_defs
-    from kura_dagster.checks import _chat_ids
+    from kura_dagster.orchestration.checks import _chat_ids
 
     defs = build_kura_defs("s", checkpoint_dir=str(tmp_path / "ck"), partitions="daily", partition_start="2026-01-05")
     check = next(c for c in defs.asset_checks if any(k.name == "every_summary_in_one_cluster" for k in c.check_keys))

@@ -11,11 +11,11 @@ import pytest
 from dagster._core.definitions.data_version import StaleCauseCategory, StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
-from kura_dagster.assets import kura_assets
+from kura_dagster.orchestration.assets import kura_assets
 from kura_dagster.io_managers import JSONLIOManager
 from kura_dagster.pipeline.demo_data import demo_conversations
-from kura_dagster.resources import ConversationSource, KuraPipelineResource
-from kura_dagster.versioning import FIRST_ASSET_FOR_UNLISTED, NOT_SHAPING, SHAPES_FROM, settings_by_asset, versioned_assets
+from kura_dagster.orchestration.resources import ConversationSource, KuraPipelineResource
+from kura_dagster.orchestration.versioning import FIRST_ASSET_FOR_UNLISTED, NOT_SHAPING, SHAPES_FROM, settings_by_asset, versioned_assets
 
 ORDER = ["conversations", "summaries", "clusters", "meta_clusters", "projected_clusters"]
 SETTINGS = dict(clusters_per_group=4, max_clusters=3)

@@ -296,8 +296,8 @@ def test_kill_9_mid_summaries_repeats_only_the_requests_in_flight(server: FakeOp
 def test_cache_keys_and_the_staleness_hash_agree_on_what_shapes_an_answer() -> None:
     """``base_url`` and ``structured_output`` change how an answer is fetched, not what is asked: neither the
     cache identities nor the staleness hash take them; the model, prompt version and temperature shape both."""
-    from kura_dagster.resources import KuraPipelineResource
-    from kura_dagster.versioning import effective_settings
+    from kura_dagster.orchestration.resources import KuraPipelineResource
+    from kura_dagster.orchestration.versioning import effective_settings
 
     def both(**kw):
         kura = KuraPipelineResource(**{"llm": "openai:m", "embeddings": "openai:e", **kw})

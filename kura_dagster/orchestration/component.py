@@ -78,6 +78,6 @@ class KuraPipelineComponent(dg.Component, dg.Model, dg.Resolvable):
         }
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
-        from kura_dagster.factory import build_kura_defs
+        from kura_dagster.orchestration.factory import build_kura_defs
 
         return build_kura_defs(self.key_prefix, **self.factory_kwargs(context))

@@ -23,7 +23,7 @@ from typing import Any
 
 import dagster as dg
 
-from kura_dagster.names import STAGES, KuraNames
+from kura_dagster.orchestration.names import STAGES, KuraNames
 
 SHAPES_FROM: dict[str, dict[str, str]] = {
     "kura": {

@@ -22,7 +22,7 @@ from typing import Any, Optional, TypeVar
 
 import dagster as dg
 
-from kura_dagster.names import KuraNames
+from kura_dagster.orchestration.names import KuraNames
 from kura_dagster.types import Conversation
 
 PARTITION_KINDS = ("daily", "files")

@@ -1,4 +1,4 @@
-"""Dagster jobs over :mod:`kura_dagster.migrate`: copy checkpoints between formats without recomputing, and show
+"""Dagster jobs over :mod:`kura_dagster.checkpoints.migrate`: copy checkpoints between formats without recomputing, and show
 the storage each format costs. Both put their tables in the run's metadata, so the UI shows them.
 
 * ``migrate_checkpoints_job`` — config ``source``/``destination`` as ``FORMAT:DIR`` (``jsonl:/data/kura``),
@@ -13,8 +13,8 @@ import dagster as dg
 from pydantic import Field
 
 from kura_dagster.checkpoints.storage import resolve_location
-from kura_dagster.names import KuraNames
-from kura_dagster.migrate import StorageOverview, migrate, open_location, storage_overview
+from kura_dagster.orchestration.names import KuraNames
+from kura_dagster.checkpoints.migrate import StorageOverview, migrate, open_location, storage_overview
 
 
 class MigrationConfig(dg.Config):

@@ -6,7 +6,7 @@
         build_kura_defs("sales", conversations="s3://bucket/sales/*.jsonl", formats=["jsonl", "parquet"]),
     )
 
-Everything a call makes is namespaced by its prefix (see :class:`~kura_dagster.names.KuraNames`): asset keys
+Everything a call makes is namespaced by its prefix (see :class:`~kura_dagster.orchestration.names.KuraNames`): asset keys
 ``support/summaries`` …, group ``support``, resources ``support_kura``, ``support_source`` and
 ``support_io_manager``, the job ``support_job``, the schedule ``support_stale_refresh`` and the sensor
 ``support_conversations_changed``. Nothing is wired at import time: the factory builds on each call.
@@ -20,8 +20,8 @@ from typing import Any, Literal, Optional, Union
 
 import dagster as dg
 
-from kura_dagster.assets import build_kura_assets
-from kura_dagster.automation import (
+from kura_dagster.orchestration.assets import build_kura_assets
+from kura_dagster.orchestration.automation import (
     build_conversations_sensor,
     build_kura_job,
     build_partition_sensor,
@@ -30,12 +30,12 @@ from kura_dagster.automation import (
     executor_for,
 )
 from kura_dagster.checkpoints.storage import resolve_location
-from kura_dagster.checks import build_kura_checks
-from kura_dagster.migration_job import build_checkpoint_jobs
-from kura_dagster.names import KuraNames
-from kura_dagster.partitions import is_day_template
-from kura_dagster.resources import ConversationSource, KuraPipelineResource
-from kura_dagster.versioning import versioned_assets
+from kura_dagster.orchestration.checks import build_kura_checks
+from kura_dagster.orchestration.migration_job import build_checkpoint_jobs
+from kura_dagster.orchestration.names import KuraNames
+from kura_dagster.orchestration.partitions import is_day_template
+from kura_dagster.orchestration.resources import ConversationSource, KuraPipelineResource
+from kura_dagster.orchestration.versioning import versioned_assets
 
 ConversationsArg = Union[None, str, os.PathLike, dg.AssetKey, dg.AssetsDefinition, dg.AssetSpec, Sequence[str]]
 
@@ -124,7 +124,7 @@ def build_kura_defs(
     * ``schedule_cron``: a schedule that re-materializes stale assets (none when not given).
     * ``sensor``: watch a path source and run the job on each change (default: on for a path source).
     * ``executor``: ``in_process``, ``multiprocess``, ``dask``, ``k8s`` (extras ``[dask]``, ``[k8s]``; see
-      :func:`~kura_dagster.automation.executor_for`) or an ExecutorDefinition; the code location's executor, so
+      :func:`~kura_dagster.orchestration.automation.executor_for`) or an ExecutorDefinition; the code location's executor, so
       give it to one call only when merging.
     * ``fs_options``: fsspec options for ``s3://``-style checkpoint and source locations.
     * ``**settings``: any setting of the ``kura`` resource (``clusters_per_group``, ``max_clusters``, ``seed``,

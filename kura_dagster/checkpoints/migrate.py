@@ -1,11 +1,11 @@
 """Copy checkpoints between formats and directories without recomputing, and see what each format costs.
 
-    from kura_dagster.migrate import migrate, open_location, storage_overview
+    from kura_dagster.checkpoints.migrate import migrate, open_location, storage_overview
     report = migrate(open_location("jsonl:./kura_checkpoints"), open_location("parquet:./checkpoints"))
     print(report.as_markdown())
     print(storage_overview("./checkpoints").as_markdown())
 
-No Dagster import here (the job lives in :mod:`kura_dagster.migration_job`, the command in :mod:`kura_dagster.cli`).
+No Dagster import here (the job lives in :mod:`kura_dagster.orchestration.migration_job`, the command in :mod:`kura_dagster.cli`).
 
 Every copy is verified: the destination is read back and compared with the source row by row (``model_dump``
 equality; embeddings at float32 precision when the destination stores float32, which the save reports), and

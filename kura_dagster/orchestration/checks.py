@@ -18,7 +18,7 @@ from typing import Any, Optional
 import dagster as dg
 
 from kura_dagster.io_managers.base import summary_columns_type
-from kura_dagster.names import KuraNames
+from kura_dagster.orchestration.names import KuraNames
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, ProjectedCluster
 
 # Checks of a partitioned summaries run per partition (partitions_def on the check): Dagster 1.13 calls that a

@@ -2,10 +2,10 @@
 
     conversations → summaries → clusters → meta_clusters → projected_clusters
 
-:func:`build_kura_assets` builds them for one pipeline's :class:`~kura_dagster.names.KuraNames` (the factory
+:func:`build_kura_assets` builds them for one pipeline's :class:`~kura_dagster.orchestration.names.KuraNames` (the factory
 ``build_kura_defs`` calls it once per pipeline). Each asset is thin: it takes its resources by the pipeline's
 resource keys, calls the stage function of layer 4 (``*_step`` below) and returns its metadata, built by the
-helpers of :mod:`kura_dagster.observability`. Checkpoint file names are Kura's: ``conversations``,
+helpers of :mod:`kura_dagster.orchestration.observability`. Checkpoint file names are Kura's: ``conversations``,
 ``summaries``, ``clusters``, ``meta_clusters`` and ``dimensionality`` for the projected clusters.
 """
 
@@ -27,8 +27,8 @@ from kura_dagster.checkpoints.storage import atomic_write_bytes, remove_path, to
 from kura_dagster.checkpoints.summary_cache import SummaryCache
 from kura_dagster.io_managers.base import WINDOW_DAYS_KEY, summary_columns_type
 from kura_dagster.io_managers.typing import CHECKPOINT_NAME_KEY, model_metadata
-from kura_dagster.names import CHECKPOINT_NAMES, KuraNames
-from kura_dagster.partitions import (
+from kura_dagster.orchestration.names import CHECKPOINT_NAMES, KuraNames
+from kura_dagster.orchestration.partitions import (
     PartitionedRead,
     as_partition_map,
     build_partitions_def,
@@ -37,7 +37,7 @@ from kura_dagster.partitions import (
     run_partition_keys,
     utc_day,
 )
-from kura_dagster.observability import (
+from kura_dagster.orchestration.observability import (
     ProgressReporter,
     cluster_size_metadata,
     projection_metadata,
@@ -51,9 +51,9 @@ from kura_dagster.pipeline.inputs import ReadResult, quarantine_jsonl
 from kura_dagster.pipeline.meta_cluster import reduce_clusters
 from kura_dagster.pipeline.models.cached import CachedEmbeddingModel, CachedNamingModel
 from kura_dagster.pipeline.summarise import SummaryCounts, summarise_conversations
-from kura_dagster.resources import ConversationSource, KuraPipelineResource
+from kura_dagster.orchestration.resources import ConversationSource, KuraPipelineResource
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, ProjectedCluster
-from kura_dagster.versioning import effective_settings
+from kura_dagster.orchestration.versioning import effective_settings
 
 warnings.filterwarnings("ignore", message=r"Parameter `backfill_policy` of function `asset`", category=dg.BetaWarning)
 
@@ -305,7 +305,7 @@ def build_kura_assets(
 ) -> list[dg.AssetsDefinition]:
     """The five assets of one pipeline. ``upstream``: the key of a project asset whose value holds the
     conversations (it then appears upstream of ``conversations`` in the lineage). ``partitions``: ``daily`` or
-    ``files`` partitions of ``conversations`` and ``summaries`` (see :mod:`kura_dagster.partitions`);
+    ``files`` partitions of ``conversations`` and ``summaries`` (see :mod:`kura_dagster.orchestration.partitions`);
     ``clusters`` then reads every materialized summaries partition, or the last ``window_days`` of them."""
     kura_key, source_key = names.kura, names.source
     partitions_def = build_partitions_def(partitions, names, partition_start)

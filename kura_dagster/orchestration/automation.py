@@ -24,8 +24,8 @@ from typing import Any
 
 import dagster as dg
 
-from kura_dagster.names import KuraNames
-from kura_dagster.resources import ConversationSource
+from kura_dagster.orchestration.names import KuraNames
+from kura_dagster.orchestration.resources import ConversationSource
 
 DEFAULT_CRON = "0 3 * * *"
 CRON_ENV = "KURA_SCHEDULE_CRON"
@@ -277,7 +277,7 @@ def build_partition_sensor(
     * ``daily`` with a ``{date}`` path template: each new or changed day file gets a run of its day.
 
     The cursor keeps each file's digest, so a file makes one run per distinct content."""
-    from kura_dagster.partitions import DATE_TEMPLATE, file_partitions
+    from kura_dagster.orchestration.partitions import DATE_TEMPLATE, file_partitions
 
     @dg.sensor(
         job=job,
