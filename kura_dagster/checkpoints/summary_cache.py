@@ -66,8 +66,6 @@ from kura_dagster.types import Conversation, GeneratedCluster, GeneratedSummary
 logger = logging.getLogger(__name__)
 
 CACHE_DIRNAME = ".kura-cache"
-SEGMENT_SUFFIX = SUFFIX
-KINDS = ("summaries", "embeddings", "names")
 IDENTITY_FILE = "identity.json"
 
 

@@ -48,10 +48,6 @@ from kura_dagster.io_managers.base import CheckpointIOManager, wants_summary_col
 from kura_dagster.io_managers.metadata import checkpoint_metadata
 from kura_dagster.io_managers.typing import input_model, output_model
 
-# Where a format's checkpoint sits in a directory, as in the seed's file organization.
-FORMAT_LAYOUT = {"jsonl": "<name>.jsonl", "parquet": "<name>.parquet", "hf": "<name>/"}
-
-
 class Backend(dg.Config):
     """One storage backend of a :class:`MultiIOManager` (order = priority; the first enabled one is primary)."""
 

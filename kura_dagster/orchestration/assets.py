@@ -57,9 +57,6 @@ from kura_dagster.orchestration.versioning import effective_settings
 
 warnings.filterwarnings("ignore", message=r"Parameter `backfill_policy` of function `asset`", category=dg.BetaWarning)
 
-GROUP = "kura"
-"""The group of the standalone pipeline (``kura_dagster.definitions``); a prefixed pipeline's group is its prefix."""
-
 LLM_POOL = "kura_llm"
 """The Dagster concurrency pool of every step that can call the model APIs. One pool for every pipeline
 (not one per prefix): the rate limit belongs to the API key, so parallel runs, partitions and pipelines share it.

@@ -739,10 +739,6 @@ def _stopword_set() -> frozenset[str]:
     return frozenset(ENGLISH_STOP_WORDS) | _NAMING_STOPWORDS
 
 
-def _stopwords() -> list[str]:
-    return sorted(_stopword_set())
-
-
 # --- terms: product names and multi-word names stay whole -------------------------------------------------
 
 _TERM = re.compile(
@@ -1010,11 +1006,6 @@ def _ranked(instructions: Sequence[str], limit: int = 12) -> list[str]:
 
 _FUNCTION_WORDS = frozenset("a an the to of in on for with from by about my their your this that how what why "
                             "which when".split())
-
-
-def _typical(instructions: Sequence[str]) -> int:
-    """Index of the most typical instruction (see :func:`_ranked`)."""
-    return instructions.index(_ranked(instructions, 1)[0])
 
 
 def _join(terms: Sequence[str]) -> str:
