@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from kura_dagster.pipeline.models.base import EmbeddingModel, Progress, SummaryModel
-from kura_dagster.pipeline.models.cached import AnswerCache, RequestCounts, batches, cached_embed, single_flight
+from kura_dagster.pipeline.models.cached import AnswerCache, Flight, RequestCounts, cached_embed
 from kura_dagster.types import Conversation, ConversationSummary, GeneratedSummary
 
 SummaryCache = AnswerCache
@@ -101,29 +101,15 @@ def _summaries_with_cache(
 ) -> list[GeneratedSummary]:
     total = len(conversations)
     found = cache.get_summaries(model.identity, conversations) if cache is not None else [None] * total
-    generated: list[GeneratedSummary | None] = list(found)
-    todo = [i for i, g in enumerate(generated) if g is None]
-    keys = [content_key(c) for c in conversations]
-    leaders, followers = single_flight(todo, keys.__getitem__)
-    counts.items += total
-    counts.cache_hits += total - len(todo)
-    counts.deduplicated += len(todo) - len(leaders)
-    counts.requested += len(leaders)
-    done = total - len(leaders)
+    flight: Flight[GeneratedSummary] = Flight(found, [content_key(c) for c in conversations], counts,
+                                              ("summary model", "summaries", "conversations"))
+    done = flight.free
     if progress is not None:
         progress(done, total)
 
-    def take(batch: Sequence[int], out: Sequence[GeneratedSummary]) -> None:
-        if len(out) != len(batch):
-            raise ValueError(f"the summary model returned {len(out)} summaries for {len(batch)} conversations")
-        for i, g in zip(batch, out):
-            generated[i] = g
-            for j in followers.get(i, ()):
-                generated[j] = g
-
-    if leaders and isinstance(model, StreamingSummaryModel):
+    if flight.leaders and isinstance(model, StreamingSummaryModel):
         # One call keeps every request slot busy; each answer is saved as it arrives.
-        chunk = [conversations[i] for i in leaders]
+        chunk = [conversations[i] for i in flight.leaders]
         on_result: Callable[[int, GeneratedSummary], None] | None = None
         if cache is not None:
             compactor = _Compactor(cache, batch_size or len(chunk), flush_seconds)
@@ -140,20 +126,20 @@ def _summaries_with_cache(
         finally:
             if cache is not None:
                 cache.commit()  # a failure keeps what succeeded
-        take(leaders, out)
+        flight.take(flight.leaders, out)
     else:
-        for batch in batches(leaders, batch_size):
+        for batch in flight.batches(batch_size):
             chunk = [conversations[i] for i in batch]
             offset = done
             out = model.summarise(chunk, progress=None if progress is None else lambda d, _t: progress(offset + d, total))
-            take(batch, out)
+            flight.take(batch, out)
             if cache is not None:
                 cache.put_summaries(model.identity, chunk, out)
                 cache.commit()
             done += len(batch)
             if progress is not None:
                 progress(done, total)
-    return generated  # type: ignore[return-value]
+    return flight.answers  # type: ignore[return-value]
 
 
 def summarise_conversations(

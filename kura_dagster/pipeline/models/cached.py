@@ -9,15 +9,16 @@
   content, under the summary model's identity.
 * **Single flight.** Within one call, identical requests (same key) are sent once and every item sharing
   the key gets the answer; :class:`RequestCounts` counts ``deduplicated`` apart from ``cache_hits``.
+  :class:`Flight` is that bookkeeping (cache lookup, single flight, fan-out), the one piece all three use.
 * Each answer is handed to the cache as it arrives (its journal makes it durable within ~200 ms) and
   ``commit`` compacts the journal when the call ends, successful or not.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -28,6 +29,8 @@ from kura_dagster.pipeline.models.base import (
     RequestNamingModel,
 )
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, GeneratedCluster, GeneratedSummary
+
+A = TypeVar("A")
 
 class AnswerCache(Protocol):
     """Where answers are kept between runs. ``identity`` is the model's identity (every setting that shapes its
@@ -92,6 +95,50 @@ def batches(indices: Sequence[int], size: int | None) -> list[Sequence[int]]:
     return [indices[i: i + size] for i in range(0, len(indices), size)]
 
 
+class Flight(Generic[A]):
+    """The bookkeeping of one cached call, the same for summaries, embeddings and names: what the cache
+    answered (``found``), then single flight over the rest by ``keys``, then each answer fanned out to every
+    item that shares its key. ``counts`` gets the call's items, cache hits, duplicates and requests.
+
+    The caller sends ``[items[i] for i in leaders]`` (in one go or in :meth:`batches`), hands each batch's
+    answers to :meth:`take`, and returns :attr:`answers` (in input order, complete once every leader is
+    answered). ``what`` names the model and the things for the error on a wrong number of answers, e.g.
+    ``("summary model", "summaries", "conversations")``."""
+
+    def __init__(self, found: Sequence[A | None], keys: Sequence[Hashable], counts: RequestCounts,
+                 what: tuple[str, str, str]) -> None:
+        if len(found) != len(keys):
+            raise ValueError(f"the cache returned {len(found)} answers for {len(keys)} {what[2]}")
+        self.answers: list[A | None] = list(found)
+        self.total = len(self.answers)
+        todo = [i for i, a in enumerate(self.answers) if a is None]
+        self.leaders, self._followers = single_flight(todo, keys.__getitem__)
+        self.what = what
+        counts.items += self.total
+        counts.cache_hits += self.total - len(todo)
+        counts.deduplicated += len(todo) - len(self.leaders)
+        counts.requested += len(self.leaders)
+
+    @property
+    def free(self) -> int:
+        """Items that need no request of their own (cached, or sharing a leader's)."""
+        return self.total - len(self.leaders)
+
+    def batches(self, size: int | None) -> list[Sequence[int]]:
+        """The leaders, ``size`` at a time (``None``: all at once)."""
+        return batches(self.leaders, size)
+
+    def take(self, batch: Sequence[int], out: Sequence[A]) -> None:
+        """The answers ``out`` to the leaders ``batch`` (in order), fanned out to their followers."""
+        if len(out) != len(batch):
+            model, answers, items = self.what
+            raise ValueError(f"the {model} returned {len(out)} {answers} for {len(batch)} {items}")
+        for i, a in zip(batch, out):
+            self.answers[i] = a
+            for j in self._followers.get(i, ()):
+                self.answers[j] = a
+
+
 def cached_embed(
     texts: Sequence[str],
     embedder: EmbeddingModel,
@@ -108,34 +155,23 @@ def cached_embed(
     counts = counts if counts is not None else RequestCounts()
     n = len(texts)
     found = cache.get_embeddings(embedder.identity, texts) if cache is not None else [None] * n
-    vectors: list[np.ndarray | None] = list(found)
-    todo = [i for i, v in enumerate(vectors) if v is None]
-    leaders, followers = single_flight(todo, texts.__getitem__)
-    counts.items += n
-    counts.cache_hits += n - len(todo)
-    counts.deduplicated += len(todo) - len(leaders)
-    counts.requested += len(leaders)
-    done = n - len(leaders)
+    flight: Flight[np.ndarray] = Flight(found, texts, counts, ("embedding model", "vectors", "texts"))
+    done = flight.free
     if progress is not None:
         progress(done, n)
-    for batch in batches(leaders, batch_size):
+    for batch in flight.batches(batch_size):
         chunk = [texts[i] for i in batch]
         out = np.asarray(embedder.embed(chunk), dtype=np.float32)
-        if len(out) != len(chunk):
-            raise ValueError(f"the embedding model returned {len(out)} vectors for {len(chunk)} texts")
+        flight.take(batch, out)
         if cache is not None:
             cache.put_embeddings(embedder.identity, chunk, out)
             cache.commit()
-        for i, v in zip(batch, out):
-            vectors[i] = v
-            for j in followers.get(i, ()):
-                vectors[j] = v
         done += len(batch)
         if progress is not None:
             progress(done, n)
-    if not vectors:
+    if not flight.answers:
         return np.zeros((0, 0), dtype=np.float32)
-    return np.stack(vectors).astype(np.float32, copy=False)  # type: ignore[arg-type]
+    return np.stack(flight.answers).astype(np.float32, copy=False)  # type: ignore[arg-type]
 
 
 class _Wrapper:
@@ -190,19 +226,13 @@ class CachedNamingModel(_Wrapper):
 
     def answer(self, requests: Sequence[NamingRequest]) -> list[GeneratedCluster]:
         inner: RequestNamingModel = self.inner
-        n = len(requests)
         keys = [r.key for r in requests]
-        found = self.cache.get_names(self.identity, keys) if self.cache is not None else [None] * n
-        names: list[GeneratedCluster | None] = list(found)
-        todo = [i for i, g in enumerate(names) if g is None]
-        leaders, followers = single_flight(todo, keys.__getitem__)
-        self.counts.items += n
-        self.counts.cache_hits += n - len(todo)
-        self.counts.deduplicated += len(todo) - len(leaders)
-        self.counts.requested += len(leaders)
-        if not leaders:
-            return names  # type: ignore[return-value]
         cache = self.cache
+        found = cache.get_names(self.identity, keys) if cache is not None else [None] * len(keys)
+        flight: Flight[GeneratedCluster] = Flight(found, keys, self.counts, ("naming model", "names", "requests"))
+        leaders = flight.leaders
+        if not leaders:
+            return flight.answers  # type: ignore[return-value]
 
         def save(j: int, name: GeneratedCluster) -> None:
             cache.put_names(self.identity, [keys[leaders[j]]], [name])  # type: ignore[union-attr]
@@ -212,11 +242,5 @@ class CachedNamingModel(_Wrapper):
         finally:
             if cache is not None:
                 cache.commit()
-        if len(out) != len(leaders):
-            raise ValueError(f"the naming model returned {len(out)} names for {len(leaders)} requests")
-        for i, name in zip(leaders, out):
-            names[i] = name
-            for j in followers.get(i, ()):
-                names[j] = name
-        return names  # type: ignore[return-value]
-
+        flight.take(leaders, out)
+        return flight.answers  # type: ignore[return-value]
