@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -18,8 +19,8 @@ from kura_dagster.checkpoints.errors import CheckpointCorruptError
 from kura_dagster.checkpoints.storage import TMP_MARK
 from kura_dagster.checkpoints.summary_cache import CACHE_DIRNAME, SummaryCache, conversation_hash
 from kura_dagster.pipeline.models.openai import LLMError, OpenAIConfig, OpenAIEmbeddingModel, OpenAISummaryModel
-from kura_dagster.pipeline.summarise import summarise_conversations
-from kura_dagster.types import GeneratedSummary
+from kura_dagster.pipeline.summarise import SummaryCounts, summarise_conversations
+from kura_dagster.types import Conversation, GeneratedSummary, Message
 from kura_dagster_tests.fake_openai import FakeOpenAIServer, fake_conversations
 
 IDENTITY = "openai:m/summary-v1/temperature=0.2"
@@ -51,6 +52,31 @@ def test_round_trip_and_keys(tmp_path) -> None:
     for other in ("openai:m/summary-v1/temperature=0.7", "openai:m/summary-v2/temperature=0.2",
                   "openai:n/summary-v1/temperature=0.2"):
         assert fresh.get_summaries(other, convs[:3]) == [None] * 3
+
+
+def _said(chat_id: str, *turns: tuple[str, str]) -> Conversation:
+    at = datetime(2026, 3, 1, 9, 0, tzinfo=timezone(timedelta(hours=1)))
+    return Conversation(chat_id=chat_id, created_at=at, metadata={},
+                        messages=[Message(created_at=at, role=role, content=text) for role, text in turns])
+
+
+# The same two texts, said by other speakers: a summary of one is not a summary of the other.
+ASKED = _said("asked", ("user", "Is the bridge open?"), ("assistant", "Yes, until 22:00."))
+SWAPPED = _said("swapped", ("assistant", "Is the bridge open?"), ("user", "Yes, until 22:00."))
+ECHOED = _said("echoed", ("user", "Is the bridge open?"), ("user", "Yes, until 22:00."))
+
+
+def test_the_key_holds_each_message_role() -> None:
+    # by hand: sha256(b'[["user","Is the bridge open?"],["assistant","Yes, until 22:00."]]')
+    assert conversation_hash(ASKED) == "7fe0c066157ad072d11f4ab0d4fa02181d2983f6941adf412582258c5ebe5dcd"
+    assert len({conversation_hash(c) for c in (ASKED, SWAPPED, ECHOED)}) == 3
+
+
+def test_conversations_differing_only_in_roles_do_not_share_a_cache_entry(tmp_path) -> None:
+    cache = SummaryCache(tmp_path)
+    cache.put_summaries(IDENTITY, [ASKED], [gen(1)])
+    cache.commit()
+    assert SummaryCache(tmp_path).get_summaries(IDENTITY, [ASKED, SWAPPED, ECHOED]) == [gen(1), None, None]
 
 
 def test_embeddings_are_exact_and_keyed_by_text_and_model(tmp_path) -> None:
@@ -214,6 +240,20 @@ def test_rerun_with_ten_percent_new_conversations_pays_only_for_those(server: Fa
     model, embedder = models(server)
     summarise_conversations(mixed, model, embedder, cache=SummaryCache(tmp_path), batch_size=16)
     assert server.count(None) == 0  # everything cached: no request at all
+
+
+def test_conversations_differing_only_in_roles_are_each_asked_once(server: FakeOpenAIServer, tmp_path) -> None:
+    """Neither single flight nor the cache may merge them: three requests, then none on a rerun."""
+    convs = [ASKED, SWAPPED, ECHOED, ASKED.model_copy(update={"chat_id": "asked-again"})]
+    counts = SummaryCounts()
+    first = summarise_conversations(convs, models(server)[0], None, cache=SummaryCache(tmp_path), counts=counts)
+    assert server.count("chat") == 3
+    assert (counts.summaries.requested, counts.summaries.deduplicated, counts.summaries.cache_hits) == (3, 1, 0)
+    assert first[3].summary == first[0].summary
+    server.reset()
+    again = SummaryCounts()
+    summarise_conversations(convs, models(server)[0], None, cache=SummaryCache(tmp_path), counts=again)
+    assert server.count("chat") == 0 and again.summaries.cache_hits == 4
 
 
 def test_changing_the_temperature_invalidates_the_cache(server: FakeOpenAIServer, tmp_path) -> None:
