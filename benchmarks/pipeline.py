@@ -9,7 +9,7 @@ Each size runs in its own subprocess (so peak memory is that size's alone), pinn
 cores with BLAS/OpenMP threads capped at two. Conversations come from the demo generator
 (``kura_dagster.pipeline.demo_data``: seventeen topics, several phrasings and three many-valued slots per
 topic, topic-specific answers and follow-ups), so texts are varied rather than copies of a few hundred.
-``--data support`` uses ``kura_dagster.pipeline.support_data`` instead: questions wrapped in a RAG prompt
+``--data support`` uses ``kura_dagster_tests.support_data`` instead: questions wrapped in a RAG prompt
 template with pasted markdown documentation, multi-turn support chats and code-heavy questions (long
 messages, so the summary stage's template detection and cleaning are exercised).
 
@@ -106,7 +106,8 @@ def child(n: int, seed: int, data: str = "demo") -> dict:
 
     settings = PipelineSettings(seed=seed)
     if data == "support":
-        from kura_dagster.pipeline.support_data import support_conversations
+        sys.path.insert(0, str(HERE.parent))  # the generator lives with the tests (kura_dagster_tests/)
+        from kura_dagster_tests.support_data import support_conversations
 
         convs = timed("generate", lambda: support_conversations(n, seed=seed))
     else:

@@ -26,7 +26,7 @@ from kura_dagster.pipeline.models.local import (
     choose_request,
     message_candidates,
 )
-from kura_dagster.pipeline.support_data import DOCS, INTENTS, TEMPLATE_MARKERS, TEMPLATES, support_conversations
+from kura_dagster_tests.support_data import DOCS, INTENTS, TEMPLATE_MARKERS, TEMPLATES, support_conversations
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, Message
 
 # A name is a request: it opens with a verb a person would use to ask for something.
@@ -254,7 +254,7 @@ def test_doc_text_never_names_a_cluster(templated: Run) -> None:
 _NAMES_SCRIPT = """
 import json
 from kura_dagster_tests.test_templated_quality import run_offline
-from kura_dagster.pipeline.support_data import support_conversations
+from kura_dagster_tests.support_data import support_conversations
 run = run_offline(support_conversations(120, seed=6))
 print(json.dumps([[s.summary for s in run.summaries], [[c.name, c.slug, c.description] for c in run.meta]]))
 """
