@@ -30,6 +30,30 @@ class ConversationsAsset(dg.Model):
     asset: str = Field(description="The asset key, '/'-separated.")
 
 
+def _settings_model() -> type[dg.Model]:
+    """The ``settings:`` mapping as a strict model: exactly the factory's ``**settings`` (the ``kura`` resource's
+    fields, ``demo_size`` and the IO-manager options), each optional, so ``dg check yaml`` names a misspelt key
+    at its line (``cluster_per_group`` → "Additional properties are not allowed")."""
+    from pydantic import create_model
+
+    from kura_dagster.orchestration.factory import IO_MANAGER_OPTIONS, SOURCE_SETTINGS
+    from kura_dagster.orchestration.resources import ConversationSource, KuraPipelineResource
+
+    fields: dict[str, Any] = {}
+    for name, info in KuraPipelineResource.model_fields.items():
+        if name not in ("checkpoint_dir", "llm", "embeddings"):
+            fields[name] = (Optional[info.annotation], Field(default=None, description=info.description))
+    for name in SOURCE_SETTINGS:
+        info = ConversationSource.model_fields[name]
+        fields[name] = (Optional[info.annotation], Field(default=None, description=info.description))
+    for name in IO_MANAGER_OPTIONS:
+        fields[name] = (Optional[str], Field(default=None, description="Checkpoint IO manager option."))
+    return create_model("KuraSettings", __base__=dg.Model, **fields)
+
+
+KuraSettings = _settings_model()
+
+
 class KuraPipelineComponent(dg.Component, dg.Model, dg.Resolvable):
     """A Kura pipeline: conversations → summaries → clusters → meta_clusters → projected_clusters, under its own
     key prefix, with its own checkpoints, checks, job, and (optionally) schedule and sensor."""
@@ -53,8 +77,8 @@ class KuraPipelineComponent(dg.Component, dg.Model, dg.Resolvable):
     fs_options: Optional[dict[str, Any]] = None
     executor: Optional[str] = Field(default=None, description="in_process or multiprocess (the location's executor).")
     sensor: Optional[bool] = None
-    settings: dict[str, Any] = Field(
-        default_factory=dict,
+    settings: KuraSettings = Field(  # type: ignore[valid-type]
+        default_factory=KuraSettings,
         description="Pipeline settings: clusters_per_group, max_clusters, seed, embedding_dims, max_concurrency, …",
     )
 
@@ -74,7 +98,7 @@ class KuraPipelineComponent(dg.Component, dg.Model, dg.Resolvable):
             **kwargs,
             "conversations": conversations,
             "checkpoint_dir": self._relative(context, self.checkpoint_dir) if self.checkpoint_dir else None,
-            **self.settings,
+            **self.settings.model_dump(exclude_unset=True),
         }
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:

@@ -41,6 +41,8 @@ ConversationsArg = Union[None, str, os.PathLike, dg.AssetKey, dg.AssetsDefinitio
 
 IO_MANAGER_OPTIONS = ("parquet_compression", "hf_hub_repo", "hf_hub_token")
 """Keywords of the factory that go to the checkpoint IO manager rather than to the pipeline settings."""
+SOURCE_SETTINGS = ("demo_size",)
+"""``**settings`` that go to the ``source`` resource (:class:`ConversationSource`)."""
 
 
 def default_checkpoint_root() -> str:
@@ -73,7 +75,7 @@ def upstream_key(conversations: ConversationsArg) -> Optional[dg.AssetKey]:
 def _split_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """``**settings`` → (``kura`` resource fields, ``source`` resource fields, IO-manager options)."""
     kura_fields = set(KuraPipelineResource.model_fields) - {"checkpoint_dir", "llm", "embeddings"}
-    source_fields = {"demo_size"}
+    source_fields = set(SOURCE_SETTINGS)
     kura, source, io = {}, {}, {}
     for name, value in settings.items():
         if name in kura_fields:
