@@ -163,3 +163,59 @@ def test_ragged_and_empty_embeddings_stay_distinct(tmp_path: Path) -> None:
         manager = build((fmt, "zstd"), tmp_path / fmt)
         manager.save_checkpoint("s", models)
         assert [m.embedding for m in manager.load_checkpoint("s")] == [[1.0, 2.0], [], None, [0.5]]
+
+
+# --- time zones, written out by hand -------------------------------------------------------------------------
+IST, PST = dt.timezone(dt.timedelta(hours=5, minutes=30)), dt.timezone(dt.timedelta(hours=-8))
+
+
+def _at(created_at: dt.datetime, chat_id: str) -> Conversation:
+    return Conversation(chat_id=chat_id, created_at=created_at, metadata={},
+                        messages=[Message(created_at=created_at + dt.timedelta(seconds=7), role="user", content="hi")])
+
+
+# one checkpoint per case (a column of one zone is stored natively); expected: created_at and the message's
+# created_at as ISO text, and the Parquet column type
+TZ_CASES = {
+    "utc": ([_at(dt.datetime(2024, 3, 10, 23, 30, tzinfo=dt.timezone.utc), "u")],
+            ["2024-03-10T23:30:00+00:00", "2024-03-10T23:30:07+00:00"], "timestamp[us, tz=UTC]"),
+    "ist": ([_at(dt.datetime(2024, 3, 11, 5, 0, 0, 250000, tzinfo=IST), "i")],
+            ["2024-03-11T05:00:00.250000+05:30", "2024-03-11T05:00:07.250000+05:30"], "timestamp[us, tz=+05:30]"),
+    "pst": ([_at(dt.datetime(2024, 3, 10, 15, 30, tzinfo=PST), "p")],
+            ["2024-03-10T15:30:00-08:00", "2024-03-10T15:30:07-08:00"], "timestamp[us, tz=-08:00]"),
+    "naive": ([_at(dt.datetime(2024, 3, 10, 23, 30, 0, 123456), "n")],
+              ["2024-03-10T23:30:00.123456", "2024-03-10T23:30:07.123456"], "timestamp[us]"),
+    # two offsets in one column: each value keeps its own
+    "mixed": ([_at(dt.datetime(2024, 3, 11, 5, 0, tzinfo=IST), "i"), _at(dt.datetime(2024, 3, 10, 15, 30, tzinfo=PST), "p")],
+              ["2024-03-11T05:00:00+05:30", "2024-03-11T05:00:07+05:30",
+               "2024-03-10T15:30:00-08:00", "2024-03-10T15:30:07-08:00"], None),
+}
+
+
+def _iso(conversations: list[Conversation]) -> list[str]:
+    return [t.isoformat() for c in conversations for t in (c.created_at, c.messages[0].created_at)]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "hf", "jsonl"])
+@pytest.mark.parametrize("case", sorted(TZ_CASES))
+def test_datetimes_keep_their_wall_time_and_offset(fmt: str, case: str, tmp_path: Path) -> None:
+    """UTC stays aware UTC, +05:30 and -08:00 keep their offsets (not converted to UTC), naive stays naive."""
+    models, expected, parquet_type = TZ_CASES[case]
+    manager = {"parquet": ParquetCheckpointManager, "hf": HFDatasetCheckpointManager,
+               "jsonl": JSONLCheckpointManager}[fmt](tmp_path)
+    manager.save_checkpoint(case, models)
+    back = manager.load_checkpoint(case, Conversation)
+    assert _iso(back) == expected
+    if fmt == "parquet" and parquet_type is not None:
+        schema = pq.read_schema(tmp_path / f"{case}.parquet")
+        assert str(schema.field("created_at").type) == parquet_type
+
+
+def test_jsonl_writes_each_offset_as_kura_does(tmp_path: Path) -> None:
+    """Kura's JSON (pydantic v2): UTC as ``Z``, other offsets as ``±HH:MM``, naive without a suffix."""
+    manager = JSONLCheckpointManager(tmp_path)
+    manager.save_checkpoint("c", [TZ_CASES[k][0][0] for k in ("utc", "ist", "pst", "naive")])
+    text = (tmp_path / "c.jsonl").read_text()
+    for stamp in ('"created_at":"2024-03-10T23:30:00Z"', '"created_at":"2024-03-11T05:00:00.250000+05:30"',
+                  '"created_at":"2024-03-10T15:30:00-08:00"', '"created_at":"2024-03-10T23:30:00.123456"'):
+        assert stamp in text
