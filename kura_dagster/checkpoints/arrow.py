@@ -634,9 +634,10 @@ def kura_rows(table: pa.Table, model: type[BaseModel], *, class_labels: dict[str
 
 
 def kura_table_to_models(table: pa.Table, model: type[BaseModel], source: object,
-                         *, class_labels: dict[str, list[str]] | None = None) -> list[Any]:
+                         *, class_labels: dict[str, list[str]] | None = None, row_offset: int = 0) -> list[Any]:
+    """Models from a table in Kura's layout (a file Kura wrote, or one we wrote with ``layout="kura"``)."""
     try:
         rows = kura_rows(table, model, class_labels=class_labels)
     except (ValueError, TypeError, KeyError, IndexError, pa.ArrowInvalid) as exc:
         raise CheckpointCorruptError(source, f"cannot decode Kura's {model.__name__} file: {exc!r}") from None
-    return rows_to_models(rows, model, source)
+    return rows_to_models(rows, model, source, row_offset=row_offset)

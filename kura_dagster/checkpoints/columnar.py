@@ -105,7 +105,7 @@ class SummaryColumns:
         if self._models is not None:
             return [self._models[i].model_copy(update={"embedding": None}) for i in rows.tolist()]
         table = self.read_columns(None if fields is None else ["chat_id", *fields]).take(pa.array(rows))
-        if self.meta is not None:
+        if self.meta is not None and self.meta.get("layout") != "kura":  # layout="kura": Kura's columns
             found = arrow.table_rows(table, self.meta)
         else:
             found = arrow.kura_rows(table, ConversationSummary, class_labels=None)
@@ -173,7 +173,7 @@ class SummaryColumns:
                 return models
             return [m.model_copy(update={"embedding": None}) for m in models]
         table = self.columns()
-        if self.meta is not None:
+        if self.meta is not None and self.meta.get("layout") != "kura":  # layout="kura": Kura's columns
             rows = arrow.table_rows(table, self.meta)
         else:
             rows = arrow.kura_rows(table, ConversationSummary, class_labels=None)

@@ -19,7 +19,7 @@ import logging
 import mmap
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -27,8 +27,8 @@ from datasets import ClassLabel, Dataset
 from pydantic import BaseModel
 from upath import UPath
 
-from kura_dagster.checkpoints import arrow, storage
-from kura_dagster.checkpoints.base import BaseCheckpointManager, SavedCheckpoint
+from kura_dagster.checkpoints import arrow, kura_layout, storage
+from kura_dagster.checkpoints.base import SCHEMA_VERSION, BaseCheckpointManager, SavedCheckpoint, identity_of
 from kura_dagster.checkpoints.errors import CheckpointCorruptError
 
 T = TypeVar("T", bound=BaseModel)
@@ -104,6 +104,19 @@ def _check_buffer(f: UPath, buffer: pa.Buffer, expected: dict[str, Any]) -> None
         raise CheckpointCorruptError(f, f"checksum mismatch ({actual} != saved {expected['checksum']})")
 
 
+def _kura_columns(manifest: dict[str, Any] | None) -> bool:
+    """Does a dataset hold Kura's columns (one Kura wrote, or one we wrote with ``layout="kura"``)?"""
+    return manifest is None or manifest.get("layout") == "kura"
+
+
+def _files_checksum(manifest: dict[str, Any]) -> str:
+    """One checksum for a saved dataset: XXH3-128 over its files' names and checksums."""
+    checksum = arrow.new_hasher()
+    for name, f in manifest["files"].items():
+        checksum.update(f"{name}:{f['checksum']}\n".encode())
+    return arrow.checksum_text(checksum)
+
+
 def _redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
@@ -126,8 +139,10 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
         compression: str | None = None,
         storage_options: dict[str, Any] | None = None,
         embedding_dtype: str = "float32",
+        layout: str = "native",
     ) -> None:
         super().__init__(checkpoint_dir, enabled=enabled, storage_options=storage_options)
+        self.layout = kura_layout.check_layout(layout)
         if compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {COMPRESSIONS}; got {compression!r}")
         arrow.check_embedding_dtype(embedding_dtype)
@@ -142,7 +157,7 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
 
     def __repr__(self) -> str:  # never shows the token
         return (f"HFDatasetCheckpointManager({str(self.checkpoint_dir)!r}, enabled={self.enabled}, "
-                f"hub_repo={self.hub_repo!r}, streaming={self.streaming})")
+                f"hub_repo={self.hub_repo!r}, streaming={self.streaming}, layout={self.layout!r})")
 
     @property
     def hub_token(self) -> str | None:
@@ -150,6 +165,12 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
 
     # --- write -----------------------------------------------------------------------------------------
     def _write(self, path: UPath, models: list[BaseModel], model: type[BaseModel] | None, **kwargs: Any) -> SavedCheckpoint:
+        kind = kura_layout.kind_of(model) if self.layout == "kura" else None
+        if kind is not None:
+            return self._write_kura(path, model, kind, [models])  # type: ignore[arg-type]
+        if self.layout == "kura":
+            logger.info("%s: %s has no Kura layout (Kura reads only its four checkpoint models): stored in the "
+                        "native layout", path, getattr(model, "__name__", model))
         table = arrow.models_to_table(models, model, embedding_dtype=self.embedding_dtype)
         meta = arrow.kura_meta(table.schema) or {}
         # Our own fingerprint: otherwise datasets hashes the table through dill (slow, and no pickling here).
@@ -160,16 +181,10 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
             shards = {"num_shards": 1} if len(dataset) == 0 else {"max_shard_size": MAX_SHARD_SIZE}
             with _save_settings(len(dataset)):
                 dataset.save_to_disk(storage.local_path(tmp), **shards)
-            files = {}
-            for entry in sorted(tmp.iterdir(), key=lambda p: p.name):
-                if entry.is_file():
-                    files[entry.name] = {"bytes": entry.stat().st_size,
-                                         "checksum": arrow.hash_file(self._hash_target(entry))}
-            manifest["files"] = files
-            (tmp / MANIFEST).write_text(json.dumps(manifest, separators=(",", ":")))
+            self._write_manifest(tmp, manifest)
 
         size = storage.atomic_write_dir(path, build)
-        extra: dict[str, Any] = {"codec": "arrow (uncompressed, memory-mapped)"}
+        extra: dict[str, Any] = {"codec": "arrow (uncompressed, memory-mapped)", "layout": "native"}
         emb = meta.get("columns", {}).get("embedding")
         if emb:
             extra["embedding_dtype"] = emb["dtype"]
@@ -178,12 +193,81 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
                 logger.warning("%s: %d embedding values were rounded to float32", path, emb["rounded"])
         if self.hub_repo:
             extra["hub_push"] = self._push(dataset, path.name, len(models))
-        checksum = arrow.new_hasher()
-        for name, f in manifest["files"].items():
-            checksum.update(f"{name}:{f['checksum']}\n".encode())
         return SavedCheckpoint(name=path.name, path=str(path), format=self.format_name, rows=len(models),
-                               bytes=size, model=meta.get("model"), checksum=arrow.checksum_text(checksum),
+                               bytes=size, model=meta.get("model"), checksum=_files_checksum(manifest),
                                extra=extra)
+
+    def _write_manifest(self, tmp: UPath, manifest: dict[str, Any]) -> None:
+        """Record the size and XXH3-128 of every file in ``tmp`` in our manifest, written beside them."""
+        files = {}
+        for entry in sorted(tmp.iterdir(), key=lambda p: p.name):
+            if entry.is_file():
+                files[entry.name] = {"bytes": entry.stat().st_size, "checksum": arrow.hash_file(self._hash_target(entry))}
+        manifest["files"] = files
+        (tmp / MANIFEST).write_text(json.dumps(manifest, separators=(",", ":")))
+
+    def save_kura_stream(self, filename: str, model: type[BaseModel], batches: Iterable[Sequence[BaseModel]]
+                         ) -> SavedCheckpoint:
+        """Save batches of ``model`` as one dataset in Kura's layout, batch by batch (memory: one batch), for
+        ``kura-dagster export --format hf``."""
+        kind = kura_layout.kind_of(model)
+        if kind is None:
+            raise ValueError(f"{model.__name__} has no Kura layout (Kura reads only Conversation, "
+                             "ConversationSummary, Cluster and ProjectedCluster)")
+        name = self.checkpoint_name(filename)
+        path = self.get_checkpoint_path(name)
+        with storage.checkpoint_lock(path):
+            saved = self._write_kura(path, model, kind, batches)
+        saved.name = name
+        return saved
+
+    def _write_kura(self, path: UPath, model: type[BaseModel], kind: str, batches: Iterable[Sequence[BaseModel]]
+                    ) -> SavedCheckpoint:
+        """Kura's HF dataset (:mod:`.kura_layout`): its features in datasets 3.x's vocabulary in ``dataset_info.json``
+        and in the Arrow file's schema, ``state.json`` as ``save_to_disk`` writes it, and our manifest beside them."""
+        encoder = kura_layout.HFEncoder(kind)
+        changes: dict[str, int] = {}
+        manifest: dict[str, Any] = {"format": arrow.FORMAT_TAG, "schema_version": SCHEMA_VERSION,
+                                    "model": identity_of(model), "layout": "kura", "kura_type": kind, "rows": 0,
+                                    "columns": {}, "computed": [], "compression": self.compression}
+        data_name = "data-00000-of-00001.arrow"
+
+        def build(tmp: UPath) -> None:  # always a local directory (object stores upload it afterwards)
+            writer = None
+            with pa.OSFile(storage.local_path(tmp / data_name), "wb") as sink:
+                try:
+                    for batch in batches:
+                        if not len(batch):
+                            continue
+                        encoded = encoder.encode(batch)
+                        for key, n in encoded.changes.items():
+                            changes[key] = changes.get(key, 0) + n
+                        if writer is None:
+                            writer = pa.ipc.new_stream(sink, encoded.table.schema)
+                        writer.write_table(encoded.table)
+                    if writer is None:  # no rows: the schema alone
+                        writer = pa.ipc.new_stream(sink, kura_layout.hf_schema(encoder.features))
+                finally:
+                    if writer is not None:
+                        writer.close()
+            features = encoder.features
+            (tmp / "dataset_info.json").write_text(json.dumps(kura_layout.dataset_info(features), indent=2))
+            (tmp / "state.json").write_text(json.dumps(kura_layout.dataset_state([data_name], os.urandom(8).hex()),
+                                                       indent=2))
+            manifest["rows"] = encoder.rows
+            self._write_manifest(tmp, manifest)
+
+        size = storage.atomic_write_dir(path, build)
+        extra: dict[str, Any] = {"codec": "arrow (uncompressed, memory-mapped)", "layout": "kura"}
+        if changes:
+            extra["kura_layout_changes"] = changes
+            logger.warning("%s: Kura's HF layout changed some values as Kura's own encoding does (%s); the native "
+                           "layout keeps them", path, "; ".join(f"{k}: {n}" for k, n in changes.items()))
+        if self.hub_repo:
+            table, _ = self.open_verified(path)
+            extra["hub_push"] = self._push(Dataset(table, fingerprint=os.urandom(8).hex()), path.name, encoder.rows)
+        return SavedCheckpoint(name=path.name, path=str(path), format=self.format_name, rows=encoder.rows,
+                               bytes=size, model=manifest["model"], checksum=_files_checksum(manifest), extra=extra)
 
     def _push(self, dataset: Any, name: str, rows: int) -> str:
         """Push one config to the Hub; returns ``"ok"`` or ``"failed: <reason>"`` (never raises, never logs the token)."""
@@ -325,13 +409,13 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
 
     def _read_once(self, path: UPath, model: type[T]) -> list[T]:
         table, manifest = self.open_verified(path)
-        if manifest is None:
+        if _kura_columns(manifest):
             return arrow.kura_table_to_models(table, model, path, class_labels=self._class_labels(path))
         return arrow.table_to_models(table, manifest, model, path)
 
     def _iter(self, path: UPath, model: type[T], *, batch_size: int) -> Iterator[T]:
         table, manifest = self.open_verified(path)
-        if manifest is None:
+        if _kura_columns(manifest):
             labels = self._class_labels(path)
             offset = 0
             for batch in table.to_batches(max_chunksize=batch_size):
@@ -343,11 +427,12 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
 
     def _iter_rows(self, path: UPath) -> Iterator[dict[str, Any]]:
         table, manifest = self.open_verified(path)
-        labels = self._class_labels(path) if manifest is None else None
-        model = self._stored_model(path) if manifest is None else None
+        kura_columns = _kura_columns(manifest)
+        labels = self._class_labels(path) if kura_columns else None
+        model = self._stored_model(path) if kura_columns else None
         for batch in table.to_batches(max_chunksize=10_000):
             sub = pa.Table.from_batches([batch])
-            if manifest is None:
+            if kura_columns:
                 yield from arrow.kura_rows(sub, model, class_labels=labels)
             else:
                 yield from arrow.table_rows(sub, manifest)
@@ -399,6 +484,7 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
             "schema_version": (manifest or {}).get("schema_version"),
             "compression": (manifest or {}).get("compression"),
             "writer": "kura_dagster" if manifest else "kura",
+            "layout": "kura" if _kura_columns(manifest) else "native",
         }
 
     def _is_checkpoint(self, path: UPath) -> bool:

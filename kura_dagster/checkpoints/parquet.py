@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 from upath import UPath
 
-from kura_dagster.checkpoints import arrow, storage
-from kura_dagster.checkpoints.base import BaseCheckpointManager, SavedCheckpoint
+from kura_dagster.checkpoints import arrow, kura_layout, storage
+from kura_dagster.checkpoints.base import SCHEMA_VERSION, BaseCheckpointManager, SavedCheckpoint, identity_of
 from kura_dagster.checkpoints.errors import CheckpointCorruptError
 
 T = TypeVar("T", bound=BaseModel)
@@ -129,6 +129,11 @@ def row_group_rows(table: pa.Table, has_vectors: bool) -> int:
     return int(max(256, min(MAX_ROW_GROUP_ROWS, target // per_row)))
 
 
+def _kura_columns(meta: dict[str, Any] | None) -> bool:
+    """Does a file hold Kura's columns (a file Kura wrote, or one we wrote with ``layout="kura"``)?"""
+    return meta is None or meta.get("layout") == "kura"
+
+
 class ParquetCheckpointManager(BaseCheckpointManager):
     """Kura's ``ParquetCheckpointManager`` API, with native types, integrity checks and atomic writes."""
 
@@ -143,8 +148,10 @@ class ParquetCheckpointManager(BaseCheckpointManager):
         compression: str | None = "snappy",
         embedding_dtype: str = "float32",
         storage_options: dict[str, Any] | None = None,
+        layout: str = "native",
     ) -> None:
         super().__init__(checkpoint_dir, enabled=enabled, storage_options=storage_options)
+        self.layout = kura_layout.check_layout(layout)
         codec = (compression or "none").lower()
         if codec not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {', '.join(COMPRESSIONS)}; got {compression!r}")
@@ -154,10 +161,16 @@ class ParquetCheckpointManager(BaseCheckpointManager):
 
     def __repr__(self) -> str:
         return (f"ParquetCheckpointManager({str(self.checkpoint_dir)!r}, enabled={self.enabled}, "
-                f"compression={self.compression!r})")
+                f"compression={self.compression!r}, layout={self.layout!r})")
 
     # --- write -----------------------------------------------------------------------------------------
     def _write(self, path: UPath, models: list[BaseModel], model: type[BaseModel] | None, **_: Any) -> SavedCheckpoint:
+        kind = kura_layout.kind_of(model) if self.layout == "kura" else None
+        if kind is not None:
+            return self._write_kura(path, model, kind, [models])  # type: ignore[arg-type]
+        if self.layout == "kura":
+            logger.info("%s: %s has no Kura layout (Kura reads only its four checkpoint models): stored in the "
+                        "native layout", path, getattr(model, "__name__", model))
         table = arrow.models_to_table(models, model, embedding_dtype=self.embedding_dtype)
         meta = arrow.kura_meta(table.schema) or {}
         dictionary_columns = [path for f in table.schema if meta["columns"].get(f.name, {}).get("encoding")
@@ -168,6 +181,57 @@ class ParquetCheckpointManager(BaseCheckpointManager):
         prose = {f.name for f in table.schema if pa.types.is_string(f.type) and table.num_rows
                  and (pc.sum(pc.binary_length(table.column(f.name))).as_py() or 0) > 64 * table.num_rows}
         statistics = [path for f in table.schema if f.name not in prose for path in leaf_paths(f.name, f.type)]
+        has_vectors = any(enc.get("encoding") == "embedding" and table.column(name).null_count < table.num_rows
+                          for name, enc in meta["columns"].items())
+        # Our metadata goes in the footer's key-value metadata once (not also inside ARROW:schema).
+        plain = table.replace_schema_metadata(None)
+        size, integrity = self._write_file(path, plain.schema, [(plain, row_group_rows(table, has_vectors))], meta,
+                                           use_dictionary=dictionary_columns, write_statistics=statistics)
+        extra: dict[str, Any] = {"codec": self.compression, "layout": "native"}
+        emb = meta["columns"].get("embedding")
+        if emb:
+            extra["embedding_dtype"] = emb["dtype"]
+            if emb.get("rounded"):
+                extra["embedding_rounded"] = emb["rounded"]
+                logger.warning("%s: %d embedding values were rounded to float32 (use embedding_dtype='float64' "
+                               "to keep full precision)", path, emb["rounded"])
+        return SavedCheckpoint(name=path.name, path=str(path), format=self.format_name, rows=table.num_rows,
+                               bytes=size, model=meta.get("model"), checksum=integrity["checksum"], extra=extra)
+
+    def save_kura_stream(self, filename: str, model: type[BaseModel], batches: Iterable[Sequence[BaseModel]]
+                         ) -> SavedCheckpoint:
+        """Save batches of ``model`` as one checkpoint in Kura's layout, batch by batch (memory: one batch), for
+        ``kura-dagster export --format parquet``."""
+        kind = kura_layout.kind_of(model)
+        if kind is None:
+            raise ValueError(f"{model.__name__} has no Kura layout (Kura reads only Conversation, "
+                             "ConversationSummary, Cluster and ProjectedCluster)")
+        name = self.checkpoint_name(filename)
+        path = self.get_checkpoint_path(name)
+        with storage.checkpoint_lock(path):
+            saved = self._write_kura(path, model, kind, batches)
+        saved.name = name
+        return saved
+
+    def _write_kura(self, path: UPath, model: type[BaseModel], kind: str, batches: Iterable[Sequence[BaseModel]]
+                    ) -> SavedCheckpoint:
+        """Kura's Parquet columns (:mod:`.kura_layout`), plus our metadata and integrity record in the footer."""
+        schema = kura_layout.PARQUET_SCHEMAS[kind]
+        meta: dict[str, Any] = {"format": arrow.FORMAT_TAG, "schema_version": SCHEMA_VERSION,
+                                "model": identity_of(model), "layout": "kura", "kura_type": kind, "rows": 0,
+                                "columns": {}, "computed": []}
+        vectors = kind == "summaries"
+        tables = ((t, row_group_rows(t, vectors)) for t in
+                  (kura_layout.parquet_table(b, kind) for b in batches if len(b)))
+        size, integrity = self._write_file(path, schema, tables, meta, use_dictionary=True, write_statistics=True)
+        return SavedCheckpoint(name=path.name, path=str(path), format=self.format_name, rows=integrity["rows"],
+                               bytes=size, model=meta["model"], checksum=integrity["checksum"],
+                               extra={"codec": self.compression, "layout": "kura", "embedding_dtype": "float64"})
+
+    def _write_file(self, path: UPath, schema: pa.Schema, tables: Iterable[tuple[pa.Table, int]],
+                    meta: dict[str, Any], **writer_options: Any) -> tuple[int, dict[str, Any]]:
+        """Write ``(table, row group rows)`` pairs atomically to ``path`` with our metadata (``rows`` filled in)
+        and integrity record in the footer. Returns (bytes, integrity record)."""
         integrity: dict[str, Any] = {}
 
         def write(fh: Any) -> None:
@@ -176,16 +240,14 @@ class ParquetCheckpointManager(BaseCheckpointManager):
             seekable = _seekable(fh)
             target = fh if seekable else io.BytesIO()
             sink = _HashingWriter(target)
-            # Our metadata goes in the footer's key-value metadata once (not also inside ARROW:schema).
-            plain = table.replace_schema_metadata(None)
-            with pq.ParquetWriter(
-                sink, plain.schema, compression=self.compression, write_page_checksum=True,
-                use_dictionary=dictionary_columns, write_statistics=statistics, store_schema=True,
-            ) as writer:
-                has_vectors = any(enc.get("encoding") == "embedding" and table.column(name).null_count < table.num_rows
-                                  for name, enc in meta["columns"].items())
-                writer.write_table(plain, row_group_size=row_group_rows(table, has_vectors))
-                integrity.update(rows=table.num_rows, data_bytes=sink.count, checksum=arrow.checksum_text(sink.hasher),
+            rows = 0
+            with pq.ParquetWriter(sink, schema, compression=self.compression, write_page_checksum=True,
+                                  store_schema=True, **writer_options) as writer:
+                for table, group_rows in tables:
+                    writer.write_table(table, row_group_size=group_rows)
+                    rows += table.num_rows
+                meta["rows"] = rows
+                integrity.update(rows=rows, data_bytes=sink.count, checksum=arrow.checksum_text(sink.hasher),
                                  footer_checksum="xxh3_128:" + FOOTER_PLACEHOLDER)
                 sink.capture()
                 writer.add_key_value_metadata({arrow.META_KEY: json.dumps(meta).encode(),
@@ -201,17 +263,7 @@ class ParquetCheckpointManager(BaseCheckpointManager):
                 del buf
                 fh.write(target.getvalue())
 
-        size = storage.atomic_write_file(path, write)
-        extra: dict[str, Any] = {"codec": self.compression}
-        emb = meta["columns"].get("embedding")
-        if emb:
-            extra["embedding_dtype"] = emb["dtype"]
-            if emb.get("rounded"):
-                extra["embedding_rounded"] = emb["rounded"]
-                logger.warning("%s: %d embedding values were rounded to float32 (use embedding_dtype='float64' "
-                               "to keep full precision)", path, emb["rounded"])
-        return SavedCheckpoint(name=path.name, path=str(path), format=self.format_name, rows=table.num_rows,
-                               bytes=size, model=meta.get("model"), checksum=integrity["checksum"], extra=extra)
+        return storage.atomic_write_file(path, write), integrity
 
     # --- open and verify ---------------------------------------------------------------------------------
     def _source(self, path: UPath) -> Any:
@@ -291,7 +343,7 @@ class ParquetCheckpointManager(BaseCheckpointManager):
 
     def _read_once(self, path: UPath, model: type[T]) -> list[T]:
         pf, meta = self.open_verified(path)
-        if meta is None:
+        if _kura_columns(meta):
             return arrow.kura_table_to_models(self._read_table(pf, path), model, path)
         # Row group by row group: the peak is the models plus one decoded row group, not the whole table.
         models: list[T] = []
@@ -312,15 +364,20 @@ class ParquetCheckpointManager(BaseCheckpointManager):
 
     def _iter(self, path: UPath, model: type[T], *, batch_size: int) -> Iterator[T]:
         pf, meta = self.open_verified(path)
-        if meta is None:
-            yield from arrow.kura_table_to_models(self._read_table(pf, path), model, path)
+        if _kura_columns(meta):
+            offset = 0
+            for batch in self._batches(pf, path, batch_size):
+                yield from arrow.kura_table_to_models(pa.Table.from_batches([batch]), model, path, row_offset=offset)
+                offset += batch.num_rows
             return
         yield from arrow.iter_batches_as_models(self._batches(pf, path, batch_size), meta, model, path)
 
     def _iter_rows(self, path: UPath) -> Iterator[dict[str, Any]]:
         pf, meta = self.open_verified(path)
-        if meta is None:
-            yield from arrow.kura_rows(self._read_table(pf, path), self._stored_model(path))
+        if _kura_columns(meta):
+            model = self._stored_model(path)
+            for batch in self._batches(pf, path, 10_000):
+                yield from arrow.kura_rows(pa.Table.from_batches([batch]), model)
             return
         for batch in self._batches(pf, path, 10_000):
             yield from arrow.table_rows(pa.Table.from_batches([batch]), meta)
@@ -344,6 +401,7 @@ class ParquetCheckpointManager(BaseCheckpointManager):
             "model": (meta or {}).get("model"),
             "compression": codec,
             "writer": "kura_dagster" if meta else "kura",
+            "layout": "kura" if _kura_columns(meta) else "native",
         }
         if meta:
             info["schema_version"] = meta.get("schema_version")
