@@ -66,6 +66,9 @@ class Backend(dg.Config):
     embedding_dtype: Optional[str] = Field(
         default=None, description="Parquet/HF: embedding precision on disk, float32 (the formats' default) or float64."
     )
+    layout: Optional[str] = Field(
+        default=None, description="Parquet/HF: native (typed columns, the default) or kura (what Kura 0.5.4 reads)."
+    )
     fs_options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options for base_dir.")
     options: dict[str, Any] = Field(
         default_factory=dict, description="Further keyword options of the format's checkpoint manager."
@@ -85,6 +88,8 @@ class Backend(dg.Config):
             opts["streaming"] = True
         if self.embedding_dtype is not None:
             opts["embedding_dtype"] = self.embedding_dtype
+        if self.layout is not None:
+            opts["layout"] = self.layout
         if self.fs_options:
             opts["storage_options"] = dict(self.fs_options)
         return opts
@@ -301,9 +306,15 @@ def io_manager_for_formats(
     hf_hub_repo: Optional[str] = None,
     hf_hub_token: Any = None,
     fs_options: Optional[dict[str, Any]] = None,
+    checkpoint_layout: Optional[str] = None,
 ) -> CheckpointIOManager:
     """One format → that format's IO manager; several → a :class:`MultiIOManager` with every format side by side
-    in ``base_dir`` (``summaries.jsonl``, ``summaries.parquet``, ``summaries/``), in the given priority order."""
+    in ``base_dir`` (``summaries.jsonl``, ``summaries.parquet``, ``summaries/``), in the given priority order.
+    ``checkpoint_layout="kura"`` writes Parquet and HF in the layout Kura 0.5.4 reads (JSONL always is)."""
+    if checkpoint_layout is not None:
+        from kura_dagster.checkpoints.kura_layout import check_layout
+
+        check_layout(checkpoint_layout)
     formats = list(formats)
     if not formats:
         raise ValueError(f"No checkpoint format given; choose one or more of {', '.join(FORMATS)}")
@@ -318,16 +329,17 @@ def io_manager_for_formats(
         raise ValueError(f"Unknown load strategy {load_strategy!r}: choose from {', '.join(LOAD_STRATEGIES)}")
 
     def options(fmt: str) -> dict[str, Any]:
+        layout = {"layout": checkpoint_layout} if checkpoint_layout and fmt in ("parquet", "hf") else {}
         if fmt == "parquet" and parquet_compression:
-            return {"compression": parquet_compression}
+            return {"compression": parquet_compression, **layout}
         if fmt == "hf":
-            opts: dict[str, Any] = {}
+            opts: dict[str, Any] = dict(layout)
             if hf_hub_repo:
                 opts["hub_repo"] = hf_hub_repo
             if hf_hub_token is not None:
                 opts["hub_token"] = hf_hub_token
             return opts
-        return {}
+        return layout
 
     if len(formats) == 1:
         return _single_format_class(formats[0])(base_dir=base_dir, fs_options=dict(fs_options or {}),
@@ -345,7 +357,7 @@ def io_manager_for_formats(
 def io_manager_settings_from_env(environ: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
     """The checkpoint settings of the environment, validated (README): ``KURA_CHECKPOINT_FORMATS`` (comma list in
     priority order, default ``jsonl``), ``KURA_SAVE_STRATEGY``, ``KURA_LOAD_STRATEGY``, ``KURA_PARQUET_COMPRESSION``,
-    ``KURA_HF_HUB_REPO`` and ``HF_TOKEN`` (passed as ``dg.EnvVar``, never read): keywords of
+    ``KURA_CHECKPOINT_LAYOUT`` (``native`` or ``kura``), ``KURA_HF_HUB_REPO`` and ``HF_TOKEN`` (passed as ``dg.EnvVar``, never read): keywords of
     :func:`io_manager_for_formats` (and of ``build_kura_defs``)."""
     env = os.environ if environ is None else environ
     raw = env.get("KURA_CHECKPOINT_FORMATS", "jsonl")
@@ -364,6 +376,10 @@ def io_manager_settings_from_env(environ: Optional[Mapping[str, str]] = None) ->
         if value not in valid:
             raise ValueError(f"{var}={value!r} is not valid; choose from {', '.join(valid)}")
         strategies[var] = value
+    layout = (env.get("KURA_CHECKPOINT_LAYOUT") or "").strip().lower() or None
+    if layout not in (None, "native", "kura"):
+        raise ValueError(f"KURA_CHECKPOINT_LAYOUT={env.get('KURA_CHECKPOINT_LAYOUT')!r} is not valid; choose native "
+                         "(typed columns, the default) or kura (Parquet/HF that Kura 0.5.4's own managers read)")
     compression = env.get("KURA_PARQUET_COMPRESSION") or None
     if compression and "parquet" in formats:
         from kura_dagster.checkpoints.parquet import COMPRESSIONS
@@ -377,6 +393,7 @@ def io_manager_settings_from_env(environ: Optional[Mapping[str, str]] = None) ->
         parquet_compression=compression.lower() if compression else None,
         hf_hub_repo=env.get("KURA_HF_HUB_REPO") or None,
         hf_hub_token=dg.EnvVar("HF_TOKEN") if env.get("HF_TOKEN") else None,
+        **({"checkpoint_layout": layout} if layout else {}),
     )
 
 

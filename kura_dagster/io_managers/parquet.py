@@ -1,4 +1,5 @@
-"""``ParquetIOManager``: each output is ``<base_dir>/<asset>[/<partition>].parquet`` with native Arrow types."""
+"""``ParquetIOManager``: each output is ``<base_dir>/<asset>[/<partition>].parquet``, with native Arrow types
+(``layout="native"``, the default) or in the layout Kura 0.5.4's own Parquet manager reads (``layout="kura"``)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,14 @@ class ParquetIOManager(CheckpointIOManager):
     embedding_dtype: str = Field(
         default="float32", description="Embedding precision on disk: float32 (half the bytes) or float64 (exact)."
     )
+    layout: str = Field(
+        default="native",
+        description="native: typed Arrow columns (DuckDB/Polars, fast); kura: the columns Kura 0.5.4's own "
+        "ParquetCheckpointManager reads (JSON strings, float64 embeddings).",
+    )
 
     def build_manager(self, directory: UPath) -> ParquetCheckpointManager:
         return ParquetCheckpointManager(
-            directory, enabled=self.enabled, compression=self.compression, embedding_dtype=self.embedding_dtype
+            directory, enabled=self.enabled, compression=self.compression, embedding_dtype=self.embedding_dtype,
+            layout=self.layout,
         )

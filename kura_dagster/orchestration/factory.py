@@ -39,7 +39,7 @@ from kura_dagster.orchestration.versioning import versioned_assets
 
 ConversationsArg = Union[None, str, os.PathLike, dg.AssetKey, dg.AssetsDefinition, dg.AssetSpec, Sequence[str]]
 
-IO_MANAGER_OPTIONS = ("parquet_compression", "hf_hub_repo", "hf_hub_token")
+IO_MANAGER_OPTIONS = ("parquet_compression", "hf_hub_repo", "hf_hub_token", "checkpoint_layout")
 """Keywords of the factory that go to the checkpoint IO manager rather than to the pipeline settings."""
 SOURCE_SETTINGS = ("demo_size",)
 """``**settings`` that go to the ``source`` resource (:class:`ConversationSource`)."""
@@ -131,7 +131,8 @@ def build_kura_defs(
     * ``fs_options``: fsspec options for ``s3://``-style checkpoint and source locations.
     * ``**settings``: any setting of the ``kura`` resource (``clusters_per_group``, ``max_clusters``, ``seed``,
       ``embedding_dims``, ``max_concurrency`` …), ``demo_size``, and ``parquet_compression``, ``hf_hub_repo``,
-      ``hf_hub_token`` for the IO manager.
+      ``hf_hub_token``, ``checkpoint_layout`` (``"kura"``: Parquet/HF in the layout Kura 0.5.4 reads) for the IO
+      manager.
     """
     names = KuraNames(key_prefix or None)
     kura_settings, source_settings, io_options = _split_settings(settings)
