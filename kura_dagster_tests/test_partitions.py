@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pytest
@@ -12,7 +14,7 @@ import pytest
 from kura_dagster import build_kura_defs
 from kura_dagster.orchestration.partitions import utc_day
 from kura_dagster.pipeline.demo_data import demo_conversations
-from kura_dagster.types import Cluster, Conversation, ConversationSummary
+from kura_dagster.types import Cluster, Conversation, ConversationSummary, Message
 
 CONVS = demo_conversations(200)
 DAYS = sorted({utc_day(c.created_at) for c in CONVS})
@@ -326,3 +328,43 @@ def test_a_changed_day_marks_its_summaries_partition_stale(tmp_path):
         status = get_stale_status_resolver(instance, assets)
         assert status.get_status(summaries, DAYS[0]) == StaleStatus.FRESH
         assert status.get_status(summaries, DAYS[1]) == StaleStatus.STALE
+
+
+# --- days in UTC, from timestamps in other zones near midnight (expected keys written by hand) ----------------
+def _conv(chat_id: str, created_at: datetime) -> Conversation:
+    return Conversation(chat_id=chat_id, created_at=created_at, metadata={},
+                        messages=[Message(created_at=created_at, role="user", content=f"hello from {chat_id}")])
+
+
+_PST, _IST = timezone(timedelta(hours=-8)), timezone(timedelta(hours=5, minutes=30))
+NEAR_MIDNIGHT = {  # chat_id: (created_at, its UTC day)
+    "pst-late": (datetime(2024, 5, 1, 23, 30, tzinfo=_PST), "2024-05-02"),  # 07:30 UTC next day
+    "ist-early": (datetime(2024, 5, 2, 1, 15, tzinfo=_IST), "2024-05-01"),  # 19:45 UTC the day before
+    "sydney-morning": (datetime(2024, 5, 3, 9, 59, tzinfo=ZoneInfo("Australia/Sydney")), "2024-05-02"),  # +10:00
+    "la-afternoon": (datetime(2024, 5, 2, 17, 0, tzinfo=ZoneInfo("America/Los_Angeles")), "2024-05-03"),  # -07:00
+    "utc-midnight": (datetime(2024, 5, 2, 0, 0, tzinfo=timezone.utc), "2024-05-02"),
+    "naive-last-moment": (datetime(2024, 5, 1, 23, 59, 59, 999999), "2024-05-01"),  # naive: taken as UTC
+}
+
+
+def test_utc_day_of_timestamps_in_other_zones() -> None:
+    assert {k: utc_day(t) for k, (t, _) in NEAR_MIDNIGHT.items()} == {k: d for k, (_, d) in NEAR_MIDNIGHT.items()}
+
+
+def test_a_day_partition_holds_the_conversations_of_its_utc_day(tmp_path) -> None:
+    _write(tmp_path / "logs.jsonl", [_conv(k, t) for k, (t, _) in NEAR_MIDNIGHT.items()])
+    defs = build_kura_defs("z", conversations=str(tmp_path / "logs.jsonl"), partitions="daily",
+                           partition_start="2024-05-01", checkpoint_dir=str(tmp_path / "ck"))
+    with dg.instance_for_test() as instance:
+        result = _run(defs, instance, selection=_keys("z", "conversations"),
+                      partition_range=("2024-05-01", "2024-05-03"))
+        assert result.success
+    got = {day: sorted(c.chat_id for c in _lines(tmp_path / "ck" / "conversations" / f"{day}.jsonl", Conversation))
+           for day in ("2024-05-01", "2024-05-02", "2024-05-03")}
+    assert got == {"2024-05-01": ["ist-early", "naive-last-moment"],
+                   "2024-05-02": ["pst-late", "sydney-morning", "utc-midnight"],
+                   "2024-05-03": ["la-afternoon"]}
+    # each keeps its own zone in the checkpoint: the partition is chosen in UTC, the value is not converted
+    sydney = next(c for c in _lines(tmp_path / "ck" / "conversations" / "2024-05-02.jsonl", Conversation)
+                  if c.chat_id == "sydney-morning")
+    assert sydney.created_at.isoformat() == "2024-05-03T09:59:00+10:00"
