@@ -2,13 +2,23 @@
 
 Root clusters are grouped repeatedly until at most ``max_clusters`` roots remain. The output is every
 cluster: the base clusters, now with ``parent_id`` set, and the new parents, whose ``chat_ids`` are the
-union of their children's. Work is proportional to the number of clusters, not conversations.
+union of their children's (Kura's meta-cluster file format). Work is proportional to the number of clusters,
+not conversations.
+
+* **The same space as the base clusters.** Given ``centroids`` (each base cluster's mean member embedding, from
+  :func:`cluster_centroids`), groups are formed there, where the conversations were clustered; a parent's vector
+  is its children's size-weighted mean. Without them the cluster texts (name, slug, description) are embedded,
+  as before.
+* **Nothing big swallows the rest** (:func:`balance`). A group that holds more than :data:`MAX_GROUP_FACTOR` times
+  its round's mean share of conversations (or of the final ``max_clusters`` roots', if larger) is split in two (2-means over its children) until none does or
+  the big one is a single child (a base cluster, whose members justify its size); the closest small groups
+  are then merged back so that a round makes no more groups than its budget allows.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -52,26 +62,104 @@ def preorder(clusters: Sequence[Cluster]) -> list[Cluster]:
     return out
 
 
+MAX_GROUP_FACTOR = 2.5
+"""A group may hold at most this many times the mean share of its round (total / groups) of the conversations,
+unless it is a single cluster: with the final 10 roots, at most 25% of the corpus."""
+
+
+def cluster_centroids(clusters: Sequence[Cluster], chat_ids: Sequence[str], embeddings: np.ndarray
+                      ) -> dict[str, np.ndarray]:
+    """Each cluster's mean member embedding, L2-normalised, from the summaries' ``chat_ids`` and embedding matrix
+    (rows in the same order). Raises if a member has no embedding."""
+    row = {cid: i for i, cid in enumerate(chat_ids)}
+    out = {}
+    for c in clusters:
+        try:
+            idx = np.fromiter((row[cid] for cid in c.chat_ids), dtype=np.int64, count=len(c.chat_ids))
+        except KeyError as exc:
+            raise ValueError(f"cluster {c.id} ({c.name!r}) has member {exc.args[0]!r}, which has no summary") from None
+        out[c.id] = _normalise(np.asarray(embeddings[idx], dtype=np.float32).mean(axis=0))
+    return out
+
+
+def _two_means(x: np.ndarray, w: np.ndarray, seed: int) -> np.ndarray:
+    from sklearn.cluster import KMeans
+
+    labels = KMeans(2, n_init=3, random_state=seed).fit_predict(x, sample_weight=w)
+    if labels.min() == labels.max():  # identical vectors: split by size instead, largest first alternating
+        labels = np.zeros(len(x), dtype=np.int64)
+        labels[np.argsort(-w, kind="stable")[1::2]] = 1
+    return labels
+
+
+def balance(groups: list[list[int]], x: np.ndarray, w: np.ndarray, k: int, seed: int,
+            factor: float = MAX_GROUP_FACTOR, cap_groups: int | None = None) -> list[list[int]]:
+    """Split groups (lists of row numbers of ``x``, weights ``w``) heavier than ``factor * w.sum() / cap_groups``
+    (``cap_groups`` defaults to ``k``) in two until none is (or the heavy one has a single member), then merge the
+    closest pairs of groups whose merge stays under that cap while there are more than ``k`` groups.
+    Deterministic for a seed."""
+    cap = factor * float(w.sum()) / max(cap_groups or k, 1)
+    groups = [list(g) for g in groups]
+    for _ in range(4 * len(x)):
+        weights = [float(w[g].sum()) for g in groups]
+        heavy = max(range(len(groups)), key=lambda i: (weights[i], -i))
+        if weights[heavy] <= cap or len(groups[heavy]) < 2:
+            break
+        g = np.array(groups.pop(heavy))
+        labels = _two_means(x[g], w[g], seed)
+        groups[heavy:heavy] = [g[labels == 0].tolist(), g[labels == 1].tolist()]
+    while len(groups) > k:
+        weights = np.array([float(w[g].sum()) for g in groups])
+        cents = _normalise(np.stack([(x[g] * w[g][:, None]).sum(axis=0) for g in groups]))
+        sim = cents @ cents.T
+        np.fill_diagonal(sim, -np.inf)
+        sim[weights[:, None] + weights[None, :] > cap] = -np.inf
+        i, j = np.unravel_index(int(np.argmax(sim)), sim.shape)
+        if not np.isfinite(sim[i, j]):
+            break  # every merge would make a group too big: keep more groups this round
+        i, j = min(i, j), max(i, j)
+        groups[i] = sorted(groups[i] + groups.pop(j))
+    return groups
+
+
 def reduce_clusters(
     clusters: Sequence[Cluster],
     namer: ClusterNamingModel,
-    embedder: EmbeddingModel,
+    embedder: EmbeddingModel | None,
     settings: PipelineSettings = PipelineSettings(),
+    centroids: Mapping[str, np.ndarray] | None = None,
 ) -> list[Cluster]:
+    """Kura's meta clusters. ``centroids`` (by cluster id, e.g. :func:`cluster_centroids`): group in the base
+    clusters' own embedding space; without them the ``embedder`` embeds each cluster's text."""
     if not clusters:
         return []
     nodes: dict[str, Cluster] = {c.id: c.model_copy(update={"parent_id": None}) for c in clusters}
     if len(nodes) != len(clusters):
         raise ValueError("duplicate cluster ids in the input")
     roots = list(nodes)
-    vectors = dict(zip(roots, _normalise(embedder.embed([cluster_text(nodes[r]) for r in roots]))))
+    if centroids is not None:
+        missing = [r for r in roots if r not in centroids]
+        if missing:
+            raise ValueError(f"no centroid for {len(missing)} cluster(s), e.g. {missing[0]}")
+        vectors = {r: _normalise(np.asarray(centroids[r], dtype=np.float32)) for r in roots}
+    elif embedder is None:
+        raise ValueError("reduce_clusters needs centroids or an embedder")
+    else:
+        vectors = dict(zip(roots, _normalise(embedder.embed([cluster_text(nodes[r]) for r in roots]))))
     level = 0
     while len(roots) > settings.max_clusters:
         level += 1
         x = np.stack([vectors[r] for r in roots])
-        labels = cluster_labels(x, groups_for_round(len(roots), settings), seed=settings.seed + level)
+        k = groups_for_round(len(roots), settings)
+        labels = cluster_labels(x, k, seed=settings.seed + level)
         order = np.argsort(labels, kind="stable")
-        groups = [[roots[i] for i in idx] for idx in np.split(order, np.flatnonzero(np.diff(labels[order])) + 1)]
+        rows = [idx.tolist() for idx in np.split(order, np.flatnonzero(np.diff(labels[order])) + 1)]
+        w = np.array([len(nodes[r].chat_ids) for r in roots], dtype=np.float64)
+        # the cap is the final budget's (max_clusters roots) even when a late round makes fewer groups
+        balanced = balance(rows, x, w, k, settings.seed + level, cap_groups=max(k, settings.max_clusters))
+        if len(balanced) < len(roots):  # (a round must make progress; else keep k-means' groups)
+            rows = balanced
+        groups = [[roots[i] for i in idx] for idx in rows]
         # As in Kura, every root of a round gets a parent, even one alone in its group.
         names = namer.name_meta_clusters([[nodes[c] for c in g] for g in groups])
         new_roots = []

@@ -172,7 +172,12 @@ def summarise_conversations(
                                       counts.summaries)
     embeddings = None
     if embedder is not None:
-        embeddings = cached_embed([embedding_text(g) for g in generated], embedder, cache,
+        # An embedder that reads conversations (the offline one: user turns and the replies' starts) embeds those;
+        # others embed the summary, as Kura does.
+        of_conversation = getattr(embedder, "conversation_text", None)
+        texts = ([of_conversation(c) for c in conversations] if callable(of_conversation)
+                 else [embedding_text(g) for g in generated])
+        embeddings = cached_embed(texts, embedder, cache,
                                   batch_size=embedding_batch_size, progress=embedding_progress,
                                   counts=counts.embeddings)
     return assemble_summaries(conversations, generated, embeddings)

@@ -5,9 +5,8 @@
   how to X", "my code" becomes "their code"). It detects natural and programming languages and files the
   conversation under one of a dozen topics by keywords. Scores that nothing here really measures (concern,
   frustration, assistant errors) stay ``None``.
-* ``LocalEmbeddingModel`` hashes words (scikit-learn's ``HashingVectorizer``, summary boilerplate ignored)
-  and projects them with a seeded sparse random projection. Every text's embedding depends only on the
-  text and the seed, never on the rest of the corpus, so cached summaries stay valid as data grows.
+* ``LocalEmbeddingModel`` (in ``local_embedding``, re-exported here): TF-IDF + LSA over the conversation's
+  user turns and the start of the replies, fitted once per taxonomy build and stored as an artifact.
 * ``LocalClusterNamingModel`` names a group after its most typical request, cut to a short imperative
   sentence, and gives it a slug and description from its distinctive terms (class-based TF-IDF against
   the other groups). Meta clusters are named by their children's main verb and distinctive terms.
@@ -664,73 +663,6 @@ class LocalSummaryModel:
         return out
 
 
-@functools.lru_cache(maxsize=8)
-def _fitted_projection(n_features: int, dims: int, seed: int, per_feature: int = 8):
-    """The seeded projection: each hashed feature goes to ``per_feature`` random dimensions with random
-    signs (a sparse Johnson-Lindenstrauss / count-sketch matrix, ``n_features x dims``, in CSR).
-
-    Every feature reaches several dimensions, so no word is dropped (scikit-learn's default density for
-    2**20 features, ``1/sqrt(n_features)``, leaves about three words in four with no dimension at all).
-    Built once per process with numpy's seeded generator: ~0.2 s and ~16 MB for 2**18 x 8.
-    """
-    from scipy import sparse
-
-    rng = np.random.default_rng(seed)
-    rows = np.repeat(np.arange(n_features, dtype=np.int32), per_feature)
-    cols = rng.integers(0, dims, size=n_features * per_feature, dtype=np.int32)
-    signs = np.where(rng.random(n_features * per_feature) < 0.5, -1.0, 1.0).astype(np.float32)
-    return sparse.csr_matrix((signs / np.sqrt(per_feature), (rows, cols)), shape=(n_features, dims))
-
-
-_SUMMARY_BOILERPLATE = frozenset((
-    "user", "users", "assistant", "asked", "asking", "replied", "times", "request", "overall", "task",
-    "followed", "respond", "explain", "advise", "whether", "help", "give", "tips",
-    # and the frame of the local cluster descriptions, which meta-clustering embeds
-    "conversation", "conversations", "mostly", "concerned", "mentioned", "often", "english", "cluster", "clusters",
-    "related", "covered", "together",
-))
-"""Words every local summary (or cluster description) uses to frame the request ("The user asked the
-assistant to explain …"): they say nothing about what was asked, so the embedding ignores them like stop
-words."""
-
-
-@functools.lru_cache(maxsize=1)
-def _embedding_stopwords() -> list[str]:
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-    return sorted(ENGLISH_STOP_WORDS | _SUMMARY_BOILERPLATE)
-
-
-class LocalEmbeddingModel:
-    """Hashed word counts, sublinear-scaled, randomly projected to ``dims`` dimensions.
-
-    Words only: on the demo data word pairs made clusters less topical (each pair adds projection noise),
-    and 2**18 hash buckets keep collisions rare for any realistic vocabulary.
-    """
-
-    n_features = 2**18
-
-    def __init__(self, dims: int = 256, seed: int = 0) -> None:
-        from sklearn.feature_extraction.text import HashingVectorizer
-        self.dims, self.seed = dims, seed
-        self.identity = f"local-hash-embedding/v2/dims={dims}/seed={seed}"  # v2: words, 8 dims each
-        self._vectorizer = HashingVectorizer(
-            n_features=self.n_features, alternate_sign=False, norm=None, stop_words=_embedding_stopwords(),
-            ngram_range=(1, 1), token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z0-9_]+\b", dtype=np.float32,
-        )
-        self._projection = _fitted_projection(self.n_features, dims, seed)
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        if not len(texts):
-            return np.zeros((0, self.dims), dtype=np.float32)
-        counts = self._vectorizer.transform(texts)
-        counts.data = 1.0 + np.log(counts.data)
-        out = np.asarray((counts @ self._projection).toarray(), dtype=np.float32)
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        norms[norms == 0] = 1.0
-        return out / norms
-
-
 @functools.lru_cache(maxsize=1)
 def _stopword_set() -> frozenset[str]:
     """scikit-learn's English stop words and ours (imported lazily: sklearn is slow to import)."""
@@ -1304,3 +1236,6 @@ def _meta_name(verbs_of: dict[str, Counter], verb_order: Sequence[str], phrases:
 
 def _lower(text: str) -> str:
     return _lower_first(text)
+
+
+from kura_dagster.pipeline.models.local_embedding import LocalEmbeddingModel  # noqa: E402,F401  (its home since issue 18)
