@@ -29,13 +29,18 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections import Counter
+from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 from urllib.parse import urlsplit
 
 import phonenumbers
 from stdnum import luhn
 
-__all__ = ["PLACEHOLDERS", "PHONE_REGIONS", "scrub", "scrub_counts"]
+from kura_dagster.types import Cluster, ConversationSummary, GeneratedCluster
+
+__all__ = ["PLACEHOLDERS", "PHONE_REGIONS", "ScrubbingNamer", "scrub", "scrub_counts", "scrub_metadata",
+           "scrub_summaries"]
 
 EMAIL, PHONE, CARD, IP, URL, SECRET = "[EMAIL]", "[PHONE]", "[CARD]", "[IP]", "[URL]", "[SECRET]"
 PLACEHOLDERS = (EMAIL, PHONE, CARD, IP, URL, SECRET)
@@ -61,6 +66,7 @@ _VERSION_BEFORE = re.compile(
     r"(?i)(?:\bv|\bver\.?\s*|version\s*|versión\s*|versão\s*|versione\s*|release\s*|build\s*|[=<>~^@]=?\s*)$"
 )
 _CARD_RE = re.compile(r"(?<![\w-])(?:\d[ -]?){12,18}\d(?![\w-])")
+_ANY_DIGIT = re.compile(r"\d")
 _DIGIT_RUN = re.compile(r"\d[\d\s().\-/]{5,}\d")
 _KEYWORD_SECRET_RE = re.compile(
     r"(?i)\b(?:api[_-]?key|apikey|secret(?:[_-]?key)?|access[_-]?token|auth[_-]?token|token|password|passwd|pwd|"
@@ -140,10 +146,18 @@ def _replace_values(text: str, values: set[str], placeholder: str, counts: Count
     return text
 
 
+# Every key or token the patterns know is a run of 16 or more token characters (or sits in a URL's credentials,
+# or a private-key block): text without one is not scanned by the plugins (most summaries and names).
+_MAYBE_TOKEN = re.compile(r"[A-Za-z0-9_\-+/=.:]{16,}|PRIVATE KEY")
+
+
 def _scrub_secrets(text: str, counts: Counter) -> str:
+    quoted = ('"' in text or "'" in text) and ("=" in text or ":" in text)
+    found: set[str] = {m.group(1) for m in _KEYWORD_SECRET_RE.finditer(text)} if quoted else set()
+    if not _MAYBE_TOKEN.search(text):
+        return _replace_values(text, found, SECRET, counts)
     text = _sub(_PRIVATE_KEY_BLOCK, text, SECRET, counts)
     pattern_plugins, _private, base64_entropy = _secret_plugins()
-    found: set[str] = set()
     # Their denylist regexes, not analyze_string: that yields a regex's first group, which for some is the token's
     # prefix ("ghp"); a long first group is the secret inside an assignment (AWS, basic auth, npm), else the match.
     for plugin in pattern_plugins:
@@ -158,7 +172,6 @@ def _scrub_secrets(text: str, counts: Counter) -> str:
             found.add(value)
     for rx in _EXTRA_SECRET_RES:
         found.update(m.group(0) for m in rx.finditer(text))
-    found.update(m.group(1) for m in _KEYWORD_SECRET_RE.finditer(text))
     return _replace_values(text, {v for v in found if v not in PLACEHOLDERS}, SECRET, counts)
 
 
@@ -234,12 +247,19 @@ def scrub_counts(text: str, counts: Counter) -> str:
     if not text:
         return text
     # URLs first, so that a URL's credentials or query go with the whole URL; then keys, which may sit in a kept URL.
-    text = _sub(_URL_RE, text, URL, counts, keep=_keep_url)
+    # (Cheap containment tests first: most text has no "://", "@" or digits, and skips those scans.)
+    if "://" in text:
+        text = _sub(_URL_RE, text, URL, counts, keep=_keep_url)
     text = _scrub_secrets(text, counts)
-    text = _sub(_EMAIL_RE, text, EMAIL, counts)
+    if "@" in text:
+        text = _sub(_EMAIL_RE, text, EMAIL, counts)
+    if not _ANY_DIGIT.search(text):
+        return text
     text = _sub(_CARD_RE, text, CARD, counts, keep=_keep_card)
-    text = _sub(_IPV4_RE, text, IP, counts, keep=_keep_ipv4, group=1)
-    text = _sub(_IPV6_RE, text, IP, counts, keep=_keep_ipv6, group=1)
+    if "." in text:
+        text = _sub(_IPV4_RE, text, IP, counts, keep=_keep_ipv4, group=1)
+    if "::" in text or text.count(":") >= 2:
+        text = _sub(_IPV6_RE, text, IP, counts, keep=_keep_ipv6, group=1)
     return _scrub_phones(text, counts)
 
 
@@ -247,3 +267,64 @@ def scrub(text: str) -> tuple[str, Counter]:
     """Return ``text`` with personal data replaced by typed placeholders, and the count of replacements per type."""
     counts: Counter = Counter()
     return scrub_counts(text, counts), counts
+
+
+# --- scrubbing the stages' outputs ------------------------------------------------------------------------
+
+SUMMARY_TEXT_FIELDS = ("summary", "request", "topic", "task")
+"""The free-text fields of a summary (``assistant_errors``, a list of texts, is scrubbed too)."""
+
+
+def scrub_summary(summary: ConversationSummary, counts: Counter) -> ConversationSummary:
+    """The summary with every free-text field scrubbed (a copy when something changed)."""
+    update: dict = {}
+    for name in SUMMARY_TEXT_FIELDS:
+        value = getattr(summary, name, None)
+        if isinstance(value, str) and value:
+            new = scrub_counts(value, counts)
+            if new != value:
+                update[name] = new
+    errors = summary.assistant_errors
+    if errors:
+        new_errors = [scrub_counts(e, counts) if isinstance(e, str) else e for e in errors]
+        if new_errors != errors:
+            update["assistant_errors"] = new_errors
+    return summary.model_copy(update=update) if update else summary
+
+
+def scrub_summaries(summaries: Sequence[ConversationSummary], counts: Counter) -> list[ConversationSummary]:
+    return [scrub_summary(s, counts) for s in summaries]
+
+
+def scrub_generated(gen: GeneratedCluster, counts: Counter) -> GeneratedCluster:
+    name, summary, slug = (scrub_counts(gen.name, counts), scrub_counts(gen.summary, counts),
+                           scrub_counts(gen.slug, counts))
+    if (name, summary, slug) == (gen.name, gen.summary, gen.slug):
+        return gen
+    return GeneratedCluster(name=name, summary=summary, slug=slug)
+
+
+class ScrubbingNamer:
+    """A ``ClusterNamingModel`` whose names, descriptions and slugs are scrubbed before anyone sees them (the
+    base clusters', and the meta clusters', which are named from their children's). ``counts`` tallies what was
+    replaced; everything else (``identity``, ``counts`` of a cached model …) is the wrapped model's."""
+
+    def __init__(self, inner: Any, counts: Counter | None = None) -> None:
+        self.inner = inner
+        self.scrubbed: Counter = counts if counts is not None else Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def name_clusters(self, groups: Sequence[Sequence[ConversationSummary]]) -> list[GeneratedCluster]:
+        return [scrub_generated(g, self.scrubbed) for g in self.inner.name_clusters(groups)]
+
+    def name_meta_clusters(self, groups: Sequence[Sequence[Cluster]]) -> list[GeneratedCluster]:
+        return [scrub_generated(g, self.scrubbed) for g in self.inner.name_meta_clusters(groups)]
+
+
+def scrub_metadata(counts: Counter, prefix: str = "privacy/scrubbed") -> dict[str, int]:
+    """``{"privacy/scrubbed/EMAIL": n, …}`` for every type (zeros included, so a clean run says so)."""
+    return {f"{prefix}/{p.strip('[]')}": int(counts.get(p, 0)) for p in PLACEHOLDERS}
