@@ -401,6 +401,20 @@ def test_values_arrow_and_dataframes() -> None:
     check_rows(conversations_from_value(polars.DataFrame(ROWS), column_map=CMAP), "polars")
 
 
+def test_a_polars_frame_keeps_its_column_time_zone() -> None:
+    import datetime as dt
+
+    import polars
+
+    frame = polars.DataFrame({"id": [1, 2], "ts": [dt.datetime(2024, 5, 2, 1, 15), dt.datetime(2024, 5, 1, 23, 30)],
+                              "turns": [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]})
+    frame = frame.with_columns(polars.col("ts").dt.replace_time_zone("Asia/Kolkata"))
+    result = conversations_from_value(frame, column_map={"chat_id": "id", "created_at": "ts", "messages": "turns"})
+    assert result.format == "polars"
+    assert [(c.chat_id, c.created_at.isoformat()) for c in result.conversations] == [
+        ("1", "2024-05-02T01:15:00+05:30"), ("2", "2024-05-01T23:30:00+05:30")]
+
+
 # --- layers ---------------------------------------------------------------------------------------------------
 LAYER_CHECK = """
 import sys
