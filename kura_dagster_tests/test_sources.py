@@ -103,9 +103,14 @@ def test_openai_records_in_a_json_array_and_in_jsonl_under_any_name(tmp_path: Pa
         result = read_source(tmp_path / name)
         assert result.format == "openai_chat", name
         check_openai(result)
-    # Deterministic: the generated chat_id is a hash of the record, the same on every read.
-    again = read_source(tmp_path / "chats.txt")
-    assert again.conversations == read_source(tmp_path / "chats.json").conversations
+    # Deterministic: the generated chat_id hashes the file's name, the record's place and its content, so a
+    # re-read of the same file gives the same ids; another file holding the same records gets other ids.
+    again, first = read_source(tmp_path / "chats.txt"), read_source(tmp_path / "chats.json")
+    assert again.conversations == read_source(tmp_path / "chats.txt").conversations
+    assert [c.model_copy(update={"chat_id": ""}) for c in again.conversations] == \
+        [c.model_copy(update={"chat_id": ""}) for c in first.conversations]
+    generated = {c.chat_id for c in again.conversations if c.chat_id != "chat-1"}
+    assert generated and not generated & {c.chat_id for c in first.conversations}
 
 
 def test_openai_bad_records_have_line_numbers_and_skip_returns_them(tmp_path: Path) -> None:
@@ -335,13 +340,13 @@ def test_missing_locations_and_bad_options_are_clear(tmp_path: Path) -> None:
 
 
 def test_unknown_records_need_a_column_map_and_then_read(tmp_path: Path) -> None:
-    path = tmp_path / "sharegpt.json"
-    path.write_text(json.dumps([{"key": "s1", "conversations": [{"from": "human", "value": "hi"}]}]))
-    with pytest.raises(ConversationInputError, match="cannot tell the format: the first record has the fields key, conversations"):
+    path = tmp_path / "turns.json"
+    path.write_text(json.dumps([{"key": "s1", "turns": [{"from": "human", "value": "hi"}]}]))
+    with pytest.raises(ConversationInputError, match="cannot tell the format: the first record has the fields key, turns"):
         read_source(path)
-    with pytest.raises(ConversationInputError, match="column_map maps chat_id to 'id'.*the columns are: key, conversations"):
-        read_source(path, column_map={"chat_id": "id", "messages": "conversations"})
-    result = read_source(path, column_map={"chat_id": "key", "messages": "conversations", "messages.role": "from",
+    with pytest.raises(ConversationInputError, match="column_map maps chat_id to 'id'.*the columns are: key, turns"):
+        read_source(path, column_map={"chat_id": "id", "messages": "turns"})
+    result = read_source(path, column_map={"chat_id": "key", "messages": "turns", "messages.role": "from",
                                            "messages.content": "value"})
     assert result.format == "json_records"
     assert [(m.role, m.content) for m in result.conversations[0].messages] == [("user", "hi")]

@@ -17,13 +17,13 @@ from kura_dagster.sources.location import COMPRESSED_SUFFIXES, Expansion, expand
 from kura_dagster.sources.openai_chat import read_openai_chat
 from kura_dagster.sources.parquet import MAGIC, read_parquet
 from kura_dagster.sources.records import read_json_records
-from kura_dagster.sources.result import Collector, OnBadRecord, ReadResult
+from kura_dagster.sources.result import SKIP_HINT, Collector, OnBadRecord, ReadResult
 from kura_dagster.sources.rows import SAMPLE_RECORDS, ColumnMap
 from kura_dagster.types.conversation import DEFAULT_MAX_MESSAGE_CHARS, RecordItem, split_json_records
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonlines")
 FORCED_SHAPE = {"kura": detect.KURA, "claude_export": detect.CLAUDE, "openai_chat": detect.OPENAI,
-                "json_records": detect.OTHER}
+                "sharegpt": detect.SHAREGPT, "hf_chat": detect.HF_CHAT, "json_records": detect.OTHER}
 
 
 def dispatch_records(items: Iterable[RecordItem], cmap: ColumnMap, collector: Collector, name: str,
@@ -45,6 +45,9 @@ def dispatch_records(items: Iterable[RecordItem], cmap: ColumnMap, collector: Co
     if kind == detect.OPENAI:
         read_openai_chat(items, records, cmap, collector, name)
         return "openai_chat"
+    if kind in (detect.SHAREGPT, detect.HF_CHAT):
+        read_json_records(items, records, detect.chat_map(kind).merged(cmap), collector, name)
+        return kind
     if not cmap.given and forced is None:
         raise detect.unknown_records_error(name, records)
     read_json_records(items, records, cmap, collector, name)
@@ -81,13 +84,16 @@ def read_source(
     format: str | None = None,
     max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS,
     split: str = "train",
+    skip_hint: str | None = None,
 ) -> ReadResult:
     """Read conversations from ``location`` (a path, a glob, a directory, an fsspec URL, or a list of them; with
     ``format="hf_dataset"`` also a Hugging Face Hub name) strictly: every record is checked, ``on_bad_record="fail"``
     raises one :class:`ConversationInputError` listing the first problems with their file and line/record/row,
     ``"skip"`` returns the bad records (for quarantine) with the good ones. ``format`` forces a format instead of
     detecting it from the content; ``column_map`` says where Kura's fields are (see :mod:`.rows`);
-    ``storage_options`` go to fsspec (and never into the result); ``split`` picks a Hugging Face split."""
+    ``storage_options`` go to fsspec (and never into the result); ``split`` picks a Hugging Face split;
+    ``skip_hint`` ends the bad-record error, naming the setting that skips them where the caller is configured
+    (default: the standalone location's ``KURA_ON_BAD_RECORD=skip``)."""
     forced = detect.normalise_format(format)
     cmap = ColumnMap.parse(column_map)
     if on_bad_record not in ("fail", "skip"):
@@ -127,7 +133,7 @@ def read_source(
             _read_file(exp.fs, path, name, cmap, forced, collector)
         if exp.ignored:
             collector.dropped["ignored_files"] += len(exp.ignored)
-    return collector.finish()
+    return collector.finish(skip_hint or SKIP_HINT)
 
 
 def _url(exp: Expansion, path: str) -> str:

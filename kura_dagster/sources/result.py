@@ -5,6 +5,7 @@ what was dropped, and at the end either raises one error listing the first probl
 from __future__ import annotations
 
 import json
+import posixpath
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -19,6 +20,8 @@ from kura_dagster.types.conversation import (
 
 OnBadRecord = Literal["fail", "skip"]
 SKIP_HINT = "Fix them, or set KURA_ON_BAD_RECORD=skip to skip and quarantine them."
+"""The standalone location's hint; a pipeline built by ``build_kura_defs`` or the Component names its own
+setting (the reader takes the hint as ``skip_hint``)."""
 
 
 @dataclass
@@ -93,6 +96,12 @@ class Collector:
         if fmt not in self.formats:
             self.formats.append(fmt)
 
+    def id_scope(self, location: str) -> str:
+        """What a generated chat_id hashes besides the content: the file (its name relative to the source, or its
+        base name) and the record's place in it, so equal records get different ids and a re-read the same ones."""
+        name = self._file_label or (posixpath.basename(self._file.rstrip("/")) if self._file else self.result.source)
+        return f"{name}\x00{location}"
+
     def _location(self, location: str) -> str:
         return f"{self._file_label} {location}" if self._file_label else location
 
@@ -135,7 +144,11 @@ class Collector:
             return
         conversation, reason, chat_id = check_record(record, self.seen, self.max_message_chars)
         if conversation is None:
-            self.bad(location, reason or "invalid record", raw, chat_id if chat_id is not None else record.get("chat_id"))
+            reason = reason or "invalid record"
+            if drops.get("chat_id_generated"):
+                reason += (f" (chat_id {record.get('chat_id')!r} was generated: the record has no id, so its id "
+                           "hashes the file name, the position and the content)")
+            self.bad(location, reason, raw, chat_id if chat_id is not None else record.get("chat_id"))
         else:
             self.result.conversations.append(conversation)
             self.dropped.update(drops)

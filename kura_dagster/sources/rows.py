@@ -3,7 +3,8 @@ conversation, and the ``column_map`` that says where Kura's fields are.
 
 ``column_map`` keys, each mapped to a column (top-level field) of the source:
 
-* ``chat_id`` (default: ``chat_id``, else ``id``; without either, a stable hash of the record),
+* ``chat_id`` (default: ``chat_id``, else ``id``; without either, an id generated from the file's name, the
+  record's position in it and its content: unique per record and the same on every read of the same file),
 * ``created_at`` (default: ``created_at``, else ``created``; without either, :data:`DEFAULT_CREATED_AT`),
 * ``messages`` (default: ``messages``), a list of ``{role, content, created_at}`` objects (or that list as a
   JSON string); ``messages.role``, ``messages.content``, ``messages.created_at`` rename the keys inside,
@@ -13,8 +14,9 @@ conversation, and the ``column_map`` that says where Kura's fields are.
 What becomes of messages Kura has no place for (it knows only ``user`` and ``assistant`` turns of text):
 
 * ``system`` and ``developer`` messages are dropped (``system_messages``); ``tool``, ``function`` and
-  ``ipython`` messages are dropped (``tool_messages``); ``human`` becomes ``user`` and ``gpt``/``model``
-  become ``assistant`` (``roles_renamed``); any other role makes the record bad;
+  ``ipython`` messages (and ShareGPT's ``function_call``/``observation`` turns) are dropped (``tool_messages``);
+  ``human`` becomes ``user`` and ``gpt``/``chatgpt``/``bard``/``model`` become ``assistant``
+  (``roles_renamed``); any other role makes the record bad (quarantined whole, naming the role);
 * a list of content parts keeps its text parts (``text``, ``input_text``, ``output_text``, or plain strings)
   joined with ``"\\n"``; other parts (images, audio, files, refusals) are dropped (``non_text_parts``);
   a message left with no text at all (``content: null``, only images) is dropped (``messages_without_text``);
@@ -51,8 +53,9 @@ MESSAGE_KEYS = ("role", "content", "created_at")
 DEFAULTS = {"chat_id": ("chat_id", "id"), "created_at": ("created_at", "created"), "messages": ("messages",),
             "metadata": ("metadata",)}
 SYSTEM_ROLES = frozenset({"system", "developer"})
-TOOL_ROLES = frozenset({"tool", "function", "ipython"})
-ROLE_ALIASES = {"human": "user", "gpt": "assistant", "model": "assistant"}
+TOOL_ROLES = frozenset({"tool", "function", "ipython", "function_call", "observation"})
+ROLE_ALIASES = {"human": "user", "gpt": "assistant", "chatgpt": "assistant", "bard": "assistant",
+                "model": "assistant"}
 TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text"})
 
 
@@ -64,6 +67,19 @@ class ColumnMap:
     message_keys: dict[str, str] = field(default_factory=dict)
     metadata_columns: dict[str, str] = field(default_factory=dict)
     given: bool = False
+    defaults: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULTS))
+    """Columns tried, in order, for a field the map does not name (a chat-dataset shape has its own)."""
+    rest_to_metadata: bool = False
+    """Every field but the messages (and a ``metadata`` mapping, merged) goes into ``metadata`` under its own
+    name, instead of being counted as ``unmapped_field``: chat datasets' ``language``, ``model`` …"""
+    require_user: bool = False
+    """A conversation left without a user message is a bad record (chat datasets: no human turn)."""
+
+    def merged(self, given: ColumnMap) -> ColumnMap:
+        """This shape's mapping with what the user's ``column_map`` says on top."""
+        return ColumnMap({**self.fields, **given.fields}, {**self.message_keys, **given.message_keys},
+                         {**self.metadata_columns, **given.metadata_columns}, given.given, dict(self.defaults),
+                         self.rest_to_metadata, self.require_user)
 
     @classmethod
     def parse(cls, column_map: Mapping[str, str] | None) -> ColumnMap:
@@ -103,7 +119,7 @@ class ColumnMap:
                     raise missing(name, self.fields[name])
                 bound[name] = self.fields[name]
             else:
-                bound[name] = next((c for c in DEFAULTS[name] if c in have), None)
+                bound[name] = next((c for c in self.defaults.get(name, ()) if c in have), None)
         if bound["messages"] is None:
             raise ConversationInputError(
                 f"{source}: no 'messages' column; map the column holding the messages with "
@@ -113,7 +129,7 @@ class ColumnMap:
             if column not in have:
                 raise missing(f"metadata.{key}", column)
         return Resolved(bound, {k: self.message_keys.get(k, k) for k in MESSAGE_KEYS}, dict(self.metadata_columns),
-                        {k for k in FIELDS if k in self.fields})
+                        {k for k in FIELDS if k in self.fields}, self.rest_to_metadata, self.require_user)
 
 
 @dataclass
@@ -122,15 +138,20 @@ class Resolved:
     message_keys: dict[str, str]
     metadata_columns: dict[str, str]
     explicit: set[str]
+    rest_to_metadata: bool = False
+    require_user: bool = False
 
     def used(self) -> set[str]:
         return {c for c in self.columns.values() if c} | set(self.metadata_columns.values())
 
 
-def stable_chat_id(row: Mapping[str, Any]) -> str:
-    """32 hex digits of the SHA-256 of the record's canonical JSON: the same record always gets the same id."""
+def stable_chat_id(row: Mapping[str, Any], scope: str = "") -> str:
+    """32 hex digits of the SHA-256 of ``scope`` (the file's name and the record's position in it, e.g.
+    ``chats.jsonl\x00line 12``) and the record's canonical JSON. Two records with the same content (two users who
+    both sent "hi") get different ids; the same file read again gives the same ids. The summary step still asks
+    the model once for content-identical conversations (its single flight is keyed by content, not id)."""
     text = json.dumps(row, sort_keys=True, default=str, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+    return hashlib.sha256(f"{scope}\x00{text}".encode("utf-8")).hexdigest()[:32]
 
 
 def is_null(value: Any) -> bool:
@@ -237,8 +258,9 @@ def convert_messages(messages: list[Any], keys: dict[str, str], created_at: Any,
         if role not in ("user", "assistant"):
             if role_key not in m:
                 return [], f"message {i} has no {role_key!r} (its keys: {', '.join(map(str, m)) or 'none'})"
-            return [], (f"message {i}: unknown role {role!r} (expected 'user' or 'assistant'; system and tool "
-                        "messages are dropped)")
+            where = "" if role_key == "role" else f" (its {role_key!r})"
+            return [], (f"message {i}: unknown role {role!r}{where} (expected 'user' or 'assistant', or "
+                        f"{', '.join(sorted(ROLE_ALIASES))} for them; system and tool messages are dropped)")
         text, error = message_text(m.get(content_key), dropped)
         if error:
             return [], f"message {i}: {error}"
@@ -265,9 +287,11 @@ def convert_messages(messages: list[Any], keys: dict[str, str], created_at: Any,
     return out, None
 
 
-def row_to_record(row: Mapping[str, Any], cols: Resolved) -> tuple[dict[str, Any] | None, str | None, Counter[str]]:
+def row_to_record(row: Mapping[str, Any], cols: Resolved,
+                  id_scope: str = "") -> tuple[dict[str, Any] | None, str | None, Counter[str]]:
     """One source row as a Kura-shaped dict (checked by the caller), or the reason it is bad, or
-    ``(None, None, drops)`` for a conversation skipped because it has no messages (counted in ``drops``)."""
+    ``(None, None, drops)`` for a conversation skipped because it has no messages (counted in ``drops``).
+    ``id_scope``: the file and position, for an id generated when the row has none."""
     drops: Counter[str] = Counter()
     c = cols.columns
 
@@ -302,7 +326,7 @@ def row_to_record(row: Mapping[str, Any], cols: Resolved) -> tuple[dict[str, Any
         return None, error, drops
     if chat_id is None:
         drops["chat_id_generated"] += 1
-        chat_id = stable_chat_id(row)
+        chat_id = stable_chat_id(row, id_scope)
     elif isinstance(chat_id, int) and not isinstance(chat_id, bool):
         chat_id = str(chat_id)
     elif not isinstance(chat_id, str):
@@ -311,6 +335,9 @@ def row_to_record(row: Mapping[str, Any], cols: Resolved) -> tuple[dict[str, Any
     converted, error = convert_messages(messages, cols.message_keys, created_at, drops)
     if error:
         return None, error, drops
+    if cols.require_user and not any(m["role"] == "user" for m in converted):
+        return None, (f"no human (user) turn: {len(converted)} assistant message(s) and nothing asked; a "
+                      "conversation to analyse needs at least one"), drops
 
     metadata: dict[str, Any] = {}
     if c["metadata"] is not None:
@@ -323,6 +350,14 @@ def row_to_record(row: Mapping[str, Any], cols: Resolved) -> tuple[dict[str, Any
             metadata[key] = v
 
     used = cols.used()
+    if cols.rest_to_metadata:  # a chat dataset's other columns (conversation_id, language, model …) are kept
+        skip = {c["messages"], c["metadata"]}
+        for key, v in row.items():
+            if key not in skip and str(key) not in metadata:
+                keep, v = metadata_value(v, drops)
+                if keep:
+                    metadata[str(key)] = v
+        return {"chat_id": chat_id, "created_at": created_at, "messages": converted, "metadata": metadata}, None, drops
     for key, v in row.items():
         if key not in used and not is_null(v):
             drops[f"unmapped_field:{key}"] += 1
@@ -378,7 +413,7 @@ def feed_rows(rows: Iterable[tuple[str, Any, Any, str | None]], cols: Resolved, 
         if not isinstance(row, Mapping):
             collector.bad(location, f"expected an object, got {type(row).__name__}", raw)
             continue
-        record, reason, drops = row_to_record(row, cols)
+        record, reason, drops = row_to_record(row, cols, collector.id_scope(location))
         chat_column = cols.columns["chat_id"]
         chat_id = row.get(chat_column) if chat_column else None
         collector.converted(location, raw, record, reason, drops, chat_id if isinstance(chat_id, str) else None)

@@ -8,15 +8,17 @@ from typing import Any
 
 import pyarrow as pa
 
+from kura_dagster.sources.detect import table_chat_map
 from kura_dagster.sources.result import Collector
 from kura_dagster.sources.rows import ColumnMap, Resolved, feed_rows
 
 
 def bind(cmap: ColumnMap, schema: pa.Schema, source: str) -> tuple[Resolved, list[str]]:
-    """The resolved mapping and the columns to read (in the schema's order)."""
-    cols = cmap.resolve(schema.names, source)
+    """The resolved mapping and the columns to read (in the schema's order). A chat dataset's table (a
+    ``conversation`` or ``conversations`` column of turns) takes that shape's mapping and keeps every column."""
+    cols = table_chat_map(schema.names, cmap, schema).resolve(schema.names, source)
     used = cols.used()
-    return cols, [n for n in schema.names if n in used]
+    return cols, [n for n in schema.names if n in used or cols.rest_to_metadata]
 
 
 def arrow_rows(batches: Iterable[pa.RecordBatch | pa.Table], start: int = 1) -> Iterator[tuple[str, Any, Any, None]]:

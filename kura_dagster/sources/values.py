@@ -11,6 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from kura_dagster.sources.detect import table_chat_map
 from kura_dagster.sources.hf_dataset import read_dataset
 from kura_dagster.sources.read import dispatch_records
 from kura_dagster.sources.result import Collector, OnBadRecord, ReadResult
@@ -29,7 +30,9 @@ def conversations_from_value(
     on_bad_record: OnBadRecord = "fail",
     source: str = "upstream asset",
     max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS,
+    skip_hint: str | None = None,
 ) -> ReadResult:
+    """``skip_hint`` ends the bad-record error with the setting that skips them where the caller is configured."""
     cmap = ColumnMap.parse(column_map)
     collector = Collector(source, on_bad_record, max_message_chars)
     module = type(value).__module__.split(".")[0]
@@ -41,7 +44,7 @@ def conversations_from_value(
     elif module == "pandas" and hasattr(value, "to_dict") and hasattr(value, "columns"):
         columns = [str(c) for c in value.columns]
         rows = ((f"row {i}", None, plain(row), None) for i, row in enumerate(value.to_dict("records"), start=1))
-        feed_rows(rows, cmap.resolve(columns, source), collector)
+        feed_rows(rows, table_chat_map(columns, cmap).resolve(columns, source), collector)
         collector.note_format("pandas")
     elif module == "polars" and hasattr(value, "to_arrow"):
         read_table(value.to_arrow(), cmap, collector, source)
@@ -72,4 +75,4 @@ def conversations_from_value(
             f"{source}: cannot read conversations from a {type(value).__module__}.{type(value).__qualname__}; "
             "expected a list of Conversation objects or dicts, a pyarrow Table, or a pandas or polars DataFrame"
         )
-    return collector.finish(VALUE_HINT)
+    return collector.finish(skip_hint or VALUE_HINT)
