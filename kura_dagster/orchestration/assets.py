@@ -50,6 +50,8 @@ from kura_dagster.pipeline.dimensionality import project_clusters
 from kura_dagster.pipeline.inputs import ReadResult, quarantine_jsonl
 from kura_dagster.pipeline.meta_cluster import reduce_clusters
 from kura_dagster.pipeline.models.cached import CachedEmbeddingModel, CachedNamingModel
+from kura_dagster.pipeline.privacy import ScrubbingNamer
+from kura_dagster.orchestration.privacy import private_base_clusters, private_meta_clusters, scrubbed_summaries
 from kura_dagster.pipeline.summarise import SummaryCounts, summarise_conversations
 from kura_dagster.orchestration.resources import ConversationSource, KuraPipelineResource
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, ProjectedCluster
@@ -202,6 +204,7 @@ def summaries_step(
                                             cached=lambda: counts.embeddings.cache_hits,
                                             deduplicated=lambda: counts.embeddings.deduplicated),
     )
+    out, privacy_md = scrubbed_summaries(context, out)  # personal data never leaves the summaries stage
     languages = Counter(lang for s in out for lang in (s.languages or []))
     topics = Counter(s.topic or "(none)" for s in out)
     zero = {"requests": 0, "retries": 0, "failures": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
@@ -219,6 +222,7 @@ def summaries_step(
         metadata={
             "summaries": len(out),
             "embedding_dims": len(out[0].embedding or []) if out else 0,
+            **privacy_md,
             "languages": dg.MetadataValue.json(dict(languages.most_common())),
             "topics": dg.MetadataValue.json(dict(topics.most_common())),
             "model": model.identity,
@@ -249,13 +253,14 @@ def clusters_step(
         context.log.info(f"Read {len(columns)} summaries from {len(partitions)} partition(s) "
                          f"({partitions[0]} … {partitions[-1]})")
     namer = CachedNamingModel(kura.naming_model(), answer_cache(kura))
-    # k-means on the matrix; summary models only for the few rows each cluster's naming reads
-    out = base_clusters_from_columns(columns, namer, kura.settings())
+    # k-means on the matrix; summary models only for the few rows each cluster's naming reads; groups below the
+    # privacy thresholds (or withheld by the auditor) are never named from their members
+    out, privacy_md = private_base_clusters(context, kura, columns, namer, answer_cache(kura))
     context.log.info(f"{len(out)} base clusters from {len(columns)} summaries ({columns.format} columns)")
     return dg.MaterializeResult(
         value=out,
         data_version=content_version(out),
-        metadata={**cluster_size_metadata(out), **request_metadata(naming=namer),
+        metadata={**cluster_size_metadata(out), **request_metadata(naming=namer), **privacy_md,
                   **settings_metadata(effective_settings(kura)), "summaries_read": len(columns),
                   **({"partitions_read": len(partitions), "first_partition": partitions[0],
                       "last_partition": partitions[-1]} if partitions else {})},
@@ -266,12 +271,14 @@ def meta_clusters_step(
     context: dg.AssetExecutionContext, kura: KuraPipelineResource, clusters: list[Cluster]
 ) -> dg.MaterializeResult:
     cache = answer_cache(kura)
-    namer, embedder = CachedNamingModel(kura.naming_model(), cache), CachedEmbeddingModel(kura.embedding_model(), cache)
+    namer = ScrubbingNamer(CachedNamingModel(kura.naming_model(), cache))  # parents' names scrubbed too
+    embedder = CachedEmbeddingModel(kura.embedding_model(), cache)
     out = reduce_clusters(clusters, namer, embedder, kura.settings())
+    out, privacy_md = private_meta_clusters(context, kura, clusters, out, namer.scrubbed, cache)
     return dg.MaterializeResult(
         value=out,
         data_version=content_version(out),
-        metadata={**tree_metadata(out), **request_metadata(naming=namer, embedding=embedder),
+        metadata={**tree_metadata(out), **request_metadata(naming=namer, embedding=embedder), **privacy_md,
                   **settings_metadata(effective_settings(kura))},
     )
 

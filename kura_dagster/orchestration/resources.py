@@ -50,6 +50,21 @@ class KuraPipelineResource(dg.ConfigurableResource):
     summary_batch_size: int = Field(
         0, description="Summaries saved to the cache per batch (a crash loses at most one); 0: 8 × max_concurrency."
     )
+    # Privacy (Clio): see README "Privacy and facets".
+    min_conversations: int = Field(
+        10, description="A cluster is shown (named from its members) only with at least this many conversations."
+    )
+    min_users: int = Field(
+        5, description="With user_key: a cluster is shown only with at least this many distinct users."
+    )
+    user_key: Optional[str] = Field(
+        None, description="The conversation metadata field that names the user (e.g. user_id); empty: not counted."
+    )
+    privacy_audit: bool = Field(
+        False, description="LLM mode: the model rates each cluster's name and description on Clio's 1-5 "
+        "identifiability scale (5: identifies nobody) and clusters rated below audit_min_rating are withheld."
+    )
+    audit_min_rating: int = Field(3, description="The lowest privacy-audit rating a shown cluster may have (1-5).")
 
     def settings(self) -> PipelineSettings:
         return PipelineSettings(
@@ -58,6 +73,13 @@ class KuraPipelineResource(dg.ConfigurableResource):
             seed=self.seed,
             embedding_dims=self.embedding_dims,
         )
+
+    def thresholds(self) -> Any:
+        """The aggregation thresholds (:class:`kura_dagster.pipeline.thresholds.Thresholds`)."""
+        from kura_dagster.pipeline.thresholds import Thresholds
+
+        return Thresholds(min_conversations=self.min_conversations, min_users=self.min_users,
+                          user_key=(self.user_key or "").strip() or None)
 
     def openai_config(self, model: str) -> OpenAIConfig:
         return OpenAIConfig(

@@ -74,7 +74,7 @@ class FoldReport:
     ratings: dict[int, int] = field(default_factory=dict)
 
     def as_metadata(self) -> dict[str, int]:
-        return {"privacy/kmeans_groups": self.groups, "privacy/shown_groups": self.shown,
+        return {"privacy/kmeans_groups": self.groups, "privacy/clusters_shown": self.shown,
                 "privacy/small_groups": self.small_groups, "privacy/withheld_groups": self.withheld_groups,
                 "privacy/conversations_in_other": self.conversations_in_other,
                 "privacy/conversations_folded_into_nearest": self.conversations_folded,

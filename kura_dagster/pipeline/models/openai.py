@@ -521,6 +521,13 @@ class OpenAIClusterNamingModel(_OpenAIModel):
         # The seed is not here: it shapes the requests, which are the cache keys.
         self.identity = f"openai:{config.model}/{NAMING_PROMPT_VERSION}/temperature={config.temperature:g}"
 
+    answer_model: type[BaseModel] = GeneratedCluster
+    """What a request is answered with; a subclass asking for something else (``pipeline.audit``'s privacy
+    rating) turns its answer into a ``GeneratedCluster`` in :meth:`_as_cluster`, so the cache keeps it."""
+
+    def _as_cluster(self, answer: Any) -> GeneratedCluster:
+        return answer
+
     def answer_requests(self, requests: Sequence[NamingRequest],
                         on_result: Callable[[int, GeneratedCluster], None] | None = None) -> list[GeneratedCluster]:
         """One name per request, in order; ``on_result(i, name)`` as each arrives. Raises the first failure
@@ -529,7 +536,8 @@ class OpenAIClusterNamingModel(_OpenAIModel):
 
         def job(i: int, request: NamingRequest):
             async def run(client: openai.AsyncOpenAI, sem: asyncio.Semaphore) -> GeneratedCluster:
-                result = await self._client.ask(client, sem, request.as_openai(), GeneratedCluster, request.subject)
+                result = self._as_cluster(
+                    await self._client.ask(client, sem, request.as_openai(), self.answer_model, request.subject))
                 if on_result is not None:
                     try:
                         on_result(i, result)
