@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import dagster as dg
 
+from kura_dagster.checkpoints.columnar import SummaryColumns
 from kura_dagster.io_managers.base import summary_columns_type
 from kura_dagster.orchestration.names import KuraNames
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, ProjectedCluster
@@ -247,7 +248,50 @@ def build_kura_checks(
     ) -> dg.AssetCheckResult:
         return result(projection_problems(projected_clusters, meta_clusters), clusters=len(projected_clusters))
 
-    return [summaries_cover_conversations, every_summary_in_one_cluster, meta_tree_well_formed, projections_consistent]
+    @dg.asset_check(
+        asset=key("clusters"),
+        additional_ins={"summaries": dg.AssetIn(key("summaries"), metadata=summaries_in_metadata or {},
+                                                dagster_type=summary_columns_type())},
+        blocking=True,
+        required_resource_keys={names.kura},
+        description="Privacy: every base cluster holds at least min_conversations conversations and, with user_key, "
+        "at least min_users distinct users (nothing below is shown).",
+    )
+    def clusters_meet_privacy_thresholds(context, clusters: list[Cluster], summaries: Any) -> dg.AssetCheckResult:
+        return _threshold_result(getattr(context.resources, names.kura).thresholds(), clusters, summaries)
+
+    @dg.asset_check(
+        asset=key("meta_clusters"),
+        additional_ins={"summaries": dg.AssetIn(key("summaries"), metadata=summaries_in_metadata or {},
+                                                dagster_type=summary_columns_type())},
+        blocking=True,
+        required_resource_keys={names.kura},
+        description="Privacy: every cluster of the tree (the map shows them all) meets min_conversations and, "
+        "with user_key, min_users.",
+    )
+    def meta_clusters_meet_privacy_thresholds(context, meta_clusters: list[Cluster],
+                                              summaries: Any) -> dg.AssetCheckResult:
+        return _threshold_result(getattr(context.resources, names.kura).thresholds(), meta_clusters, summaries)
+
+    return [summaries_cover_conversations, every_summary_in_one_cluster, meta_tree_well_formed, projections_consistent,
+            clusters_meet_privacy_thresholds, meta_clusters_meet_privacy_thresholds]
+
+
+def _threshold_result(thresholds: Any, clusters: Sequence[Cluster], summaries: Any) -> dg.AssetCheckResult:
+    """The privacy thresholds over ``clusters``; user counts from the summaries' ``metadata[user_key]``."""
+    from kura_dagster.pipeline.thresholds import threshold_problems, user_ids
+
+    users_by_chat = None
+    if thresholds.user_key:
+        parts = [summaries[k] for k in sorted(summaries)] if isinstance(summaries, dict) else [summaries]
+        users_by_chat = {}
+        for part in parts:
+            columns = SummaryColumns.coerce(part)
+            users_by_chat.update(zip(columns.chat_ids, user_ids(columns, thresholds.user_key) or []))
+    sizes = [len(c.chat_ids) for c in clusters]
+    return result(threshold_problems(clusters, thresholds, users_by_chat), clusters=len(clusters),
+                  smallest_cluster=min(sizes, default=0), min_conversations=thresholds.min_conversations,
+                  **({"min_users": thresholds.min_users} if thresholds.user_key else {}))
 
 
 kura_checks = build_kura_checks()
