@@ -456,25 +456,48 @@ def test_two_writers_at_once_on_s3_leave_one_complete_version(fmt: str, s3: S3, 
     assert not [k for k in s3.keys(s3_dir) if k.endswith(".lock")]
 
 
+class _CountedWaits:
+    """``storage``'s ``time`` module with the lock's pauses counted: waits are told by count, not by seconds."""
+
+    def __init__(self) -> None:
+        self.waits = 0
+
+    def sleep(self, seconds: float) -> None:
+        self.waits += 1
+        time.sleep(seconds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
 def test_the_s3_lock_waits_for_a_live_holder_and_breaks_a_dead_or_expired_one(
-        s3: S3, s3_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        s3: S3, s3_dir: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     import socket
 
+    caplog.set_level(logging.WARNING, logger="kura_dagster.checkpoints.storage")
+    clock = _CountedWaits()
+    monkeypatch.setattr(storage, "time", clock)
     manager = build_manager("parquet", s3_dir)
     fs = s3.fs()
     lock = f"{s3_dir.split('://', 1)[1]}/.summaries.parquet.lock"
-    # Held by a live process elsewhere for 1.5 s more: the save waits for the lease to run out.
-    fs.pipe_file(lock, json.dumps({"owner": "x", "host": "elsewhere", "pid": 1, "expires": time.time() + 1.5}).encode())
-    t0 = time.monotonic()
+    # Held by a live process elsewhere for 1.5 s more: the save waits, and takes the lock only once the lease ran
+    # out (broken as stale, after its expiry; never while it was live).
+    expires = time.time() + 1.5
+    fs.pipe_file(lock, json.dumps({"owner": "x", "host": "elsewhere", "pid": 1, "expires": expires}).encode())
     manager.save_checkpoint("summaries", _versions(5)["A"])
-    assert time.monotonic() - t0 >= 1.2
+    assert clock.waits >= 1 and time.time() >= expires
+    assert [r.getMessage().split(" of ")[1] for r in caplog.records if "Breaking the stale lock" in r.getMessage()] \
+        == [f"s3://{s3_dir.split('://', 1)[1]}/summaries.parquet (pid 1 on elsewhere)"]
     assert not fs.exists(lock)
-    # Held by a process of this machine that no longer exists (kill -9): broken at once.
+    assert identify(manager.load_checkpoint("summaries", ConversationSummary), _versions(5)) == "A"
+    # Held by a process of this machine that no longer exists (kill -9): broken at once, without a single wait.
+    caplog.clear()
+    clock.waits = 0
     fs.pipe_file(lock, json.dumps({"owner": "y", "host": socket.gethostname(), "pid": 999_999_999,
                                    "expires": time.time() + 600}).encode())
-    t0 = time.monotonic()
     manager.save_checkpoint("summaries", _versions(5)["B"])
-    assert time.monotonic() - t0 < 5
+    assert clock.waits == 0
+    assert [r.getMessage() for r in caplog.records if "pid 999999999" in r.getMessage()]
     # Held, and renewed, by someone else for longer than a writer waits: a clear error naming the lock.
     fs.pipe_file(lock, json.dumps({"owner": "z", "host": "elsewhere", "pid": 7, "expires": time.time() + 600}).encode())
     monkeypatch.setattr(storage, "LOCK_WAIT_SECONDS", 0.3)
