@@ -31,6 +31,7 @@ from kura_dagster.orchestration.automation import (
 )
 from kura_dagster.checkpoints.storage import resolve_location
 from kura_dagster.orchestration.checks import build_kura_checks
+from kura_dagster.orchestration.facets import build_facets_asset
 from kura_dagster.orchestration.migration_job import build_checkpoint_jobs
 from kura_dagster.orchestration.names import KuraNames
 from kura_dagster.orchestration.partitions import is_day_template
@@ -166,11 +167,11 @@ def build_kura_defs(
         ),
     }
 
-    assets = versioned_assets(
-        build_kura_assets(names, upstream=upstream, partitions=partitions, partition_start=partition_start,
-                          window_days=window_days),
-        resources, names,
-    )
+    stages = build_kura_assets(names, upstream=upstream, partitions=partitions, partition_start=partition_start,
+                               window_days=window_days)
+    # + the facets table (orchestration/facets.py), reading summaries as ``clusters`` does
+    facets = build_facets_asset(names, stages[2].node_def.input_defs[0].metadata or None)
+    assets = versioned_assets([*stages, facets], resources, names)
     job = build_kura_job(names)
     if sensor and path is None:
         raise ValueError("sensor=True needs a path source to watch (conversations= a path, glob or URL)")

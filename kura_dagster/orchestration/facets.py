@@ -1,0 +1,125 @@
+"""``<prefix>/cluster_facets``: Clio's facets per cluster as a table (``pipeline.facets``), downstream of
+``summaries`` and ``meta_clusters`` (every cluster, base and meta).
+
+The table is written beside the checkpoints, atomically (old or new, never half), as
+``cluster_facets.parquet`` and ``cluster_facets.jsonl``: it is not one of Kura's checkpoints, so it does not go
+through the checkpoint IO managers (which write Kura's models). DuckDB or pandas read it as it is::
+
+    duckdb.sql("SELECT name, concerning_mean FROM 'checkpoints/cluster_facets.parquet' ORDER BY 2 DESC")
+"""
+
+import io
+import json
+import time
+from typing import Any, Optional
+
+import dagster as dg
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from kura_dagster.checkpoints.columnar import SummaryColumns
+from kura_dagster.checkpoints.storage import atomic_write_bytes, to_upath
+from kura_dagster.io_managers.base import summary_columns_type
+from kura_dagster.orchestration.names import KuraNames
+from kura_dagster.pipeline.facets import FACET_FIELDS, FacetRows, cluster_facets, top_clusters
+from kura_dagster.types import Cluster
+
+FACETS_NAME = "cluster_facets"
+
+
+def facets_key(names: KuraNames) -> dg.AssetKey:
+    return dg.AssetKey([names.prefix, FACETS_NAME]) if names.prefix else dg.AssetKey(FACETS_NAME)
+
+
+def facet_rows(summaries: Any, user_key: Optional[str]) -> FacetRows:
+    """The facet fields of every summary (one partition after another when the input is by partition), read
+    without embeddings."""
+    parts = [summaries[k] for k in sorted(summaries)] if isinstance(summaries, dict) else [summaries]
+    fields = [*FACET_FIELDS, *(["metadata"] if user_key else [])]
+    models = []
+    for part in parts:
+        columns = SummaryColumns.coerce(part)
+        models.extend(columns.models_for(np.arange(len(columns)), fields=fields))
+    users = None
+    if user_key:
+        users = [None if (v := s.metadata.get(user_key)) in (None, "") else str(v) for s in models]
+    return FacetRows.from_summaries(models, users)
+
+
+def table_jsonl(table: pa.Table) -> bytes:
+    """One JSON object per row; the map columns as objects."""
+    lines = []
+    for row in table.to_pylist():
+        for col in ("language_shares", "task_shares"):
+            if row[col] is not None:
+                row[col] = dict(row[col])
+        lines.append(json.dumps(row, ensure_ascii=False))
+    return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
+
+
+def _md_table(rows: list[dict], column: str) -> str:
+    if not rows:
+        return "(no cluster has this facet: the offline models do not judge it)"
+    out = [f"| cluster | level | conversations | {column} |", "| --- | --- | --- | --- |"]
+    out += [f"| {r['name']} | {r['level']} | {r['conversations']} | {r[column]:.2f} |" for r in rows]
+    return "\n".join(out)
+
+
+def cluster_facets_step(context: dg.AssetExecutionContext, kura: Any, summaries: Any,
+                        meta_clusters: list[Cluster]) -> dg.MaterializeResult:
+    started = time.monotonic()
+    user_key = kura.thresholds().user_key
+    rows = facet_rows(summaries, user_key)
+    model_facets = kura.llm.strip() != "local"
+    table = cluster_facets(meta_clusters, rows, model_facets=model_facets)
+    root = to_upath(kura.checkpoint_dir)
+    parquet_path, jsonl_path = root / f"{FACETS_NAME}.parquet", root / f"{FACETS_NAME}.jsonl"
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    atomic_write_bytes(parquet_path, buf.getvalue())
+    atomic_write_bytes(jsonl_path, table_jsonl(table))
+    context.log.info(f"Facets of {table.num_rows} clusters from {len(rows.chat_ids)} summaries: {parquet_path}")
+    languages: dict[str, int] = {}
+    for langs in rows.languages:
+        for lang in langs:
+            languages[lang] = languages.get(lang, 0) + 1
+    return dg.MaterializeResult(metadata={
+        "clusters": table.num_rows,
+        "base_clusters": int(sum(table.column("is_base").to_pylist())),
+        "summaries_read": len(rows.chat_ids),
+        "model_facets": "from the LLM's summaries" if model_facets
+        else "null: the offline models do not judge task, concern, frustration or errors",
+        "parquet_path": dg.MetadataValue.path(str(parquet_path)),
+        "jsonl_path": dg.MetadataValue.path(str(jsonl_path)),
+        "top_by_concerning": dg.MetadataValue.md(_md_table(top_clusters(table, "concerning_mean"), "concerning_mean")),
+        "top_by_frustration": dg.MetadataValue.md(_md_table(top_clusters(table, "frustration_mean"),
+                                                            "frustration_mean")),
+        "languages": dg.MetadataValue.json(dict(sorted(languages.items(), key=lambda kv: -kv[1]))),
+        **({"user_key": user_key} if user_key else {}),
+        "elapsed_seconds": round(time.monotonic() - started, 3),
+    })
+
+
+def build_facets_asset(names: KuraNames, summaries_in_metadata: Optional[dict[str, Any]] = None
+                       ) -> dg.AssetsDefinition:
+    """The ``cluster_facets`` asset of one pipeline (its own key prefix, group and ``kura`` resource)."""
+
+    @dg.asset(
+        key=facets_key(names),
+        group_name=names.group,
+        code_version="1",
+        kinds={"python", "kura", "parquet"},
+        description="Clio's facets per cluster (base and meta): language and task shares, concerning score, "
+        "frustration, assistant errors, conversation and user counts. Written beside the checkpoints as "
+        "cluster_facets.parquet and cluster_facets.jsonl (DuckDB/pandas).",
+        ins={"summaries": dg.AssetIn(key=names.key("summaries"), dagster_type=summary_columns_type(),
+                                     metadata=summaries_in_metadata or {}),
+             "meta_clusters": dg.AssetIn(key=names.key("meta_clusters"))},
+        required_resource_keys={names.kura},
+    )
+    def cluster_facets_asset(context: dg.AssetExecutionContext, summaries: Any,
+                             meta_clusters: list[Cluster]) -> dg.MaterializeResult:
+        return cluster_facets_step(context, getattr(context.resources, names.kura), summaries, meta_clusters)
+
+    return cluster_facets_asset
