@@ -3,7 +3,8 @@
     kura-dagster migrate jsonl:./kura_checkpoints parquet:./checkpoints [--names summaries clusters]
                  [--overwrite] [--option compression=zstd] [--model NAME=MODEL] [--json]
     kura-dagster storage ./checkpoints [--json]
-    kura-dagster export ./checkpoints/support ./kura_export     # Kura's single-file layout, partitions joined
+    kura-dagster export ./checkpoints/support ./kura_export [--format jsonl|parquet|hf]
+                 # Kura's single-file layout, partitions joined (parquet/hf: the layout Kura's own managers read)
     kura-dagster cache list ./checkpoints [--json]
     kura-dagster cache prune ./checkpoints --older-than 30d [--keep IDENTITY] [--dry-run]
 
@@ -65,7 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="write Kura's single-file layout (conversations.jsonl, summaries.jsonl, …) "
                          "of a checkpoint directory, joining partitions, streaming")
     exp.add_argument("directory", metavar="DIR", help="a pipeline's checkpoint directory or URL (any format)")
-    exp.add_argument("out_dir", metavar="OUT_DIR", help="where to write the JSONL files Kura and Kura's UI read")
+    exp.add_argument("out_dir", metavar="OUT_DIR", help="where to write the files Kura reads")
+    exp.add_argument("--format", choices=("jsonl", "parquet", "hf"), default="jsonl",
+                     help="jsonl (default): what Kura's JSONL manager and Kura's UI read; parquet / hf: what Kura "
+                     "0.5.4's ParquetCheckpointManager / HFDatasetCheckpointManager read (Kura's layout)")
     exp.add_argument("--json", action="store_true", help="print the report as JSON")
 
     cache = sub.add_parser("cache", help="the LLM answer cache (.kura-cache): list or prune its setting folders")
@@ -139,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from kura_dagster.checkpoints.export import export_kura
 
             try:
-                report = export_kura(args.directory, args.out_dir)
+                report = export_kura(args.directory, args.out_dir, format=args.format)
             except CheckpointError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1

@@ -3,12 +3,17 @@
 A partitioned pipeline stores ``conversations/2026-11-28.jsonl``, ``summaries/2026-11-28.parquet`` … one file
 per partition; Kura reads one ``conversations.jsonl``, ``summaries.jsonl``, ``clusters.jsonl``,
 ``meta_clusters.jsonl`` and ``dimensionality.jsonl``. :func:`export_kura` writes those, streaming: each
-checkpoint is read batch by batch through its format's manager (verified as any load is) and written line by
-line to one atomic file, so memory stays bounded by a batch whatever the size of the history.
+checkpoint is read batch by batch through its format's manager (verified as any load is) and written to one
+atomic file (or dataset), so memory stays bounded by a batch whatever the size of the history.
+
+``format="jsonl"`` (the default) writes what Kura's ``JSONLCheckpointManager`` and Kura's UI read;
+``format="parquet"`` / ``"hf"`` write ``<name>.parquet`` / ``<name>/`` in the layout Kura 0.5.4's own
+``ParquetCheckpointManager`` / ``HFDatasetCheckpointManager`` read (``layout="kura"``, see :mod:`.kura_layout`).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +27,7 @@ from kura_dagster.types import KURA_CHECKPOINT_MODELS
 logger = logging.getLogger(__name__)
 
 FORMAT_ORDER = ("jsonl", "parquet", "hf")
+EXPORT_FORMATS = ("jsonl", "parquet", "hf")
 BATCH = 5_000
 
 
@@ -39,9 +45,11 @@ class ExportedFile:
 class ExportReport:
     files: list[ExportedFile] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    format: str = "jsonl"
 
     def as_markdown(self) -> str:
-        lines = ["| checkpoint | rows | bytes | read from | partitions |", "|---|---:|---:|---|---:|"]
+        lines = [f"Written as {self.format} in Kura's layout.", "",
+                 "| checkpoint | rows | bytes | read from | partitions |", "|---|---:|---:|---|---:|"]
         for f in self.files:
             lines.append(f"| {f.name} | {f.rows:,} | {f.bytes:,} | {f.format} | {len(f.partitions) or '-'} |")
         for name in self.missing:
@@ -67,29 +75,54 @@ def _find(root: Any, name: str, storage_options: Optional[dict]) -> Optional[tup
     return None
 
 
-def _lines(manager: BaseCheckpointManager, names: list[str], model: type) -> Iterator[bytes]:
+def _rows(manager: BaseCheckpointManager, names: list[str], model: type) -> Iterator[Any]:
+    """The models of ``names`` in order, read batch by batch."""
     for name in names:
         rows = manager.iter_checkpoint(name, model, batch_size=BATCH)
         if rows is None:
             raise FileNotFoundError(f"{manager.get_checkpoint_path(name)} disappeared during the export")
-        for row in rows:
-            yield row.__pydantic_serializer__.to_json(row) + b"\n"
+        yield from rows
 
 
-def export_kura(checkpoint_dir: Any, out_dir: Any, *, storage_options: Optional[dict] = None,
+def _lines(manager: BaseCheckpointManager, names: list[str], model: type) -> Iterator[bytes]:
+    for row in _rows(manager, names, model):
+        yield row.__pydantic_serializer__.to_json(row) + b"\n"
+
+
+def _batches(manager: BaseCheckpointManager, names: list[str], model: type) -> Iterator[list[Any]]:
+    rows = _rows(manager, names, model)
+    while batch := list(itertools.islice(rows, BATCH)):
+        yield batch
+
+
+def export_kura(checkpoint_dir: Any, out_dir: Any, *, format: str = "jsonl", storage_options: Optional[dict] = None,
                 out_storage_options: Optional[dict] = None) -> ExportReport:
-    """Write Kura's single-file JSONL layout of ``checkpoint_dir`` (any format, partitioned or not) to ``out_dir``."""
+    """Write Kura's single-file layout of ``checkpoint_dir`` (any format, partitioned or not) to ``out_dir``: JSONL
+    (``format="jsonl"``), or Parquet / HF datasets in the layout Kura 0.5.4's own managers read."""
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"export format must be one of {', '.join(EXPORT_FORMATS)}; got {format!r}")
     root = storage.to_upath(checkpoint_dir, storage_options)
     out = storage.to_upath(out_dir, out_storage_options)
     if storage.is_local(root) and not root.exists():
         raise FileNotFoundError(f"{checkpoint_dir}: no such checkpoint directory")
-    report = ExportReport()
+    report = ExportReport(format=format)
+    writer = None
+    if format != "jsonl":
+        opts = {"storage_options": out_storage_options} if out_storage_options else {}
+        writer = build_manager(format, out, layout="kura", **opts)
     for name, model in KURA_CHECKPOINT_MODELS.items():
         found = _find(root, name, storage_options)
         if found is None:
             report.missing.append(name)
             continue
         manager, names, fmt = found
+        partitions = names if names != [name] else []
+        if writer is not None:
+            saved = writer.save_kura_stream(name, model, _batches(manager, names, model))  # type: ignore[attr-defined]
+            report.files.append(ExportedFile(name, saved.rows, saved.bytes, saved.path, fmt, partitions))
+            logger.info("Exported %s: %d rows from %s to %s (%s, Kura's layout)", name, saved.rows, fmt, saved.path,
+                        format)
+            continue
         target = out / f"{name}.jsonl"
         count = 0
 
@@ -100,7 +133,6 @@ def export_kura(checkpoint_dir: Any, out_dir: Any, *, storage_options: Optional[
                 count += 1
 
         size = storage.atomic_write_file(target, write)
-        partitions = names if names != [name] else []
         report.files.append(ExportedFile(name, count, size, str(target), fmt, partitions))
         logger.info("Exported %s: %d rows from %s%s to %s", name, count, fmt,
                     f" ({len(partitions)} partitions)" if partitions else "", target)
