@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,7 @@ from kura_dagster.checkpoints import (
     InvalidCheckpointName,
     JSONLCheckpointManager,
 )
-from kura_dagster.types import Cluster, ConversationSummary, ProjectedCluster
+from kura_dagster.types import Cluster, Conversation, ConversationSummary, ProjectedCluster
 
 
 def _summaries(n: int = 5) -> list[ConversationSummary]:
@@ -68,6 +69,23 @@ def test_reads_kura_files_without_sidecar(shared_data):
     assert len(mgr.load_checkpoint("dimensionality", ProjectedCluster)) == 19
     with pytest.raises(LookupError, match="model_class"):
         mgr.load_checkpoint("clusters")  # Kura's files do not say what they hold
+
+
+KURA_JSONL = Path(__file__).parent / "data" / "kura054" / "jsonl"  # written by Kura 0.5.4 (data/make_kura_jsonl.py)
+KURA_STAGES = [("conversations", Conversation), ("summaries", ConversationSummary), ("clusters", Cluster),
+               ("meta_clusters", Cluster), ("dimensionality", ProjectedCluster)]
+
+
+def test_saving_what_kura_wrote_gives_kuras_bytes(tmp_path):
+    """Load Kura's files (no sidecar) and save them again: the same bytes, file for file."""
+    kura = JSONLCheckpointManager(KURA_JSONL)
+    assert kura.list_checkpoints() == sorted(name for name, _ in KURA_STAGES)
+    ours = JSONLCheckpointManager(tmp_path)
+    for name, cls in KURA_STAGES:
+        models = kura.load_checkpoint(name, cls)
+        assert len(models) == len((KURA_JSONL / f"{name}.jsonl").read_bytes().splitlines())
+        ours.save_checkpoint(name, models)
+        assert (tmp_path / f"{name}.jsonl").read_bytes() == (KURA_JSONL / f"{name}.jsonl").read_bytes(), name
 
 
 def test_filter_checkpoint_only_builds_matching_rows(tmp_path):

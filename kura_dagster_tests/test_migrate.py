@@ -122,8 +122,11 @@ def test_errors_name_what_is_wrong(tmp_path):
     assert parse_location("parquet:s3://bucket/kura") == ("parquet", "s3://bucket/kura")
 
 
-def test_imports_the_directory_kura_wrote_as_jsonl(tmp_path, shared_data):
-    """Kura's JSONL files record no model: Kura's checkpoint names decide, and the copy is Kura's bytes exactly."""
+@pytest.mark.parametrize("where", ["repository", "shared"])
+def test_imports_the_directory_kura_wrote_as_jsonl(tmp_path, where, request):
+    """Kura's JSONL files record no model: Kura's checkpoint names decide, and the copy is Kura's bytes exactly.
+    On the small directory Kura 0.5.4 wrote in the repository (always) and on ../shared's 1,000 rows (when present)."""
+    shared_data = KURA054 / "jsonl" if where == "repository" else request.getfixturevalue("shared_data")
     report = migrate(open_location(f"jsonl:{shared_data}"), open_location(f"jsonl:{tmp_path}"),
                      ["summaries", "clusters", "dimensionality"])
     assert [c.model.rsplit(".", 1)[-1] for c in report.checkpoints] == [

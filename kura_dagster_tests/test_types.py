@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +36,39 @@ def test_every_kura_line_round_trips_to_the_same_json(shared_data, name):
         written = model.model_validate_json(line).model_dump_json()
         assert json.loads(written) == json.loads(line), f"{name}.jsonl line {number}"
         assert written == line, f"{name}.jsonl line {number} is the same JSON but not the same bytes"
+
+
+KURA_JSONL = Path(__file__).parent / "data" / "kura054" / "jsonl"
+"""Files Kura 0.5.4's JSONLCheckpointManager wrote (``data/make_kura_jsonl.py``): in the repository, so a fresh
+clone tests byte-identity too (non-UTC and naive timestamps, escapes, non-ASCII, float reprs included)."""
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_every_line_kura_wrote_in_the_repository_round_trips_to_the_same_bytes(name):
+    data = (KURA_JSONL / f"{name}.jsonl").read_bytes()
+    assert data.endswith(b"\n")
+    lines = data[:-1].split(b"\n")
+    assert len(lines) >= 12, name
+    for number, line in enumerate(lines, start=1):
+        written = FILES[name].model_validate_json(line).model_dump_json().encode("utf-8")
+        assert written == line, f"{name}.jsonl line {number}:\n{written!r}\n{line!r}"
+
+
+def test_kuras_bytes_for_offsets_escapes_and_floats_are_ours():
+    """Spot checks written by hand, on the edge rows Kura wrote."""
+    conversations = [Conversation.model_validate_json(line)
+                     for line in (KURA_JSONL / "conversations.jsonl").read_text(encoding="utf-8").splitlines()]
+    edge = {c.chat_id: c for c in conversations if c.chat_id.startswith("edge-")}
+    assert edge["edge-ist"].created_at.isoformat() == "2024-03-11T05:00:00.250000+05:30"
+    assert edge["edge-pst"].created_at.isoformat() == "2024-03-10T23:59:59-08:00"
+    assert edge["edge-naive"].created_at.tzinfo is None
+    dumped = edge["edge-ist"].model_dump_json()
+    assert '"content":"नमस्ते 🙏\\nLine two\\twith a tab and a bell \\u0007."' in dumped
+    assert '"created_at":"2024-03-10T23:59:59-08:00"' in edge["edge-pst"].model_dump_json()
+    summary = ConversationSummary.model_validate_json(
+        (KURA_JSONL / "summaries.jsonl").read_text(encoding="utf-8").splitlines()[12])
+    assert summary.model_dump_json().endswith(
+        '"embedding":[0.1,-0.0,1e-7,0.3333333333333333,-123456.789,2.5e-310,1e+22,3.0]}')
 
 
 def test_cluster_count_is_computed_and_written():
