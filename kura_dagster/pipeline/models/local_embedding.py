@@ -195,7 +195,7 @@ class LocalEmbeddingModel:
             except ValueError:
                 x = None
         if x is None:  # nothing to learn at all: an empty vocabulary, every text embeds to zeros
-            vocabulary, idf, components = [], np.zeros(0, np.float32), np.zeros((0, 0), np.float32)
+            vocabulary, idf, components = [], np.zeros(0, np.float32), np.zeros((self.dims, 0), np.float32)
         else:
             vocabulary = vec.get_feature_names_out().tolist()
             idf = vec.idf_.astype(np.float32)
@@ -208,7 +208,11 @@ class LocalEmbeddingModel:
                 signs = np.sign(components[np.arange(k), np.abs(components).argmax(axis=1)])
                 components *= np.where(signs == 0, 1, signs)[:, None]
             else:  # fewer than three texts or terms: the tf-idf space itself (no reduction to fit)
-                components = np.eye(len(vocabulary), dtype=np.float32)
+                components = np.eye(min(self.dims, len(vocabulary)), len(vocabulary), dtype=np.float32)
+            if len(components) < self.dims:  # a small corpus has fewer dimensions: the rest stay zero, so every
+                # fit gives vectors of ``dims`` values (the checkpoints' fixed width)
+                components = np.vstack([components, np.zeros((self.dims - len(components), len(vocabulary)),
+                                                              dtype=np.float32)])
         state = FittedState(kind=KIND, params={
             "vectorizer": params, "vocabulary": vocabulary, "dims_requested": self.dims, "seed": self.seed,
             "fitted_on": len(picked), "distinct_texts": len(distinct), "text": {
@@ -230,7 +234,7 @@ class LocalEmbeddingModel:
         if not n:
             return np.zeros((0, self.output_dims), dtype=np.float32)
         if not len(self._idf):
-            return np.zeros((n, max(self.output_dims, 1)), dtype=np.float32)
+            return np.zeros((n, self.output_dims), dtype=np.float32)
         out = np.empty((n, self._components_t.shape[1]), dtype=np.float32)
         step = 20_000
         for a in range(0, n, step):
