@@ -48,7 +48,7 @@ from kura_dagster.orchestration.observability import (
 from kura_dagster.pipeline.cluster import base_clusters_from_columns
 from kura_dagster.pipeline.dimensionality import project_clusters
 from kura_dagster.pipeline.inputs import ReadResult, quarantine_jsonl
-from kura_dagster.pipeline.meta_cluster import reduce_clusters
+from kura_dagster.pipeline.meta_cluster import cluster_centroids, reduce_clusters
 from kura_dagster.pipeline.models.cached import CachedEmbeddingModel, CachedNamingModel
 from kura_dagster.pipeline.privacy import ScrubbingNamer
 from kura_dagster.orchestration.privacy import private_base_clusters, private_meta_clusters, scrubbed_summaries
@@ -185,7 +185,13 @@ def summaries_step(
     parts: dict[str, list[Conversation]] = as_partition_map(conversations, keys) if keys else {}
     if keys:
         conversations = [c for k in keys for c in parts[k]]
-    model, embedder = kura.summary_model(), kura.embedding_model()
+    model = kura.summary_model()
+    # The offline embedding reads the stored fit (vocabulary + LSA) or fits it on this run's conversations and
+    # stores it, so every later partition and rerun embeds in the same space (refit only with refit_embedding).
+    embedder, embedding_fit = kura.fitted_embedding_model(conversations)
+    if embedding_fit != "remote":
+        context.log.info(f"Offline embedding {embedder.identity}: {embedding_fit}"
+                         + (f" on {len(conversations)} conversations" if embedding_fit != "loaded" else ""))
     # LLM work is cached per conversation under the checkpoint directory and saved batch by batch, so a rerun
     # or a resumed run only pays for what is new; the offline local models are cheaper to recompute.
     remote_llm, remote_embeddings = kura.llm.strip() != "local", kura.embeddings.strip() != "local"
@@ -227,6 +233,7 @@ def summaries_step(
             "topics": dg.MetadataValue.json(dict(topics.most_common())),
             "model": model.identity,
             "embedding_model": embedder.identity,
+            **({"embedding_fit": embedding_fit} if embedding_fit != "remote" else {}),
             "cache_hits": counts.summaries.cache_hits,
             "deduplicated": counts.summaries.deduplicated,
             "summaries_generated": counts.summaries.requested,
@@ -243,12 +250,18 @@ def summaries_step(
     )
 
 
-def clusters_step(
-    context: dg.AssetExecutionContext, kura: KuraPipelineResource, summaries: SummaryColumns
-) -> dg.MaterializeResult:
+def summary_columns_of(summaries: Any) -> tuple[SummaryColumns, list[str]]:
+    """The summaries' columns, one partition after another (sorted keys) when the input is by partition."""
     partitions = sorted(summaries) if isinstance(summaries, dict) else []
     columns = SummaryColumns.concat([SummaryColumns.coerce(summaries[k]) for k in partitions]) if partitions \
         else SummaryColumns.coerce(summaries)
+    return columns, partitions
+
+
+def clusters_step(
+    context: dg.AssetExecutionContext, kura: KuraPipelineResource, summaries: SummaryColumns
+) -> dg.MaterializeResult:
+    columns, partitions = summary_columns_of(summaries)
     if partitions:
         context.log.info(f"Read {len(columns)} summaries from {len(partitions)} partition(s) "
                          f"({partitions[0]} … {partitions[-1]})")
@@ -268,12 +281,18 @@ def clusters_step(
 
 
 def meta_clusters_step(
-    context: dg.AssetExecutionContext, kura: KuraPipelineResource, clusters: list[Cluster]
+    context: dg.AssetExecutionContext, kura: KuraPipelineResource, clusters: list[Cluster],
+    summaries: Any = None,
 ) -> dg.MaterializeResult:
     cache = answer_cache(kura)
     namer = ScrubbingNamer(CachedNamingModel(kura.naming_model(), cache))  # parents' names scrubbed too
     embedder = CachedEmbeddingModel(kura.embedding_model(), cache)
-    out = reduce_clusters(clusters, namer, embedder, kura.settings())
+    centroids = None
+    if summaries is not None:  # group in the base clusters' own space: their members' mean embeddings
+        columns, _ = summary_columns_of(summaries)
+        centroids = cluster_centroids(clusters, columns.chat_ids, columns.embeddings)
+        del columns
+    out = reduce_clusters(clusters, namer, embedder, kura.settings(), centroids=centroids)
     out, privacy_md = private_meta_clusters(context, kura, clusters, out, namer.scrubbed, cache)
     return dg.MaterializeResult(
         value=out,
@@ -401,12 +420,16 @@ def build_kura_assets(
     @dg.asset(
         **spec("meta_clusters", "Kura's hierarchy: roots grouped until at most max_clusters remain; every "
                "cluster, parents included."),
-        ins={"clusters": dg.AssetIn(key=names.key("clusters"))},
+        ins={"clusters": dg.AssetIn(key=names.key("clusters")),
+             # the summaries' embeddings (columnar), so meta clusters form in the base clusters' space
+             "summaries": dg.AssetIn(key=names.key("summaries"), dagster_type=summary_columns_type(),
+                                     metadata=summaries_in_metadata)},
         required_resource_keys={kura_key},
     )
-    def meta_clusters(context: dg.AssetExecutionContext, clusters: list[Cluster]) -> dg.MaterializeResult[list[Cluster]]:
+    def meta_clusters(context: dg.AssetExecutionContext, clusters: list[Cluster],
+                      summaries: SummaryColumns) -> dg.MaterializeResult[list[Cluster]]:
         (kura,) = resources(context, kura_key)
-        return meta_clusters_step(context, kura, clusters)
+        return meta_clusters_step(context, kura, clusters, summaries)
 
     @dg.asset(
         **spec("projected_clusters", "Every meta cluster projected to 2D for the cluster map, with its level "

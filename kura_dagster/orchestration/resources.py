@@ -6,6 +6,7 @@ Both are editable in the launchpad; the default Definitions fill them from the e
 
 
 import os
+from collections.abc import Sequence
 from typing import Any, Literal, Optional
 
 import dagster as dg
@@ -23,6 +24,7 @@ from kura_dagster.pipeline.models.openai import (
     parse_backend,
 )
 from kura_dagster.pipeline.settings import PipelineSettings
+from kura_dagster.types import Conversation
 
 
 class KuraPipelineResource(dg.ConfigurableResource):
@@ -33,7 +35,11 @@ class KuraPipelineResource(dg.ConfigurableResource):
     seed: int = Field(0, description="Every stage is deterministic for a given seed.")
     embedding_dims: int = Field(256, description="Dimensions of the local embedding model.")
     llm: str = Field("local", description="'local' (offline) or 'openai:<model>' for an OpenAI-compatible server.")
-    embeddings: str = Field("local", description="'local' (offline) or 'openai:<model>'.")
+    embeddings: str = Field("local", description="'local' (offline TF-IDF + LSA), 'openai:<model>', or "
+                            "'sentence-transformers:<model name or local path>' (extra 'sentence-transformers').")
+    refit_embedding: bool = Field(
+        False, description="Fit the offline embedding's vocabulary and LSA reduction again at this summaries run "
+        "(a taxonomy rebuild: rerun every summaries partition after it). Otherwise the stored fit is reused.")
     checkpoint_dir: str = Field("checkpoints", description="Where caches and quarantined records are kept.")
     # OpenAI-compatible backends. The API key is never config: the client reads OPENAI_API_KEY itself.
     base_url: Optional[str] = Field(
@@ -93,10 +99,33 @@ class KuraPipelineResource(dg.ConfigurableResource):
         return LocalSummaryModel() if model is None else OpenAISummaryModel(self.openai_config(model))
 
     def embedding_model(self) -> EmbeddingModel:
+        """The embedding backend. The offline one comes with the fit stored beside the checkpoints (see
+        :meth:`fitted_embedding_model`); with none stored yet it fits itself on the first texts it embeds."""
+        spec = (self.embeddings or "local").strip()
+        if spec.partition(":")[0] in ("sentence-transformers", "sentence_transformers"):
+            from kura_dagster.pipeline.models.sentence_transformers import SentenceTransformerEmbeddingModel
+
+            return SentenceTransformerEmbeddingModel(spec.partition(":")[2].strip(),
+                                                     batch_size=self.embedding_batch_size)
         model = parse_backend(self.embeddings, "embeddings")
         if model is None:
-            return LocalEmbeddingModel(dims=self.embedding_dims, seed=self.seed)
+            from kura_dagster.checkpoints.artifacts import load_state
+            from kura_dagster.pipeline.models.local_embedding import ARTIFACT_NAME
+
+            local = LocalEmbeddingModel(dims=self.embedding_dims, seed=self.seed)
+            stored = load_state(self.checkpoint_dir, ARTIFACT_NAME)
+            return local.load(stored) if stored is not None and local.matches(stored) else local
         return OpenAIEmbeddingModel(self.openai_config(model), batch_size=self.embedding_batch_size)
+
+    def fitted_embedding_model(self, conversations: Sequence[Conversation]) -> tuple[EmbeddingModel, str]:
+        """``(model, how)``: :meth:`embedding_model`, and for the offline one the stored fit, or a new fit on
+        ``conversations`` stored for later runs (``how``: ``loaded``, ``fitted``, ``refitted`` (``refit_embedding``)
+        or ``replaced`` (the stored fit had other settings); ``remote`` for the other backends).
+        :func:`refit_local_embedding` is the hook a taxonomy rebuild calls."""
+        if (self.embeddings or "local").strip() != "local":
+            return self.embedding_model(), "remote"
+        return fit_local_embedding(self.checkpoint_dir, conversations, dims=self.embedding_dims, seed=self.seed,
+                                   refit=self.refit_embedding)
 
     def naming_model(self) -> ClusterNamingModel:
         model = parse_backend(self.llm, "llm")
@@ -112,6 +141,28 @@ class KuraPipelineResource(dg.ConfigurableResource):
         """Everything that shapes the outputs, for code versions and caches."""
         return (f"cpg={self.clusters_per_group}/max={self.max_clusters}/seed={self.seed}/dims={self.embedding_dims}"
                 f"/llm={self.llm}/emb={self.embeddings}")
+
+
+def fit_local_embedding(checkpoint_dir: str, conversations: Sequence[Conversation], *, dims: int = 256,
+                        seed: int = 0, refit: bool = False) -> tuple[LocalEmbeddingModel, str]:
+    """The offline embedding with the fit stored under ``checkpoint_dir`` (``.kura-artifacts/local-embedding``),
+    or fitted on ``conversations`` and stored when there is none (or it has other settings, or ``refit``)."""
+    from kura_dagster.checkpoints.artifacts import load_or_fit
+    from kura_dagster.pipeline.models.local_embedding import ARTIFACT_NAME
+
+    local = LocalEmbeddingModel(dims=dims, seed=seed)
+    state, how = load_or_fit(checkpoint_dir, ARTIFACT_NAME,
+                             lambda: local.fit([local.conversation_text(c) for c in conversations]),
+                             matches=local.matches, refit=refit)
+    return local.load(state), how
+
+
+def refit_local_embedding(checkpoint_dir: str, conversations: Sequence[Conversation], *, dims: int = 256,
+                          seed: int = 0) -> str:
+    """Fit the offline embedding anew on ``conversations`` and store it as the current fit under
+    ``checkpoint_dir``; returns its version. The hook for a "rebuild taxonomy" job: every summaries partition
+    must be materialized again afterwards (their vectors were made with the previous fit)."""
+    return fit_local_embedding(checkpoint_dir, conversations, dims=dims, seed=seed, refit=True)[0].state.version
 
 
 class ConversationSource(dg.ConfigurableResource):
