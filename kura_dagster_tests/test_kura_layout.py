@@ -370,3 +370,18 @@ def test_kura_054_loads_a_pipeline_run_with_the_kura_layout(tmp_path, kura_pytho
         for name in ("clusters", "meta_clusters", "dimensionality"):
             assert [(c["id"], c["chat_ids"], c["parent_id"]) for c in loaded[name]] == [
                 (c["id"], c["chat_ids"], c["parent_id"]) for c in reference[name]], (fmt, name)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "hf"])
+def test_columnar_path_reads_the_kura_layout(tmp_path, fmt):
+    from kura_dagster.checkpoints.columnar import load_summary_columns
+
+    cls = ParquetCheckpointManager if fmt == "parquet" else HFDatasetCheckpointManager
+    manager = cls(tmp_path, layout="kura")
+    manager.save_checkpoint("summaries", summaries())
+    columns = load_summary_columns(manager, "summaries")
+    assert columns.chat_ids == ["c-sp-1", "c-sp-2"]
+    assert columns.embeddings.tolist() == [[0.5, -0.25, pytest.approx(0.1)], [1.0, 2.0, 3.0]]
+    s1, s2 = columns.to_models()
+    assert (s1.languages, s1.concerning_score, s1.metadata, s1.embedding) == (["portuguese"], 2, {"k": 1.5}, None)
+    assert (s2.request, s2.assistant_errors, s2.user_frustration) == ("leave", ["ignored it"], 4)

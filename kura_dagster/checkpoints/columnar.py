@@ -108,7 +108,7 @@ class SummaryColumns:
         if self.meta is not None and self.meta.get("layout") != "kura":  # layout="kura": Kura's columns
             found = arrow.table_rows(table, self.meta)
         else:
-            found = arrow.kura_rows(table, ConversationSummary, class_labels=None)
+            found = arrow.kura_rows(table, ConversationSummary, class_labels={} if self.format == "hf" else None)
         if fields is not None and "metadata" not in fields:
             for row in found:
                 row.setdefault("metadata", {})
@@ -176,7 +176,7 @@ class SummaryColumns:
         if self.meta is not None and self.meta.get("layout") != "kura":  # layout="kura": Kura's columns
             rows = arrow.table_rows(table, self.meta)
         else:
-            rows = arrow.kura_rows(table, ConversationSummary, class_labels=None)
+            rows = arrow.kura_rows(table, ConversationSummary, class_labels={} if self.format == "hf" else None)
         if with_embeddings:
             for row, vec in zip(rows, self.embeddings.tolist()):
                 row[EMBEDDING] = vec
