@@ -50,6 +50,12 @@ def build_definitions(environ: Optional[Mapping[str, str]] = None) -> dg.Definit
         llm=env.get("KURA_LLM") or "local",
         embeddings=env.get("KURA_EMBEDDINGS") or "local",
         max_concurrency=_env_int(env, "KURA_LLM_MAX_CONCURRENCY", 8),
+        # privacy (README "Privacy and facets")
+        min_conversations=_env_int(env, "KURA_MIN_CONVERSATIONS", 10),
+        min_users=_env_int(env, "KURA_MIN_USERS", 5),
+        user_key=(env.get("KURA_USER_KEY") or "").strip() or None,
+        privacy_audit=_env_choice(env, "KURA_PRIVACY_AUDIT", "0", ("0", "1", "false", "true")) in ("1", "true"),
+        audit_min_rating=_env_int(env, "KURA_AUDIT_MIN_RATING", 3),
         on_bad_record=_env_choice(env, "KURA_ON_BAD_RECORD", "fail", ("fail", "skip")),  # type: ignore[arg-type]
         partitions=_env_choice(env, "KURA_PARTITIONS", "none", ("none", "daily", "files")).replace("none", "") or None,  # type: ignore[arg-type]
         partition_start=env.get("KURA_PARTITION_START") or None,

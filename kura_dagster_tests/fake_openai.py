@@ -73,6 +73,7 @@ class _State:
     records: list[RequestRecord] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
+    leaky: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -124,6 +125,10 @@ class FakeOpenAIServer:
         with self.state.lock:
             self.state.faults.append(fault)
         return fault
+
+    def set_leaky(self, leaky: bool = True) -> None:
+        """Text fields copy the user's message whole (personal data included): for testing the scrubbing."""
+        self.state.leaky = leaky
 
     def set_delay(self, seconds: float) -> None:
         with self.state.lock:
@@ -210,11 +215,25 @@ def _value(name: str, schema: dict[str, Any], root: dict[str, Any], words: list[
     return f"{name}: {snippet} [{h % 10_000:04d}]"
 
 
-def fake_content(messages: list[dict[str, Any]], schema: dict[str, Any] | None) -> str:
-    """What the server answers: a JSON object for ``schema``, derived from the last user message."""
+def fake_privacy_rating(text: str) -> int:
+    """The privacy auditor's rating (``pipeline.audit``, Clio's 1-5) this server gives a cluster text: 1 + the
+    first byte of its SHA-256 modulo 5, so about two in five clusters rate below 3."""
+    return 1 + _digest(text)[0] % 5
+
+
+def fake_content(messages: list[dict[str, Any]], schema: dict[str, Any] | None, leaky: bool = False) -> str:
+    """What the server answers: a JSON object for ``schema``, derived from the last user message. A privacy-audit
+    request (a schema with ``rating`` and ``reason``) gets :func:`fake_privacy_rating` of that message. ``leaky``
+    (:meth:`FakeOpenAIServer.set_leaky`): text fields copy the whole message, as a model that ignores the
+    prompt's "no personal data" instruction would."""
     user = [m.get("content") for m in messages if m.get("role") == "user" and isinstance(m.get("content"), str)]
     text = user[-1] if user else ""
+    if schema is not None and {"rating", "reason"} <= set(schema.get("properties", {})):
+        rating = fake_privacy_rating(text)
+        return json.dumps({"rating": rating, "reason": f"rated {rating} by the fake server"})
     words = [w.lower() for w in _WORD.findall(text) if w.lower() not in _IGNORED_WORDS]
+    if leaky:
+        words = [text]
     seed = _digest(json.dumps(messages, sort_keys=True))
     if schema is None:
         return f"You said: {' '.join(words[:12])}"
@@ -330,7 +349,7 @@ class _Handler(BaseHTTPRequestHandler):
             schema = _schema_from_prompt(body["messages"]) or {"type": "object", "properties": {}}
         else:
             schema = None
-        content = fake_content(body["messages"], schema)
+        content = fake_content(body["messages"], schema, leaky=self.state.leaky)
         if kind == "malformed":
             content = content[: len(content) // 2] + ' "oops'
         prompt_tokens = len(raw) // 4

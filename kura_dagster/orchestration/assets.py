@@ -50,7 +50,7 @@ from kura_dagster.pipeline.dimensionality import project_clusters
 from kura_dagster.pipeline.inputs import ReadResult, quarantine_jsonl
 from kura_dagster.pipeline.meta_cluster import cluster_centroids, reduce_clusters
 from kura_dagster.pipeline.models.cached import CachedEmbeddingModel, CachedNamingModel
-from kura_dagster.pipeline.privacy import ScrubbingNamer
+from kura_dagster.pipeline.privacy import ScrubbingNamer, scrubbing_summary_model
 from kura_dagster.orchestration.privacy import private_base_clusters, private_meta_clusters, scrubbed_summaries
 from kura_dagster.pipeline.summarise import SummaryCounts, summarise_conversations
 from kura_dagster.orchestration.resources import ConversationSource, KuraPipelineResource
@@ -195,6 +195,8 @@ def summaries_step(
     # LLM work is cached per conversation under the checkpoint directory and saved batch by batch, so a rerun
     # or a resumed run only pays for what is new; the offline local models are cheaper to recompute.
     remote_llm, remote_embeddings = kura.llm.strip() != "local", kura.embeddings.strip() != "local"
+    scrubbed: Counter = Counter()  # answers are scrubbed before the cache keeps them or they are embedded
+    model = scrubbing_summary_model(model, scrubbed)
     cache = answer_cache(kura)
     started = time.monotonic()
     counts = SummaryCounts()  # cache hits and duplicates (single flight) of this run, for logs and metadata
@@ -210,7 +212,7 @@ def summaries_step(
                                             cached=lambda: counts.embeddings.cache_hits,
                                             deduplicated=lambda: counts.embeddings.deduplicated),
     )
-    out, privacy_md = scrubbed_summaries(context, out)  # personal data never leaves the summaries stage
+    out, privacy_md = scrubbed_summaries(context, out, scrubbed)  # personal data never leaves the summaries stage
     languages = Counter(lang for s in out for lang in (s.languages or []))
     topics = Counter(s.topic or "(none)" for s in out)
     zero = {"requests": 0, "retries": 0, "failures": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}

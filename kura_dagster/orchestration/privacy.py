@@ -18,10 +18,12 @@ from kura_dagster.types import Cluster, ConversationSummary, GeneratedCluster
 
 
 def scrubbed_summaries(
-    context: dg.AssetExecutionContext, summaries: Sequence[ConversationSummary]
+    context: dg.AssetExecutionContext, summaries: Sequence[ConversationSummary], counts: Optional[Counter] = None
 ) -> tuple[list[ConversationSummary], dict[str, Any]]:
-    """The summaries with personal data replaced by typed placeholders in every free-text field."""
-    counts: Counter = Counter()
+    """The summaries with personal data replaced by typed placeholders in every free-text field. ``counts``:
+    what the scrubbing summary model already replaced in this run's answers (cached answers were stored
+    scrubbed); the tally of both goes into the metadata."""
+    counts = counts if counts is not None else Counter()
     out = scrub_summaries(summaries, counts)
     if counts:
         context.log.info(f"Scrubbed {sum(counts.values())} personal value(s) from the summaries: "
@@ -60,6 +62,8 @@ def private_base_clusters(
 ) -> tuple[list[Cluster], dict[str, Any]]:
     """Base clusters with the thresholds applied before naming, scrubbed names, and the auditor (if on)."""
     thresholds = kura.thresholds()
+    if not 1 <= kura.audit_min_rating <= 5:
+        raise ValueError(f"audit_min_rating must be between 1 and 5 (Clio's scale), got {kura.audit_min_rating}")
     scrubbing = ScrubbingNamer(namer)
     auditor = privacy_auditor(context, kura, cache)
     report = FoldReport()

@@ -37,10 +37,10 @@ from urllib.parse import urlsplit
 import phonenumbers
 from stdnum import luhn
 
-from kura_dagster.types import Cluster, ConversationSummary, GeneratedCluster
+from kura_dagster.types import Cluster, ConversationSummary, GeneratedCluster, GeneratedSummary
 
 __all__ = ["PLACEHOLDERS", "PHONE_REGIONS", "ScrubbingNamer", "scrub", "scrub_counts", "scrub_metadata",
-           "scrub_summaries"]
+           "scrub_summaries", "scrubbing_summary_model"]
 
 EMAIL, PHONE, CARD, IP, URL, SECRET = "[EMAIL]", "[PHONE]", "[CARD]", "[IP]", "[URL]", "[SECRET]"
 PLACEHOLDERS = (EMAIL, PHONE, CARD, IP, URL, SECRET)
@@ -275,8 +275,9 @@ SUMMARY_TEXT_FIELDS = ("summary", "request", "topic", "task")
 """The free-text fields of a summary (``assistant_errors``, a list of texts, is scrubbed too)."""
 
 
-def scrub_summary(summary: ConversationSummary, counts: Counter) -> ConversationSummary:
-    """The summary with every free-text field scrubbed (a copy when something changed)."""
+def scrub_summary(summary: Any, counts: Counter) -> Any:
+    """The summary (a ``ConversationSummary`` or a model's ``GeneratedSummary``) with every free-text field
+    scrubbed (a copy when something changed)."""
     update: dict = {}
     for name in SUMMARY_TEXT_FIELDS:
         value = getattr(summary, name, None)
@@ -328,3 +329,45 @@ class ScrubbingNamer:
 def scrub_metadata(counts: Counter, prefix: str = "privacy/scrubbed") -> dict[str, int]:
     """``{"privacy/scrubbed/EMAIL": n, …}`` for every type (zeros included, so a clean run says so)."""
     return {f"{prefix}/{p.strip('[]')}": int(counts.get(p, 0)) for p in PLACEHOLDERS}
+
+
+def _scrub_generated_summary(summary: GeneratedSummary, counts: Counter) -> GeneratedSummary:
+    return scrub_summary(summary, counts)  # the same fields as a ConversationSummary's
+
+
+class ScrubbingSummaryModel:
+    """A summary model whose answers are scrubbed as they come back, before the answer cache stores them and
+    before they are embedded: the cache under the checkpoint directory never holds personal data a model copied
+    from the conversation, and a rerun from the cache embeds the same text as the first run. Its ``identity``
+    is the wrapped model's plus ``/scrubbed``: earlier unscrubbed cache entries are not reused."""
+
+    def __init__(self, inner: Any, counts: Counter | None = None) -> None:
+        self.inner = inner
+        self.scrubbed: Counter = counts if counts is not None else Counter()
+        self.identity = f"{inner.identity}/scrubbed"
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("inner", "summarise_streaming"):  # streaming only through StreamingScrubbingSummaryModel
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def summarise(self, conversations: Sequence[Any], progress: Any = None) -> list[GeneratedSummary]:
+        return [_scrub_generated_summary(s, self.scrubbed) for s in self.inner.summarise(conversations, progress)]
+
+
+class StreamingScrubbingSummaryModel(ScrubbingSummaryModel):
+    """:class:`ScrubbingSummaryModel` of a streaming model: each answer is scrubbed before ``on_result`` sees it."""
+
+    def summarise_streaming(self, conversations: Sequence[Any], on_result: Any, progress: Any = None
+                            ) -> list[GeneratedSummary]:
+        def scrubbed(i: int, summary: GeneratedSummary) -> None:
+            on_result(i, _scrub_generated_summary(summary, Counter()))  # counted once, below
+
+        out = self.inner.summarise_streaming(conversations, scrubbed if on_result is not None else None, progress)
+        return [_scrub_generated_summary(s, self.scrubbed) for s in out]
+
+
+def scrubbing_summary_model(model: Any, counts: Counter | None = None) -> ScrubbingSummaryModel:
+    """``model`` with its answers scrubbed (streaming kept when the model streams)."""
+    cls = StreamingScrubbingSummaryModel if hasattr(model, "summarise_streaming") else ScrubbingSummaryModel
+    return cls(model, counts)
