@@ -75,6 +75,14 @@ class _State:
     max_in_flight: int = 0
     leaky: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    gate: threading.Event = field(default_factory=lambda: _open_event())
+    """Cleared by :meth:`FakeOpenAIServer.hold`: requests are received (and counted in flight) but not answered."""
+
+
+def _open_event() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
 
 
 class FakeOpenAIServer:
@@ -125,6 +133,13 @@ class FakeOpenAIServer:
         with self.state.lock:
             self.state.faults.append(fault)
         return fault
+
+    def hold(self) -> None:
+        """Answer nothing until :meth:`release` (requests wait in flight): lets a test order events without timing."""
+        self.state.gate.clear()
+
+    def release(self) -> None:
+        self.state.gate.set()
 
     def set_leaky(self, leaky: bool = True) -> None:
         """Text fields copy the user's message whole (personal data included): for testing the scrubbing."""
@@ -296,6 +311,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.state.max_in_flight = max(self.state.max_in_flight, self.state.in_flight)
         self.client_gone = False
         try:
+            if not self.state.gate.wait(timeout=600):
+                return self._error(503, "held for 600 s: the test never released the fake server")
             status, payload, headers, kind = self._build(endpoint, raw)
             time.sleep(max(0.0, received + self.state.delay + self._fault_delay - time.monotonic()))
             record = RequestRecord(endpoint, status, kind, int(self.headers.get("x-stainless-retry-count") or 0),
