@@ -57,6 +57,10 @@ def _events(home: Path) -> list[tuple[str, dg.EventLogEntry]]:
                 for e in instance.all_logs(r.dagster_run.run_id)]
 
 
+def _blocked(events: list[tuple[str, dg.EventLogEntry]]) -> bool:
+    return any("blocked by limit for pool kura_llm" in (e.user_message or "") for _, e in events)
+
+
 def _step_windows(events: list[tuple[str, dg.EventLogEntry]], step: str) -> list[tuple[float, float, int]]:
     """(start, end, pid) of each execution of ``step``, in all runs."""
     starts: dict[str, tuple[float, int]] = {}
@@ -271,27 +275,37 @@ def test_parallel_partition_runs_stay_within_the_pool_limit(fake_openai: Any, tm
         limit = instance.event_log_storage.get_pool_config().default_pool_limit
     assert limit is not None, "dagster.yaml sets no pool limit (concurrency: pools: default_limit)"
 
-    fake_openai.set_delay(0.2)
     env = _cli_env(DAGSTER_HOME=str(home), KURA_CHECKPOINT_DIR=str(tmp_path / "checkpoints"),
                    KURA_PARTITIONS="daily", KURA_PARTITION_START=days[0], KURA_CONVERSATIONS=str(logs / "{date}.jsonl"),
                    KURA_LLM="openai:fake-chat", KURA_EMBEDDINGS="openai:fake-embed",
                    KURA_LLM_MAX_CONCURRENCY=str(max_concurrency), OPENAI_BASE_URL=fake_openai.url,
                    OPENAI_API_KEY=os.environ["OPENAI_API_KEY"])
+    # The runs overlap by construction, not by timing: the server answers nothing until one summaries step has
+    # its requests in flight and the other run's step waits for the pool; then it answers everything.
+    fake_openai.hold()
     procs = [subprocess.Popen([sys.executable, "-m", "dagster", "asset", "materialize", "-m", "kura_dagster.definitions",
                                "--select", "conversations,summaries", "--partition", day], env=env, cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for day in days]
-    outs = [p.communicate(timeout=420)[0] for p in procs]
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-4000:]
+                              stdout=(tmp_path / f"{day}.log").open("w"), stderr=subprocess.STDOUT) for day in days]
+    try:
+        deadline = time.monotonic() + 400  # a guard against a hang, not a speed goal
+        while not (fake_openai.state.in_flight == max_concurrency and _blocked(_events(home))):
+            assert all(p.poll() is None for p in procs), [(tmp_path / f"{d}.log").read_text()[-2000:] for d in days]
+            assert fake_openai.state.in_flight <= limit * max_concurrency, "both steps sent requests: no pool limit"
+            assert time.monotonic() < deadline, f"no step waited for the pool ({fake_openai.state.in_flight} in flight)"
+            time.sleep(1.0)
+        held = fake_openai.state.in_flight
+    finally:
+        fake_openai.release()
+        for p in procs:
+            p.wait(timeout=420)
+    for p, day in zip(procs, days):
+        assert p.returncode == 0, (tmp_path / f"{day}.log").read_text()[-4000:]
+    assert held == limit * max_concurrency  # the step holding the slot filled its concurrency; the other sent none
 
     events = _events(home)
     windows = sorted(_step_windows(events, "summaries"))
     assert len(windows) == 2
     (start_a, end_a, _), (start_b, end_b, _) = windows
     assert end_a <= start_b, f"the two summaries steps overlapped: {windows}"
-    # the runs did run at the same time: the second waited for the pool (otherwise this test proved nothing)
-    blocked = [e for _, e in events if "blocked by limit for pool kura_llm" in (e.user_message or "")]
-    assert blocked, "no step waited for the kura_llm pool: the two runs did not overlap"
     assert fake_openai.count("chat") >= 2 * per_day
-    assert fake_openai.max_in_flight <= limit * max_concurrency
-    assert fake_openai.max_in_flight == limit * max_concurrency  # one step alone fills its own concurrency
+    assert fake_openai.max_in_flight == limit * max_concurrency  # never more, though the two runs overlapped
