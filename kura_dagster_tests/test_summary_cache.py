@@ -316,7 +316,10 @@ def test_kill_9_mid_summaries_repeats_only_the_requests_in_flight(server: FakeOp
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
-    time.sleep(2 * delay + 0.2)  # requests that were in flight at the kill are counted by now
+    deadline = time.monotonic() + 60  # requests in flight at the kill are answered (and counted) before we count
+    while server.state.in_flight and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.state.in_flight == 0
     sent_before = server.count("chat")
     saved = sum(s is not None for s in SummaryCache(tmp_path).get_summaries(identity, convs))
     assert 45 <= saved < n
