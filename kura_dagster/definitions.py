@@ -36,6 +36,19 @@ def _env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[
     return value
 
 
+def _env_share(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number (a share between 0 and 1; default {default})") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}={raw!r} must be a share between 0 and 1 (1 allows any shrink)")
+    return value
+
+
 def build_definitions(environ: Optional[Mapping[str, str]] = None) -> dg.Definitions:
     """The Definitions of ``kura_dagster.definitions`` for an environment (``os.environ`` by default)."""
     from kura_dagster.orchestration.automation import CRON_ENV, DEFAULT_CRON, executor_from_env
@@ -57,6 +70,9 @@ def build_definitions(environ: Optional[Mapping[str, str]] = None) -> dg.Definit
         privacy_audit=_env_choice(env, "KURA_PRIVACY_AUDIT", "0", ("0", "1", "false", "true")) in ("1", "true"),
         audit_min_rating=_env_int(env, "KURA_AUDIT_MIN_RATING", 3),
         on_bad_record=_env_choice(env, "KURA_ON_BAD_RECORD", "fail", ("fail", "skip")),  # type: ignore[arg-type]
+        allow_empty=_env_choice(env, "KURA_ALLOW_EMPTY", "0", ("0", "1", "false", "true")) in ("1", "true"),
+        max_shrink=_env_share(env, "KURA_MAX_SHRINK", 0.5),
+        configured_by="environment",
         partitions=_env_choice(env, "KURA_PARTITIONS", "none", ("none", "daily", "files")).replace("none", "") or None,  # type: ignore[arg-type]
         partition_start=env.get("KURA_PARTITION_START") or None,
         window_days=_env_int(env, "KURA_WINDOW_DAYS", 0, minimum=0) or None,

@@ -12,6 +12,7 @@ helpers of :mod:`kura_dagster.orchestration.observability`. Checkpoint file name
 
 import functools
 import hashlib
+import math
 import warnings
 import statistics
 import time
@@ -27,6 +28,7 @@ from kura_dagster.checkpoints.storage import atomic_write_bytes, remove_path, to
 from kura_dagster.checkpoints.summary_cache import SummaryCache
 from kura_dagster.io_managers.base import WINDOW_DAYS_KEY, summary_columns_type
 from kura_dagster.io_managers.typing import CHECKPOINT_NAME_KEY, model_metadata
+from kura_dagster.orchestration import hints
 from kura_dagster.orchestration.names import CHECKPOINT_NAMES, KuraNames
 from kura_dagster.orchestration.partitions import (
     PartitionedRead,
@@ -105,23 +107,95 @@ def _asset_metadata(stage: str) -> dict[str, str]:
 # --- the steps: what each asset does, independent of its keys ------------------------------------------
 
 
+def previous_row_count(context: dg.AssetExecutionContext, partition: Optional[str]) -> Optional[int]:
+    """How many conversations the asset's last materialization (of ``partition``) recorded in the instance's
+    event log, or ``None`` when it has none (a first run, or an instance that keeps no history)."""
+    key = context.asset_key
+    if partition is None:
+        event = context.instance.get_latest_materialization_event(key)
+        materialization = event.asset_materialization if event else None
+    else:
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
+        materialization = records[0].asset_materialization if records else None
+    if materialization is None:
+        return None
+    md = materialization.metadata
+    per_partition = md.get("partition_rows")
+    if partition is not None and per_partition is not None and partition in (per_partition.value or {}):
+        return int(per_partition.value[partition])
+    for name in ("conversations", "dagster/row_count"):
+        if name in md and isinstance(md[name].value, int):
+            return int(md[name].value)
+    return None
+
+
+def guard_input_size(context: dg.AssetExecutionContext, source: ConversationSource, result: ReadResult,
+                     counts: dict[Optional[str], int]) -> None:
+    """Refuse, before anything is written, a read that would replace good checkpoints with empty or much smaller
+    ones: no conversations (unless ``allow_empty``), or fewer than ``1 - max_shrink`` of the last
+    materialization's, per partition (``counts``: partition key, or ``None`` → conversations read). A partition
+    that never had rows may be empty (a quiet day); an unpartitioned source may not, unless allowed."""
+    problems, shrink_needed, emptied = [], 0.0, False
+    for partition, n in counts.items():
+        before = previous_row_count(context, partition)
+        where = f"partition {partition}: " if partition is not None else ""
+        if n == 0 and not source.allow_empty and (before or partition is None):
+            emptied = True
+            problems.append(f"{where}0 conversations read" + (f", {before} at the last materialization"
+                            if before else ", and no earlier materialization: nothing to analyse"))
+        elif before and n and n < before * (1 - source.max_shrink):
+            shrink_needed = max(shrink_needed, 1 - n / before)
+            problems.append(f"{where}{n} conversations read, {before} at the last materialization "
+                            f"({1 - n / before:.0%} fewer; max_shrink={source.max_shrink:g} allows "
+                            f"{source.max_shrink:.0%})")
+    if not problems:
+        return
+    fixes = []
+    if emptied:
+        fixes.append(hints.setting(source.configured_by, "allow_empty", True))
+    if shrink_needed:
+        allow = min(1.0, math.ceil(shrink_needed * 100) / 100)
+        fixes.append(hints.setting(source.configured_by, "max_shrink", allow)
+                     + " (1 allows any shrink)")
+    shown = "; ".join(problems[:5]) + (f"; … {len(problems) - 5} more partition(s)" if len(problems) > 5 else "")
+    raise dg.Failure(
+        description=(f"{result.source}: refusing to replace the {context.asset_key.to_user_string()} checkpoints: "
+                     f"{shown}. The source looks emptied or cut short (a truncated upstream file?); nothing was "
+                     f"written and the checkpoints stay as they were. If this is on purpose, set "
+                     f"{' and '.join(fixes)}."),
+        metadata={"source": result.source, "problems": dg.MetadataValue.json(problems)},
+        allow_retries=False,
+    )
+
+
 def conversations_step(
     context: dg.AssetExecutionContext, kura: KuraPipelineResource, result: ReadResult,
-    partitioned: Optional[PartitionedRead] = None,
+    partitioned: Optional[PartitionedRead] = None, source: Optional[ConversationSource] = None,
 ) -> dg.MaterializeResult:
     convs = result.conversations
     context.log.info(f"Read {len(convs)} conversations from {result.source}")
     keys = run_partition_keys(context)
+    if source is not None:  # an emptied or cut-short source fails here, before any write
+        guard_input_size(context, source, result, {k: len(partitioned.parts.get(k, [])) for k in keys}
+                         if partitioned is not None else {None: len(convs)})
     # Skipped records are never dropped silently: they go to a quarantine file beside the checkpoints.
     suffix = f"-{validate_name('_'.join(dict.fromkeys([keys[0], keys[-1]])), what='partition key')}" if keys else ""
-    quarantine = to_upath(kura.checkpoint_dir) / "quarantine" / f"conversations{suffix}.jsonl"
-    if result.bad_records:
-        atomic_write_bytes(quarantine, quarantine_jsonl(result.bad_records, result.source))
-        context.log.warning(f"Skipped {len(result.bad_records)} bad record(s) of {result.source} "
-                            f"(first: {result.bad_records[0].location}: {result.bad_records[0].reason}); "
-                            f"they are quarantined in {quarantine}")
-    else:
-        remove_path(quarantine)  # a quarantine file from an earlier run no longer describes this input
+    quarantine = to_upath(kura.checkpoint_dir, (source.fs_options or None) if source else None) / "quarantine" / \
+        f"conversations{suffix}.jsonl"
+    try:
+        if result.bad_records:
+            atomic_write_bytes(quarantine, quarantine_jsonl(result.bad_records, result.source))
+            context.log.warning(f"Skipped {len(result.bad_records)} bad record(s) of {result.source} "
+                                f"(first: {result.bad_records[0].location}: {result.bad_records[0].reason}); "
+                                f"they are quarantined in {quarantine}")
+        else:
+            remove_path(quarantine)  # a quarantine file from an earlier run no longer describes this input
+    except Exception as exc:
+        clear = hints.credentials_error(exc, kura.checkpoint_dir, source.configured_by if source else "build_kura_defs")
+        if clear is None:
+            raise
+        raise clear from exc
     dropped = dict(getattr(result, "dropped", None) or {})
     partition_md: dict[str, Any] = {}
     value: Any = convs
@@ -374,9 +448,9 @@ def build_kura_assets(
         def conversations(context: dg.AssetExecutionContext) -> dg.MaterializeResult[list[Conversation]]:
             kura, source = resources(context, kura_key, source_key)
             if partitions_def is None:
-                return conversations_step(context, kura, source.read())  # "fail" raises here, listing bad lines
+                return conversations_step(context, kura, source.read(), source=source)  # "fail" raises in read
             read = read_partitioned(context, source, partitions, partitions_def)
-            return conversations_step(context, kura, read.result, read)
+            return conversations_step(context, kura, read.result, read, source=source)
 
     else:
 
@@ -389,9 +463,10 @@ def build_kura_assets(
         def conversations(context: dg.AssetExecutionContext, records: Any) -> dg.MaterializeResult[list[Conversation]]:
             kura, source = resources(context, kura_key, source_key)
             if partitions_def is None:
-                return conversations_step(context, kura, source.from_value(records, upstream.to_user_string()))
+                return conversations_step(context, kura, source.from_value(records, upstream.to_user_string()),
+                                          source=source)
             read = read_partitioned(context, source, partitions, partitions_def, records, upstream.to_user_string())
-            return conversations_step(context, kura, read.result, read)
+            return conversations_step(context, kura, read.result, read, source=source)
 
     @dg.asset(
         **spec("summaries", "One summary per conversation (summary model) with an embedding (embedding model).",

@@ -77,6 +77,9 @@ class KuraPipelineComponent(dg.Component, dg.Model, dg.Resolvable):
     fs_options: Optional[dict[str, Any]] = None
     executor: Optional[str] = Field(default=None, description="in_process or multiprocess (the location's executor).")
     sensor: Optional[bool] = None
+    allow_empty: bool = Field(default=False, description="Accept a source with no conversations (default: fail).")
+    max_shrink: float = Field(default=0.5, ge=0.0, le=1.0, description="Fail when a re-read shrank by more than "
+                              "this share from the last materialization (1: any shrink is fine).")
     settings: KuraSettings = Field(  # type: ignore[valid-type]
         default_factory=KuraSettings,
         description="Pipeline settings: clusters_per_group, max_clusters, seed, embedding_dims, max_concurrency, …",
@@ -96,6 +99,7 @@ class KuraPipelineComponent(dg.Component, dg.Model, dg.Resolvable):
         kwargs = self.model_dump(exclude={"settings", "key_prefix", "conversations", "checkpoint_dir"})
         return {
             **kwargs,
+            "configured_by": "component",
             "conversations": conversations,
             "checkpoint_dir": self._relative(context, self.checkpoint_dir) if self.checkpoint_dir else None,
             **self.settings.model_dump(exclude_unset=True),

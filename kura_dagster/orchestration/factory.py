@@ -111,6 +111,9 @@ def build_kura_defs(
     fs_options: Optional[dict[str, Any]] = None,
     executor: Union[None, str, dg.ExecutorDefinition] = None,
     sensor: Optional[bool] = None,
+    allow_empty: bool = False,
+    max_shrink: float = 0.5,
+    configured_by: Optional[Literal["build_kura_defs", "component", "environment"]] = None,
     **settings: Any,
 ) -> dg.Definitions:
     """One Kura pipeline as ``dg.Definitions``.
@@ -130,6 +133,11 @@ def build_kura_defs(
       :func:`~kura_dagster.orchestration.automation.executor_for`) or an ExecutorDefinition; the code location's executor, so
       give it to one call only when merging.
     * ``fs_options``: fsspec options for ``s3://``-style checkpoint and source locations.
+    * ``allow_empty``, ``max_shrink``: the guard of good checkpoints. A read with no conversations fails unless
+      ``allow_empty=True``; one that shrank by more than ``max_shrink`` (a share, default 0.5; 1 allows any) from
+      the last materialization (per partition) fails. A failed read writes nothing.
+    * ``configured_by``: which configuration errors name (``build_kura_defs`` keywords by default; the Component
+      and the standalone location pass their own).
     * ``**settings``: any setting of the ``kura`` resource (``clusters_per_group``, ``max_clusters``, ``seed``,
       ``embedding_dims``, ``max_concurrency`` …), ``demo_size``, and ``parquet_compression``, ``hf_hub_repo``,
       ``hf_hub_token``, ``checkpoint_layout`` (``"kura"``: Parquet/HF in the layout Kura 0.5.4 reads) for the IO
@@ -156,7 +164,8 @@ def build_kura_defs(
     kura = KuraPipelineResource(checkpoint_dir=checkpoint_dir, llm=llm, embeddings=embeddings, **kura_settings)
     source = ConversationSource(
         path=path, column_map=dict(column_map or {}), on_bad_record=on_bad_record, format=source_format,
-        fs_options=dict(fs_options or {}), **source_settings,
+        fs_options=dict(fs_options or {}), allow_empty=allow_empty, max_shrink=max_shrink,
+        configured_by=configured_by or ("environment" if key_prefix is None else "build_kura_defs"), **source_settings,
     )
     resources: dict[str, Any] = {
         names.kura: kura,
