@@ -57,16 +57,23 @@ def mtbench_category(question_id: int) -> str:
 
 def run_offline(conversations, settings):
     """The offline pipeline, stage by stage, as the assets run it: (summaries, base clusters, all clusters)."""
+    import numpy as np
+
     from kura_dagster.pipeline import generate_base_clusters, reduce_clusters, summarise_conversations
     from kura_dagster.pipeline.models.local import LocalClusterNamingModel, LocalEmbeddingModel, LocalSummaryModel
 
-    embedder = LocalEmbeddingModel(dims=settings.embedding_dims, seed=settings.seed)
-    if callable(fit := getattr(embedder, "fit", None)):
-        fit(conversations)  # a corpus-fitted embedding (issue 18 item 1) is fitted once per taxonomy build
+    embedder = LocalEmbeddingModel(dims=settings.embedding_dims, seed=settings.seed)  # fits on what it embeds first
     namer = LocalClusterNamingModel(seed=settings.seed)
     summaries = summarise_conversations(conversations, LocalSummaryModel(), embedder)
     clusters = generate_base_clusters(summaries, namer, settings)
-    meta = reduce_clusters(clusters, namer, embedder, settings)
+    try:  # as the meta_clusters asset does: group in the base clusters' own embedding space
+        from kura_dagster.pipeline.meta_cluster import cluster_centroids
+    except ImportError:
+        centroids = None
+    else:
+        matrix = np.asarray([s.embedding for s in summaries], dtype=np.float32)
+        centroids = cluster_centroids(clusters, [s.chat_id for s in summaries], matrix)
+    meta = reduce_clusters(clusters, namer, embedder, settings, **({"centroids": centroids} if centroids else {}))
     return summaries, clusters, meta
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -15,16 +17,17 @@ from kura_dagster.pipeline import kmeans
 from kura_dagster.pipeline.demo_data import TOPICS, demo_conversations
 from kura_dagster.pipeline.kmeans import allocate, cluster_labels, distinct_rows
 from kura_dagster.pipeline.models.local import (
-    _plural,
-    _short_name,
-    _shorten,
-    as_instruction,
+    LocalClusterNamingModel,
+    LocalSummaryModel,
     choose_request,
-    detect_languages,
-    key_sentence,
+    code_languages,
+    detect_natural_languages,
+    has_person_words,
+    key_phrases,
     message_candidates,
-    third_person,
 )
+from kura_dagster.pipeline.models.local_text import class_tfidf, diverse_top, phrases, stop_words
+from kura_dagster.types import Conversation, ConversationSummary, Message
 
 # --- k-means -------------------------------------------------------------------------------------------
 
@@ -125,60 +128,73 @@ def test_distinct_rows_matches_numpy_unique() -> None:
     assert counts.sum() == 300 and (np.diff(first) > 0).all()
 
 
-# --- the local summary model's sentence handling --------------------------------------------------------
+# --- the local summary model: key phrases, third person, languages ----------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("message", "expected"),
+    ("text", "expected"),
     [
-        ("Hi! Write a haiku about autumn leaves.", "write a haiku about autumn leaves"),
-        ("Could you please summarise this article?", "summarise this article"),
-        ("How do I reverse a list in Python?", "explain how to reverse a list in Python"),
-        ("How does photosynthesis work?", "explain how photosynthesis works"),
-        ("Is it safe to use neem oil on basil?", "advise whether it is safe to use neem oil on basil"),
-        ("Do I need a lawyer for this?", "advise whether they need a lawyer for this"),
-        ("What should I do about tomato plants that are wilting?", "advise on tomato plants that are wilting"),
-        ("Any tips for orchids that keep dropping leaves?", "give tips for orchids that keep dropping leaves"),
-        ("I need to email my landlord about a broken heater.", "email their landlord about a broken heater"),
-        ("My dog keeps barking at night. What should I do?", "help when their dog keeps barking at night"),
-        ("I am a nurse. Give me advice on asking for a raise.", "give advice on asking for a raise"),
-        ("Translate 'I am hungry' into German.", "translate 'I am hungry' into German"),
+        ("How do I reverse a list in Python?", ["reverse", "list", "Python"]),
+        ("Compose an engaging travel blog post about a recent trip to Hawaii, highlighting must-see attractions.",
+         ["Compose", "engaging travel blog post", "recent trip", "Hawaii", "highlighting must-see attractions"]),
+        ("You are a weathered lighthouse keeper. Tell me about your night shift.",
+         ["weathered lighthouse keeper", "Tell", "night shift"]),
+        ("My C++ build fails: undefined reference to vtable", ["C++ build fails", "undefined reference", "vtable"]),
     ],
 )
-def test_requests_become_third_person_instructions(message: str, expected: str) -> None:
-    assert as_instruction(key_sentence(message)) == expected
+def test_key_phrases_are_runs_between_stop_words(text: str, expected: list[str]) -> None:
+    assert phrases(text, stop_words("english")) == expected
 
 
-def test_key_sentence_truncates_long_sentences() -> None:
-    long = "Write " + " ".join(f"word{i}" for i in range(60)) + "."
-    out = key_sentence(long, max_words=30)
-    assert out.endswith("…") and len(out.split()) == 30
+def test_key_phrases_of_other_languages_drop_their_stop_words() -> None:
+    assert phrases("Wie bekomme ich einen Rotweinfleck aus einer weißen Tischdecke?", stop_words("german")) == \
+        ["bekomme", "Rotweinfleck", "weißen Tischdecke"]
+    assert key_phrases(["¿Cómo quito una mancha de vino tinto de un mantel?"], "spanish") == \
+        ["quito", "mancha", "vino tinto", "mantel"]
 
 
-def test_third_person_leaves_quotes_alone() -> None:
-    assert third_person("my plan, \"my words\" and I'm done") == "their plan, \"my words\" and they're done"
+@pytest.mark.parametrize("text", ["I am stuck", "Help me", "fix my code", "you're right", "Can we go?",
+                                  "Is this yours?", "I’m here"])
+def test_person_words_are_found(text: str) -> None:
+    assert has_person_words(text)
 
 
-def test_detect_languages_finds_natural_and_programming_languages() -> None:
-    assert detect_languages("¿Dónde está la estación? Quiero ir con los amigos a la playa.") == ["spanish"]
-    assert detect_languages("Here is the fix:\n```python\ndef f(x):\n    return x\n```") == ["english", "python"]
-    assert detect_languages("Run SELECT name FROM users; to list them.") == ["english", "sql"]
+@pytest.mark.parametrize("text", ["The user asked about tyre sealant.", "Imports from the US", "Iowa is big"])
+def test_third_person_text_has_no_person_words(text: str) -> None:
+    assert not has_person_words(text)
 
 
-@pytest.mark.parametrize(
-    ("instruction", "expected"),
-    [
-        ("compose an engaging travel blog post about a recent trip to Hawaii, highlighting culture",
-         "Compose an engaging travel blog post about a recent trip"),
-        ("explain how to say 'nice to meet you' in Japanese", "Explain how to say 'nice to meet you' in Japanese"),
-        ("write write a poem about the sea and the", "Write a poem about the sea"),
-        ("edit the following paragraph. It has errors", "Edit the following paragraph, It has errors"),
-    ],
-)
-def test_short_names_are_at_most_ten_words_and_end_cleanly(instruction: str, expected: str) -> None:
-    name = _short_name(instruction)
-    assert name == expected
-    assert len(name.split()) <= 10
+def _conversation(*turns: str) -> Conversation:
+    at = datetime(2026, 5, 2, 8, 15, tzinfo=timezone(timedelta(hours=9)))
+    roles = ["user", "assistant"] * len(turns)
+    return Conversation(chat_id="c1", created_at=at, metadata={},
+                        messages=[Message(created_at=at, role=r, content=t) for r, t in zip(roles, turns)])
+
+
+def test_a_plain_request_is_quoted_and_a_personal_one_is_told_by_its_key_phrases() -> None:
+    model = LocalSummaryModel()
+    plain = model.summarise_one(_conversation("Write a haiku about autumn leaves.", "Leaves fall..."))
+    assert plain.summary == "The user asked: “Write a haiku about autumn leaves.” The assistant replied once."
+    assert plain.request == "The user's overall request for the assistant is to help with Write, haiku and autumn leaves."
+    personal = model.summarise_one(_conversation(
+        "You are a weathered lighthouse keeper. Tell me about your worst storm.", "It was 1890...",
+        "What did you eat that night?", "Hard biscuits."))
+    assert personal.summary == ("The user asked about weathered lighthouse keeper, Tell and worst storm. "
+                                "They followed up about eat and night, and the assistant replied twice.")
+    assert not has_person_words(personal.summary + personal.request + personal.task)
+    german = model.summarise_one(_conversation("Wie bekomme ich einen Rotweinfleck aus einer weißen Tischdecke?"))
+    assert german.languages == ["german"]
+    assert german.summary == "The user asked (in German) about bekomme, Rotweinfleck and weißen Tischdecke."
+
+
+def test_detect_natural_and_programming_languages() -> None:
+    assert detect_natural_languages(["¿Dónde está la estación? Quiero ir con los amigos a la playa.",
+                                     "Where is the station? I want to go to the beach with my friends.",
+                                     "Wo ist der Bahnhof? Ich möchte mit meinen Freunden an den Strand.", "1234"]) == \
+        ["spanish", "english", "german", "unknown"]
+    assert code_languages("Here is the fix:\n```py\ndef f(x):\n    return x\n```\nand\n```sql\nSELECT 1;\n```") == \
+        ["python", "sql"]
+    assert code_languages("Run SELECT name FROM users; to list them.") == []
 
 
 # --- demo data ------------------------------------------------------------------------------------------
@@ -209,69 +225,57 @@ def test_demo_generator_scales_to_distinct_texts() -> None:
     assert len(texts) > 0.99 * len(convs)
 
 
-def test_long_names_end_where_a_clause_ends() -> None:
-    assert _short_name("help plan a one-week visit to Hanoi that fits a modest budget and more") == \
-        "Help plan a one-week visit to Hanoi"
-    assert _short_name("help when their Python script raises a ValueError when they read a CSV file") == \
-        "Help when their Python script raises a ValueError"
-    # never inside a quotation
-    assert _short_name("explain the casual way to say 'the bill, please' in Japanese to a waiter politely") == \
-        "Explain the casual way to say 'the bill, please'"
-
-
-# --- issue 14: real-world requests ----------------------------------------------------------------------
+# --- real-world requests: which sentence states the request ------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("message", "expected"),
     [
-        ("W&B best practices", "help with W&B best practices"),
-        ("experiment tracking", "help with experiment tracking"),
-        ("difference between allow and auto in wandb", "explain the difference between allow and auto in wandb"),
-        ("Is there a way to group runs by a config value?", "explain how to group runs by a config value"),
-        ("What's the best way to log images during training?", "explain the best way to log images during training"),
-        ("Can W&B send alerts to Slack?", "explain whether W&B can send alerts to Slack"),
-        ("Can the Trainer report metrics to wandb?", "explain whether the Trainer can report metrics to wandb"),
-        ("Does it log the model graph?", "advise whether it logs the model graph"),
-        ("please help: my sweep agent hangs", "help when their sweep agent hangs"),
-        ("need to continue logging to an existing run", "continue logging to an existing run"),
-        ("wandb config log hyperparameters", "log hyperparameters in wandb config"),
-        ("model registry link a model version", "link a model version in model registry"),
-        ("hugging face Trainer run wandb", "help with hugging face Trainer run wandb"),
-        ("pytorch learning rate scheduler wandb", "help with pytorch learning rate scheduler wandb"),
-        ("runs show as crashed even though they finished", "help with runs show as crashed even though they finished"),
-    ],
-)
-def test_queries_and_questions_become_instructions(message: str, expected: str) -> None:
-    assert as_instruction(choose_request(message_candidates(message, None))) == expected
-
-
-@pytest.mark.parametrize(
-    ("message", "expected"),
-    [
-        ("Hey team, I'm new to wandb. log images wandb", "log images wandb"),
-        ("I have a question about W&B.", "I have a question about W&B."),
-        ("Our training runs on SLURM. How do I resume a crashed run?", "How do I resume a crashed run?"),
+        ("Hey team, I'm new to this tracker. log images from a notebook", "log images from a notebook"),
+        ("I have a question about the tracker.", "I have a question about the tracker."),
+        ("Our training runs on a cluster. How do I resume a crashed run?", "How do I resume a crashed run?"),
         ("Edit the following paragraph to correct any errors:\nShe dont like it.",
          "Edit the following paragraph to correct any errors:"),
         ("> quoted error line\nWhy is my run marked as crashed?", "Why is my run marked as crashed?"),
+        ("See the notes below.\nWhy does the export hang on large tables?", "Why does the export hang on large tables?"),
+        ("[1] (source: wiki/page-12)\nSome retrieved text.\n\nHow long does a glaze firing take?",
+         "Some retrieved text."),
     ],
 )
 def test_the_request_sentence_is_chosen_over_context_and_material(message: str, expected: str) -> None:
     assert choose_request(message_candidates(message, None)) == expected
 
 
-def test_names_are_cut_only_where_a_phrase_ends() -> None:
-    assert _shorten("imagine you are writing a blog post comparing two popular smartphone models") == \
-        ("Imagine you are writing a blog post", True)
-    assert _shorten("write a captivating short story beginning with the sentence: The old house") == \
-        ("Write a captivating short story", True)
-    assert _shorten("help construct a catchy, yet scientifically accurate, headline for an article on energy") == \
-        ("Help construct a catchy, yet scientifically accurate, headline", True)
-    name, whole = _shorten("summarise these twelve very long unbroken words one two three four five six")
-    assert not whole and len(name.split()) <= 10
+# --- names: class-based TF-IDF -----------------------------------------------------------------------------
 
 
-def test_plurals_for_meta_names() -> None:
-    assert [_plural(p) for p in ("blog post", "itinerary", "email", "W&B best practices", "sketch", "PyTorch")] == \
-        ["blog posts", "itineraries", "emails", "W&B best practices", "sketches", "PyTorch"]
+def test_class_tfidf_scores_what_sets_a_class_apart() -> None:
+    """Hand-computed: A = (3 + 3) / 2 = 3 terms per class; "tyre" is in both classes (f = 2), the others in one."""
+    scores = class_tfidf([Counter({"tyre": 1, "sealant": 2}), Counter({"tyre": 2, "chain": 1})])
+    assert scores[0]["sealant"] == pytest.approx(2 / 3 * math.log(1 + 3 / 2))
+    assert scores[0]["tyre"] == pytest.approx(1 / 3 * math.log(1 + 3 / 3))
+    assert scores[1]["chain"] == pytest.approx(1 / 3 * math.log(1 + 3 / 1))
+    # the best terms share no word with a better one; a phrase outranks its own words at equal score
+    assert diverse_top({"tubeless tyre": 1.0, "tyre": 1.0, "sealant": 0.9, "tyre sealant": 0.5}, 3) == \
+        ["tubeless tyre", "sealant"]
+
+
+def _summary(chat_id: str, request: str) -> ConversationSummary:
+    return ConversationSummary(chat_id=chat_id, summary="s", request=request, languages=["english"], metadata={})
+
+
+def test_base_names_are_the_distinctive_topic_phrases() -> None:
+    groups = [
+        [_summary("a1", "The user's overall request for the assistant is to help with tubeless tyre sealant."),
+         _summary("a2", "The user's overall request for the assistant is to help with topping up tubeless tyre sealant."),
+         _summary("a3", "The user's overall request for the assistant is to help with my tubeless tyre, rim tape.")],
+        [_summary("b1", "The user's overall request for the assistant is to help with anchor chain scope."),
+         _summary("b2", "The user's overall request for the assistant is to help with anchor chain in strong wind.")],
+    ]
+    named = LocalClusterNamingModel().name_clusters(groups)
+    # "tubeless tyre" is in all three of the first group's requests, "tubeless tyre sealant" in two; "anchor
+    # chain" in both of the second's: each is its group's best term, unique to it
+    assert [n.name for n in named] == ["Tubeless tyre", "Anchor chain"]
+    assert named[0].slug == "tubeless_tyre_sealant" and named[1].slug.startswith("anchor_chain_")
+    assert named[0].summary.startswith("Conversations about tubeless tyre, sealant and ")
+    assert named[0].summary.endswith("The 3 conversations were mostly in English.")

@@ -1,0 +1,195 @@
+"""The offline cluster-naming model: names are topic phrases chosen against the rest of the corpus.
+
+* **Base clusters.** Each member's summary gives its key phrases (runs of words between stop words, so never
+  "I", "you" or "my"); each phrase also counts its shorter runs ("travel blog post" -> "blog post"). The
+  cluster's terms are scored by class-based TF-IDF (c-TF-IDF, as BERTopic does) against the other clusters
+  of the same call, and the best terms that share no word with a better one (a simple maximal-marginal-
+  relevance choice) make the name ("Tubeless tyre sealant"), the description and the slug.
+* **Meta clusters.** The same over the children's names and descriptions, against the sibling groups, with
+  each term weighted by the share of children that mention it: a parent is named by what its children
+  share. When no term is shared by half of them the name says so with the two best terms ("A and B").
+* Names are unique among the clusters of one call, and siblings never open with the same three words.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+from kura_dagster.pipeline.models.local_text import (
+    ascii_words,
+    class_tfidf,
+    diverse_top,
+    join_phrases,
+    phrase_key,
+    phrases,
+    stop_words,
+)
+from kura_dagster.types import Cluster, ConversationSummary, GeneratedCluster
+
+FRAME_WORDS = frozenset("""
+    user user's users assistant assistant's asked asking ask overall request requests task help respond
+    followed follow ups conversation conversations mostly cluster clusters related cover covers covered together
+    short message clear sent replied times once twice english
+""".split())
+"""Words of the frames the offline models write around the content ("The user's overall request for the
+assistant is to help with …", "Conversations about …"): never a topic."""
+MAX_NGRAM = 4
+"""The longest term scored (a phrase's runs of up to this many words)."""
+
+
+def _stop(language: str) -> frozenset[str]:
+    return stop_words(language) | FRAME_WORDS
+
+
+def _summary_text(s: ConversationSummary) -> str:
+    return s.request or s.summary or ""
+
+
+def _terms(texts: Sequence[str], language: str, surfaces: dict[str, Counter]) -> dict[str, int]:
+    """The terms (lower-case keys) of one member's texts, each with the index of the first phrase it is in;
+    records how each is spelt in ``surfaces``."""
+    stop = _stop(language)
+    found: dict[str, int] = {}
+    k = 0
+    for text in texts:
+        for p in phrases(text, stop):
+            words = p.split()
+            for n in range(1, min(MAX_NGRAM, len(words)) + 1):
+                for i in range(len(words) - n + 1):
+                    surface = " ".join(words[i:i + n])
+                    key = phrase_key(surface)
+                    if key not in found:
+                        found[key] = k
+                        surfaces.setdefault(key, Counter())[surface] += 1
+            k += 1
+    return found
+
+
+_QUOTED_NAMES = re.compile(r"“[^”]*”")
+_LANGUAGE_NOTE = re.compile(r"The \d+ conversations? (?:were|was) mostly in [^.]*\.")
+
+
+def _topic_text(description: str) -> str:
+    """What a child cluster is about, from its description (its distinctive terms; the language note and the
+    quoted example names, written in sentence case, are left out)."""
+    return _LANGUAGE_NOTE.sub("", _QUOTED_NAMES.sub(",", description))
+
+
+def _spelling(key: str, surfaces: dict[str, Counter]) -> str:
+    """The spelling most members use; lower case when they disagree only in a sentence's first capital."""
+    forms = surfaces.get(key)
+    if not forms:
+        return key
+    best = sorted(forms.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+    lowered = forms.get(key, 0)
+    return key if lowered and lowered * 2 >= forms[best] else best
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _slug(terms: Sequence[str]) -> str:
+    words: list[str] = []
+    for t in terms:
+        for w in ascii_words(t):
+            if w not in words:
+                words.append(w)
+    words += [w for w in ("general", "topic", "requests") if w not in words]
+    return "_".join(words[:3])
+
+
+def _unique(candidates: Sequence[Sequence[str]], taken: set[str], opening_words: int | None = None) -> list[str]:
+    """The first candidate name whose key (or first ``opening_words`` words) is not taken; else the first."""
+    for terms in candidates:
+        name = join_phrases(list(terms))
+        key = " ".join(name.lower().split()[:opening_words]) if opening_words else name.lower()
+        if key not in taken:
+            taken.add(key)
+            return list(terms)
+    return list(candidates[0])
+
+
+class LocalClusterNamingModel:
+    """Names clusters by their distinctive topic phrases (c-TF-IDF over key phrases, diverse top terms)."""
+
+    identity = "local-cluster-naming/v4"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed  # kept for the interface: naming is deterministic and needs no randomness
+
+    def name_clusters(self, groups: Sequence[Sequence[ConversationSummary]]) -> list[GeneratedCluster]:
+        surfaces: dict[str, Counter] = {}
+        classes: list[Counter] = []
+        positions: list[dict[str, float]] = []
+        languages: list[Counter] = []
+        for group in groups:
+            counts: Counter[str] = Counter()
+            at: Counter[str] = Counter()
+            langs: Counter[str] = Counter()
+            for s in group:
+                lang = (s.languages or ["english"])[0]
+                langs[lang] += 1
+                found = _terms([_summary_text(s)], lang, surfaces)
+                counts.update(found.keys())
+                at.update(found)
+            classes.append(counts)
+            positions.append({t: at[t] / n for t, n in counts.items()})
+            languages.append(langs)
+        scores = class_tfidf(classes)
+        taken: set[str] = set()
+        order = sorted(range(len(groups)), key=lambda i: (-len(groups[i]), i))  # big clusters choose first
+        named: dict[int, GeneratedCluster] = {}
+        for i in order:
+            top = diverse_top(scores[i], 6, positions=positions[i])
+            shown = [_spelling(t, surfaces) for t in top]
+            if not shown:
+                shown = ["short messages"]
+            first = shown[:1] if " " in shown[0] or len(shown) == 1 else shown[:2]
+            options = [first, *([shown[0], t] for t in shown[1:5])]  # never more than two terms
+            terms = _unique(options, taken)
+            n = len(groups[i])
+            lang = languages[i].most_common(1)[0][0] if languages[i] else "english"
+            description = (f"Conversations about {join_phrases(shown[:3])}. "
+                           f"The {n} conversation{'s were' if n != 1 else ' was'} mostly in {lang.capitalize()}.")
+            named[i] = GeneratedCluster(name=_capital(join_phrases(terms)), summary=description,
+                                        slug=_slug(shown))
+        return [named[i] for i in range(len(groups))]
+
+    def name_meta_clusters(self, groups: Sequence[Sequence[Cluster]]) -> list[GeneratedCluster]:
+        surfaces: dict[str, Counter] = {}
+        classes: list[Counter] = []
+        coverage: list[dict[str, float]] = []
+        for group in groups:
+            counts: Counter[str] = Counter()
+            weight: Counter[str] = Counter()
+            size = sum(max(len(c.chat_ids), 1) for c in group)
+            for c in group:
+                found = _terms([_topic_text(c.description)], "english", surfaces)
+                counts.update(found.keys())
+                for t in found:
+                    weight[t] += max(len(c.chat_ids), 1)
+            classes.append(counts)
+            coverage.append({t: w / size for t, w in weight.items()})
+        scores = class_tfidf(classes)
+        taken: set[str] = set()
+        named: dict[int, GeneratedCluster] = {}
+        order = sorted(range(len(groups)), key=lambda i: (-sum(len(c.chat_ids) for c in groups[i]), i))
+        for i in order:
+            shared = {t: s * coverage[i].get(t, 0.0) for t, s in scores[i].items()}
+            top = diverse_top(shared, 6)
+            shown = [_spelling(t, surfaces) for t in top] or ["short messages"]
+            lead = shown[:1] if coverage[i].get(top[0] if top else "", 0.0) >= 0.5 or len(shown) == 1 else shown[:2]
+            options = [lead, *([t] for t in shown[1:4]), *([shown[0], t] for t in shown[2:5])]
+            terms = _unique(options, taken, opening_words=3)
+            group = groups[i]
+            n_chats = len({cid for c in group for cid in c.chat_ids})
+            biggest = sorted(group, key=lambda c: (-len(c.chat_ids), c.name))[:2]
+            examples = " and ".join(f"“{c.name}”" for c in biggest)
+            kids = f"{len(group)} related clusters" if len(group) != 1 else "One cluster"
+            description = (f"{kids} about {join_phrases(shown[:3])}, such as {examples}. "
+                           f"Together they cover {n_chats} conversation{'s' if n_chats != 1 else ''}.")
+            named[i] = GeneratedCluster(name=_capital(join_phrases(terms)), summary=description, slug=_slug(shown))
+        return [named[i] for i in range(len(groups))]

@@ -1,0 +1,437 @@
+"""The offline summary model: the user's request found in their own words, told in the third person.
+
+:class:`LocalSummaryModel` finds the sentence that states each user message's request (template text the
+corpus repeats, pasted material, code, markup and greetings set aside: :class:`TemplateStats`,
+:func:`message_candidates`, :func:`choose_request`) and writes a two-sentence summary. An English request
+with no first- or second-person word is quoted whole ("The user asked: “Compose a travel blog post …”");
+any other request is described by its key phrases ("The user asked about anchor chain and strong wind."),
+never by a clause rewritten around the user's "I" or "you". Languages come from ``lingua`` and from code
+fences (:mod:`kura_dagster.pipeline.models.local_text`); nothing here knows a data set.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kura_dagster.pipeline.models.base import Progress
+from kura_dagster.pipeline.models.local_text import (
+    code_languages,
+    detect_natural_languages,
+    has_person_words,
+    join_phrases,
+    phrase_key,
+    phrases,
+    stop_words,
+)
+from kura_dagster.types import Conversation, GeneratedSummary
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_GREETING = re.compile(r"^(?:hi|hello|hey|hiya|greetings|good (?:morning|afternoon|evening)|thanks|thank you|"
+                       r"quick question|dear \w+)\b", re.I)
+_QUESTION_WORDS = frozenset("how what why where when which who whom whose what's how's".split())
+_AUXILIARIES = frozenset("is are am was were do does did should can could would will shall may might must has have".split())
+_FIRST_PERSON = frozenset("i i'm i've i'd i'll my we we're we've our me".split())
+
+
+def _is_statement(sentence: str) -> bool:
+    """A sentence about the user ("I'm learning Spanish.") rather than a question or an instruction."""
+    first = sentence.split(maxsplit=1)[0].lower() if sentence.strip() else ""
+    return first in _FIRST_PERSON and not sentence.rstrip().endswith("?")
+
+
+# --- finding the request: the corpus pass (template detection) and per-message cleaning ------------------
+
+_FENCE = re.compile(r"```.*?(?:```|\Z)", re.S)
+_SLOW_PATH = re.compile(r"[\n`#*|>\[]|https?://|www\.|:")
+"""Messages without any of these are a plain sentence or two: no markup, template label or code to remove."""
+_HEAD = re.compile(r"^(?:[#>*_\s-]*)([A-Za-z][\w'&/ -]{0,40}?)\s*:(?!//)\s*")
+"""A line's label: "User Query: …", "Retrieved Information :", "Question:" (at most five words)."""
+_SKIP_LINE = re.compile(
+    r"^(?:#{1,6}\s|\||>|[-*_=]{3,}\s*$|<[a-z/!]|!\[|\[\d{1,3}\]|"  # heading, table row, quote, rule, HTML, image,
+    # a numbered reference or citation ("[2] (source: …)", "[1]: https://…")
+    r"Traceback \(most recent|File \"|\s*at [\w.$]+\(|"  # tracebacks
+    r"[\w.]*(?:Error|Exception|Warning)\b:?|"  # error lines
+    r"(?:import |from [\w.]+ import |def |class |return |print\(|@\w|%\w|!pip |\$ |>>> |\w+(?:\.\w+)*\s*=\s*\S|"
+    r"\w+(?:\.\w+)+\(|[\w.]+\(.*\)\s*$|[{}\[\]();]+\s*$))"  # code-looking lines
+)
+_LIST_ITEM = re.compile(r"^(?:[-*+•]|\d{1,2}[.)])\s+")
+_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+_URL = re.compile(r"(?:https?://|www\.)\S+")
+_EMPHASIS = re.compile(r"(\*\*|__|\*|`+)")
+_LONG_QUOTE = re.compile(r"""["“][^"”]{80,}["”]|'[^']{80,}'""")
+_GREETING_PREFIX = re.compile(r"^(?:(?:hi|hello|hey|hiya|greetings|dear)(?: there| team| all| everyone| folks)?|"
+                              r"good (?:morning|afternoon|evening))[,!.]*\s+(?=\S)", re.I)
+_ACKNOWLEDGEMENT = re.compile(r"^(?:ok(?:ay)?|thanks?|thank you|thx|great|perfect|cool|nice|awesome|got it|"
+                              r"that (?:worked|helps|works)|sounds good|yes|no|sure)\b[\w ,!.']{0,40}$", re.I)
+_VAGUE = re.compile(r"^(?:(?:i|we) (?:have|got|had) (?:a|an|some|one more|another) (?:quick |small |short )?"
+                    r"(?:question|issue|problem)s?(?: (?:about|regarding|on|with) [\w&. -]{1,30})?|"
+                    r"(?:i|we) need (?:some )?help|can (?:you|someone|anyone) help(?: me| us)?|"
+                    r"(?:is )?anyone (?:there|around)|i'?m stuck)[.!?]*$", re.I)
+_NORM_STRIP = "#>*-|:_=` \t"
+_CONTENT = re.compile(r"[A-Za-z][A-Za-z0-9&+#.-]{2,}")
+
+
+def _norm(line: str) -> str:
+    """A line or sentence as the corpus pass counts it: lower case, markup at its ends and spacing ignored."""
+    return " ".join(line.lower().replace("**", "").replace("`", "").strip(_NORM_STRIP).split())
+
+
+def _units(text: str) -> set[str]:
+    """The lines of a message, and the sentences of lines that have several (what a template repeats)."""
+    out = set()
+    for line in text.split("\n"):
+        n = _norm(line)
+        if n:
+            out.add(n)
+            if _SENTENCE.search(n):
+                out.update(s for s in (p.strip(_NORM_STRIP) for p in _SENTENCE.split(n)) if s)
+    return out
+
+
+class TemplateStats:
+    """What a corpus repeats around its requests, learnt from the corpus itself.
+
+    A line or sentence that occurs in the user messages of at least ``threshold`` *distinct* conversations
+    is template: a prompt preamble, a "Retrieved Information" header, pasted documentation, a stock "Here is
+    my code:". A line label ("User Query:", "Question:") that starts lines in that many conversations, each
+    time followed by different text, is a template label, and what follows it is the request. Conversations
+    whose user messages are identical count once, so a question that many users send word for word
+    (MT-Bench repeats each of its conversations ~80 times) is never mistaken for template.
+    """
+
+    def __init__(self, counts: dict[str, int], heads: frozenset[str], threshold: int, messages: int) -> None:
+        self.counts = counts
+        """Template line or sentence -> in how many distinct user messages it occurs."""
+        self.units = frozenset(counts)
+        self.heads, self.threshold, self.messages = heads, threshold, messages
+        """``messages``: how many distinct conversations were counted."""
+
+    @classmethod
+    def fit(cls, conversations: Sequence[Conversation], sample: int = 30_000) -> TemplateStats:
+        """Count over the first ``sample`` distinct conversations (by their user messages, in corpus order): a
+        template repeats in most of them, so a sample finds it, and the pass costs the same for 30,000 or 3
+        million. A message repeated word for word in many *different* conversations (a system-prompt-like
+        first message) is template; the same conversation repeated (MT-Bench's questions) counts once."""
+        distinct: dict[tuple[str, ...], None] = {}
+        for c in conversations:
+            distinct[tuple(dict.fromkeys(m.content for m in c.messages if m.role == "user"))] = None
+            if len(distinct) >= sample:
+                break
+        threshold = max(3, min(20, math.ceil(0.01 * len(distinct))))
+        units: Counter[str] = Counter()
+        heads: Counter[str] = Counter()
+        rests: dict[str, set[str]] = {}  # what follows each label: a template label is followed by many texts
+        for texts in distinct:
+            found: set[str] = set()
+            labels: set[str] = set()
+            for text in texts:
+                if len(text) > _MAX_CHARS:
+                    text = text[: _MAX_CHARS // 2] + "\n" + text[-_MAX_CHARS // 2:]
+                if "\n" in text or _SENTENCE.search(text):
+                    found |= _units(text)
+                if ":" in text:
+                    for line in text.split("\n"):
+                        if (m := _HEAD.match(line)) and len(m.group(1).split()) <= 5:
+                            head = _norm(m.group(1))
+                            labels.add(head)
+                            if len(rests.setdefault(head, set())) < 1_000:
+                                rests[head].add(_norm(line[m.end():]))
+            units.update(found)
+            heads.update(labels)
+        return cls({u: n for u, n in units.items() if n >= threshold},
+                   frozenset(h for h, n in heads.items() if n >= threshold and h
+                             and len(rests[h] - {""}) >= max(3, min(n, 1_000) // 2)), threshold, len(distinct))
+
+
+_MAX_CHARS = 20_000
+"""A longer message is read at its start and its end (where a template puts the question)."""
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    text: str
+    slot: bool
+    """It followed a template label ("User Query: <this>"): the strongest sign of the request."""
+    material: bool
+    """It sits in pasted material (after a markdown heading, in a list) rather than in the user's own words."""
+
+
+def _clean_markup(line: str) -> str:
+    line = _LINK.sub(r"\1", line)
+    line = _URL.sub("", line)
+    line = _LONG_QUOTE.sub("the quoted text", line)
+    return _EMPHASIS.sub("", line).strip()
+
+
+def message_candidates(text: str, stats: TemplateStats | None) -> list[_Candidate]:
+    """The sentences of a user message that may state its request, in order, without template lines,
+    code blocks, tracebacks, markdown markup, URLs and long quotations.
+
+    When every line of the message is template (a question asked again and again around different pasted
+    documents), the line the corpus repeats least is the one the user wrote."""
+    if len(text) > _MAX_CHARS:
+        text = text[: _MAX_CHARS // 2] + "\n" + text[-_MAX_CHARS // 2:]
+    units = stats.units if stats is not None else frozenset()
+    heads = stats.heads if stats is not None else frozenset()
+    fast = not _SLOW_PATH.search(text)
+    lines = [text] if fast else _FENCE.sub("\n", text).split("\n")
+    out: list[_Candidate] = []
+    pasted = False  # inside pasted documentation (after a markdown heading or in a list)
+    introduced = False  # after "Here is the paragraph:", until a blank line
+    repeated: list[str] = []
+    stock: list[_Candidate] = []  # sentences skipped as ones the corpus repeats (a line of its own is not one)
+    for raw in lines:
+        line = raw.strip()
+        if not line:
+            introduced = False
+            continue
+        slot = False
+        if not fast:
+            m = _HEAD.match(line)
+            if m and _norm(m.group(1)) in heads:  # "User Query: <the request>"
+                line, slot, pasted, introduced = line[m.end():].strip(), True, False, False
+                if not line:
+                    continue
+            elif _norm(line) in units:
+                pasted = introduced = False  # a template line ("### Question") ends the pasted material before it
+                if not line.startswith("#"):
+                    repeated.append(line)
+                continue
+            if line.startswith("#"):
+                pasted = True
+                continue
+            if _SKIP_LINE.match(line):
+                continue
+            if _LIST_ITEM.match(line):
+                line = _LIST_ITEM.sub("", line)
+                pasted = pasted or not slot
+            line = _clean_markup(line)
+        for sentence in _SENTENCE.split(line) if _SENTENCE.search(line) else (line,):
+            sentence = sentence.strip()
+            if sentence and units and not slot and _norm(sentence) in units:
+                if _CONTENT.search(sentence) and len(stock) < 8:
+                    stock.append(_Candidate(sentence, False, pasted or introduced))
+                continue
+            if sentence and _CONTENT.search(sentence):
+                out.append(_Candidate(sentence, slot, (pasted or introduced) and not slot))
+        introduced = introduced or line.endswith(":")  # "Edit the following paragraph:" -> material follows
+    if not out and repeated and stats is not None:
+        rarest = min(repeated, key=lambda s: stats.counts.get(_norm(s), 0))
+        if stats.counts.get(_norm(rarest), 0) <= max(stats.threshold, 0.2 * stats.messages):
+            out = [_Candidate(_clean_markup(rarest), False, False)]  # not a preamble most conversations share
+    if not out and stock and stats is not None:
+        # every sentence is one that many users send (a persona, a rule, an ask), put together: the ones that
+        # most conversations do not share (unlike a preamble) are the request
+        common = max(stats.threshold, 0.2 * stats.messages)
+        out = [c for c in stock if stats.counts.get(_norm(c.text), 0) <= common]
+    return out
+
+
+def _content_words(sentence: str) -> int:
+    stop = stop_words("english")
+    return sum(w.lower().strip(".-") not in stop for w in _CONTENT.findall(sentence))
+
+
+def _is_question(sentence: str) -> bool:
+    first = sentence.split(maxsplit=1)[0].lower().strip(",:") if sentence else ""
+    return sentence.rstrip().endswith("?") or first in _QUESTION_WORDS or first in _AUXILIARIES
+
+
+_WANT = re.compile(r"^(?:i|we) (?:really )?(?:need|want|would like|'d like|am trying|'m trying|are trying|have) to\b",
+                   re.I)
+
+
+def _pool(candidates: Sequence[_Candidate]) -> list[str]:
+    """The sentences that may state the request, best source first: what follows a template label, else the
+    user's own words before pasted material; greetings, acknowledgements and introductions ("Here is my
+    code:") set aside."""
+    pool = [c for c in candidates if c.slot] or [c for c in candidates if not c.material] \
+        or [c for c in candidates if _is_question(c.text)] or list(candidates)
+    sentences = [_GREETING_PREFIX.sub("", c.text).strip() for c in pool]
+    return [s for s in sentences if s and not (_GREETING.match(s) and len(s.split()) <= 4)
+            and not _ACKNOWLEDGEMENT.match(s) and not (s.endswith(":") and not _is_question(s))] \
+        or [s for s in sentences if s]
+
+
+def _request_index(content: Sequence[str]) -> int:
+    """Which sentence states the request: the first, unless it only sets the scene (a statement about the
+    user, "I have a question", a sentence of fewer than two content words) and a later one asks."""
+    first = content[0]
+    if (_is_statement(first) and not _WANT.match(first)) or _VAGUE.match(first) or _content_words(first) < 2:
+        for i, s in enumerate(content[1:4], start=1):
+            if not _is_statement(s) and _content_words(s) >= 2:
+                return i
+    return 0
+
+
+def choose_request(candidates: Sequence[_Candidate]) -> str:
+    """The sentence of a user message that states its request ("" when it has none)."""
+    content = _pool(candidates)
+    return content[_request_index(content)] if content else ""
+
+
+def request_context(candidates: Sequence[_Candidate], limit: int = 3) -> tuple[str, list[str]]:
+    """The request sentence and up to ``limit`` sentences after it in the user's own words (a persona
+    prompt's rules and ask, the details of a question)."""
+    content = _pool(candidates)
+    if not content:
+        return "", []
+    i = _request_index(content)
+    return content[i], [s for s in content[i + 1:i + 1 + limit] if not _ACKNOWLEDGEMENT.match(s)]
+
+
+def _substantive(sentence: str) -> bool:
+    """Whether a chosen sentence states a request (not "I have a question", "thanks", "ok")."""
+    if not sentence or _VAGUE.match(sentence) or _ACKNOWLEDGEMENT.match(sentence):
+        return False
+    stop = stop_words("english")
+    return any(w.lower().strip(".-") not in stop for w in _CONTENT.findall(sentence))
+
+
+def _times(n: int) -> str:
+    return {1: "once", 2: "twice"}.get(n, f"{n} times")
+
+
+QUOTE_WORDS = 30
+"""The longest request quoted whole; a longer one is described by its key phrases."""
+KEY_PHRASES = 6
+"""The most key phrases a request is described by."""
+CONTEXT_WORDS = 60
+"""The most words (the request sentence and the ones after it) key phrases are drawn from."""
+
+
+def key_phrases(texts: Sequence[str], language: str = "english", limit: int = KEY_PHRASES) -> list[str]:
+    """The distinct key phrases of ``texts`` in order of appearance, at most ``limit``."""
+    stop = stop_words(language)
+    out: dict[str, str] = {}
+    words = 0
+    for text in texts:
+        if words >= CONTEXT_WORDS:
+            break
+        words += len(text.split())
+        for p in phrases(text, stop):
+            out.setdefault(phrase_key(p), p)
+    return list(out.values())[:limit]
+
+
+@dataclass
+class _Parts:
+    request: str
+    context: list[str]
+    follow_ups: list[str]
+    user_text: str
+
+
+class LocalSummaryModel:
+    """Extractive summaries in the third person: the request quoted when it is plain English without "I",
+    "you" or "my", else described by its key phrases; follow-ups by theirs; the number of replies.
+
+    Before summarising, :meth:`prepare` reads the whole corpus once (``summarise_conversations`` calls it)
+    to learn its template text (see :class:`TemplateStats`); :meth:`summarise` without it learns from the
+    conversations it is given. So a summary depends on the corpus around it: this model is not cached
+    (only remote models are), and a cache for it would need the corpus in its key.
+    """
+
+    identity = "local-summary/v4"
+
+    def __init__(self) -> None:
+        self._stats: TemplateStats | None = None
+        self._memo: dict[str, tuple[str, list[str]]] = {}  # message -> (request, context), under ``_memo_stats``
+        self._memo_stats: TemplateStats | None = None
+
+    def prepare(self, conversations: Sequence[Conversation]) -> None:
+        """Learn the corpus's template text (lines and labels many distinct user messages repeat)."""
+        self._stats = TemplateStats.fit(conversations)
+
+    def _request_of(self, text: str, stats: TemplateStats | None) -> tuple[str, list[str]]:
+        found = self._memo.get(text) if stats is self._memo_stats else None
+        if found is None:
+            found = request_context(message_candidates(text, stats))
+            if stats is self._memo_stats:
+                if len(self._memo) >= 100_000:
+                    self._memo.clear()
+                self._memo[text] = found
+        return found
+
+    def _parts(self, conversation: Conversation, stats: TemplateStats | None) -> _Parts:
+        asks: list[tuple[str, list[str]]] = []
+        seen: set[str] = set()
+        user: list[str] = []
+        for m in conversation.messages:
+            if m.role != "user":
+                continue
+            user.append(m.content)
+            sentence, context = self._request_of(m.content, stats)
+            if _substantive(sentence) and sentence.lower() not in seen:
+                seen.add(sentence.lower())
+                asks.append((sentence, context))
+        if not asks:
+            return _Parts("", [], [], "\n".join(user)[:2_000])
+        return _Parts(asks[0][0], asks[0][1], [s for s, _ in asks[1:3]], "\n".join(user)[:2_000])
+
+    def requests(self, conversation: Conversation, stats: TemplateStats | None = None) -> list[str]:
+        """The main request and the follow-ups, as the user wrote them (template and material removed)."""
+        parts = self._parts(conversation, stats if stats is not None else self._stats)
+        return [parts.request, *parts.follow_ups] if parts.request else []
+
+    def _summary(self, conversation: Conversation, parts: _Parts, language: str) -> GeneratedSummary:
+        n_users = sum(m.role == "user" for m in conversation.messages)
+        n_replies = sum(m.role == "assistant" for m in conversation.messages)
+        key = key_phrases([parts.request, *parts.context], language) if parts.request else []
+        request = " ".join(parts.request.split())
+        in_language = "" if language in ("english", "unknown") else f" (in {language.capitalize()})"
+        if key and language == "english" and len(request.split()) <= QUOTE_WORDS and not has_person_words(request):
+            first = f"The user asked: “{request}”"
+        elif key:
+            first = f"The user asked{in_language} about {join_phrases(key)}."
+        elif n_users:
+            first = f"The user sent a short message{in_language} with no clear request."
+        else:
+            first = "The user sent no message."
+        follow = [p for s in parts.follow_ups for p in key_phrases([s], language, limit=3)]
+        follow = list(dict.fromkeys(follow))[:4]
+        replies = f"the assistant replied {_times(n_replies)}" if n_replies else ""
+        if follow:
+            second = f"They followed up about {join_phrases(follow)}" + (f", and {replies}." if replies else ".")
+        elif parts.follow_ups:
+            n = len(parts.follow_ups)
+            second = f"They followed up {_times(n)}" + (f", and {replies}." if replies else ".")
+        else:
+            second = f"{replies[:1].upper()}{replies[1:]}." if replies else ""
+        what = f"help with {join_phrases(key[:4])}" if key else "respond to a short message"
+        topic = max(key[:3], key=lambda p: len(p.split())) if key else "short message"
+        code = code_languages(parts.user_text)
+        return GeneratedSummary(
+            summary=f"{first} {second}".strip(),
+            request=f"The user's overall request for the assistant is to {what}.",
+            topic=topic,
+            languages=[language, *code] if language != "unknown" or not code else code,
+            task=f"The task is to {what}.",
+        )
+
+    def summarise_one(self, conversation: Conversation, stats: TemplateStats | None = None) -> GeneratedSummary:
+        return self.summarise([conversation], stats=stats)[0]
+
+    def summarise(self, conversations: Sequence[Conversation], progress: Progress | None = None,
+                  stats: TemplateStats | None = None) -> list[GeneratedSummary]:
+        stats = stats if stats is not None else self._stats if self._stats is not None \
+            else TemplateStats.fit(conversations)
+        if stats is not self._memo_stats:
+            self._memo, self._memo_stats = {}, stats
+        total = len(conversations)
+        out: list[GeneratedSummary] = []
+        step = 5_000  # languages are detected a batch at a time (lingua runs a batch in parallel)
+        for start in range(0, total, step):
+            chunk = conversations[start:start + step]
+            parts = [self._parts(c, stats) for c in chunk]
+            texts = [p.request or p.user_text for p in parts]
+            distinct = list(dict.fromkeys(texts))
+            found = dict(zip(distinct, detect_natural_languages(distinct)))
+            out += [self._summary(c, p, found[t]) for c, p, t in zip(chunk, parts, texts)]
+            if progress is not None:
+                progress(len(out), total)
+        return out

@@ -1,0 +1,211 @@
+"""Text helpers of the offline models: languages, key phrases, person words, class-based TF-IDF.
+
+Nothing here knows a data set. Natural languages come from ``lingua-language-detector`` (its models ship in
+its wheel), stop words from scikit-learn (English) and the ``stop-words`` package (other languages), and
+programming languages only from what a code fence declares (```` ```python ````). Key phrases are the runs
+of words between stop words and punctuation (the RAKE idea: Rose et al., 2010), so a phrase never holds a
+pronoun, and names are chosen by class-based TF-IDF (c-TF-IDF, as BERTopic does) over such phrases.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+# --- languages -----------------------------------------------------------------------------------------
+
+LANGUAGES = ("ENGLISH", "SPANISH", "FRENCH", "GERMAN", "PORTUGUESE", "ITALIAN", "DUTCH", "RUSSIAN", "CHINESE",
+             "JAPANESE", "KOREAN", "ARABIC", "TURKISH", "POLISH", "INDONESIAN", "VIETNAMESE")
+"""The languages the detector chooses between (lingua's names): the most common ones in chat logs. Fewer
+candidates make it faster and stop rare look-alikes from winning short texts."""
+DETECT_CHARS = 200
+"""Characters of the request the detector reads (enough for a reliable vote; its cost grows with length)."""
+
+
+@functools.lru_cache(maxsize=1)
+def _detector():
+    """One lingua detector per process, in its low-accuracy mode (trigram models only: several times faster,
+    and accurate on sentence-length text)."""
+    from lingua import Language, LanguageDetectorBuilder
+
+    return (LanguageDetectorBuilder.from_languages(*(getattr(Language, name) for name in LANGUAGES))
+            .with_low_accuracy_mode().build())
+
+
+def detect_natural_languages(texts: Sequence[str]) -> list[str]:
+    """The language of each text, lower-case ("english", "german"), or "unknown" when the text has no
+    letters to judge by. Runs lingua over all texts at once (in parallel, in Rust)."""
+    if not texts:
+        return []
+    found = _detector().detect_languages_in_parallel_of([t[:DETECT_CHARS] for t in texts])
+    return [lang.name.lower() if lang is not None else "unknown" for lang in found]
+
+
+_FENCE_INFO = re.compile(r"^[ \t]*```+[ \t]*([A-Za-z][\w+#.-]{0,20})", re.M)
+_FENCE_ALIASES = {"py": "python", "python3": "python", "js": "javascript", "ts": "typescript", "sh": "bash",
+                  "shell": "bash", "zsh": "bash", "c++": "cpp", "golang": "go", "rs": "rust", "yml": "yaml",
+                  "console": "bash", "jsx": "javascript", "tsx": "typescript"}
+"""Common short forms of a fence's info string (Markdown's own convention), so "py" and "python" agree."""
+
+
+def code_languages(text: str) -> list[str]:
+    """Programming languages the text's code fences declare, in order of first appearance."""
+    if "```" not in text:
+        return []
+    out: dict[str, None] = {}
+    for m in _FENCE_INFO.finditer(text):
+        name = m.group(1).lower()
+        out[_FENCE_ALIASES.get(name, name)] = None
+    out.pop("text", None)
+    out.pop("plaintext", None)
+    return list(out)
+
+
+# --- person words and stop words -------------------------------------------------------------------------
+
+PERSON_WORDS = frozenset("""
+    i i'm i've i'd i'll me my mine myself we we're we've we'd we'll us our ours ourselves
+    you you're you've you'd you'll your yours yourself yourselves
+""".split())
+"""English first- and second-person words: a summary speaks of the user in the third person, so these never
+enter a key phrase or a name."""
+_PERSON = re.compile(r"(?<![\w'])(?:" + "|".join(sorted(map(re.escape, PERSON_WORDS), key=len, reverse=True))
+                     + r")(?![\w'])", re.I)
+
+
+def has_person_words(text: str) -> bool:
+    """Whether ``text`` has a first- or second-person word (English; "US" in capitals is the country)."""
+    return any(m.group(0) != "US" for m in _PERSON.finditer(text.replace("’", "'")))
+
+
+FUNCTION_WORDS = frozenset("did does doing having shall let lets let's just please want wants need needs using like "
+                           "can't don't doesn't didn't isn't aren't won't wouldn't shouldn't couldn't".split())
+"""English auxiliaries, contractions and request verbs scikit-learn's list lacks (grammar, not topics)."""
+
+
+@functools.lru_cache(maxsize=64)
+def stop_words(language: str = "english") -> frozenset[str]:
+    """scikit-learn's English stop words, :data:`FUNCTION_WORDS` and the person words, plus the ``stop-words``
+    package's list for ``language`` when it has one (English text and code turn up in every language's chats)."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    words = set(ENGLISH_STOP_WORDS) | FUNCTION_WORDS | PERSON_WORDS
+    if language not in ("english", "unknown"):
+        from stop_words import AVAILABLE_LANGUAGES, get_stop_words
+
+        if language in AVAILABLE_LANGUAGES:
+            words |= {w.lower() for w in get_stop_words(language)}
+    return frozenset(words)
+
+
+# --- key phrases ---------------------------------------------------------------------------------------
+
+_TOKEN = re.compile(r"[^\W_](?:[\w'.+#&-]*[\w+#])?")
+"""A word as a person reads it: "must-see", "C++", "node.js", "O'Brien", "3.5"."""
+_BREAK = re.compile(r"[,;:!?()\[\]{}\"“”«»<>|/\\=*`~]|(?<=\w)\.(?=\s|$)|\s[-–—]\s|\n")
+
+
+def phrases(text: str, stop: frozenset[str], max_words: int = 4) -> list[str]:
+    """The key phrases of ``text`` in order: maximal runs of words that are neither stop words nor
+    punctuation, at most ``max_words`` long (a longer run keeps its last ``max_words`` words, where English
+    puts the head noun), spelt as in the text ("Weights & Biases"). A run of numbers alone is no phrase."""
+    out: list[str] = []
+    for chunk in _BREAK.split(text.replace("’", "'")):
+        run: list[re.Match[str]] = []
+        for m in _TOKEN.finditer(chunk):
+            word = m.group(0).lower()
+            if word in stop or word.strip("'") in stop:
+                _flush(chunk, run, out, max_words)
+                run = []
+            else:
+                run.append(m)
+        _flush(chunk, run, out, max_words)
+    return out
+
+
+def _flush(chunk: str, run: list[re.Match[str]], out: list[str], max_words: int) -> None:
+    if not run:
+        return
+    words = [m.group(0) for m in run]
+    if all(w.replace(".", "").isdigit() for w in words) or (len(words) == 1 and len(words[0]) == 1):
+        return
+    run = run[-max_words:]
+    out.append(" ".join(chunk[run[0].start():run[-1].end()].split()))
+
+
+def join_phrases(items: Sequence[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    items = list(items)
+    if len(items) <= 1:
+        return "".join(items)
+    return f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def phrase_key(phrase: str) -> str:
+    return " ".join(phrase.lower().split())
+
+
+def ascii_words(text: str) -> list[str]:
+    """Lower-case ASCII words of ``text`` (accents folded), for slugs."""
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    return re.findall(r"[a-z0-9]+", folded)
+
+
+# --- class-based TF-IDF ------------------------------------------------------------------------------------
+
+
+def terms_of(phrase_list: Iterable[str], max_n: int = 3) -> Counter:
+    """Each phrase and its shorter runs of words (up to ``max_n`` words): "travel blog post" also counts
+    "travel blog", "blog post", "travel", "blog" and "post", so related phrases share terms."""
+    out: Counter[str] = Counter()
+    for p in phrase_list:
+        words = phrase_key(p).split()
+        seen = set()
+        for n in range(1, min(max_n, len(words)) + 1):
+            for i in range(len(words) - n + 1):
+                seen.add(" ".join(words[i:i + n]))
+        out.update(seen)
+    return out
+
+
+def class_tfidf(classes: Sequence[Counter], weights: Sequence[Sequence[float]] | None = None) -> list[dict[str, float]]:
+    """c-TF-IDF (Grootendorst, BERTopic): a term's frequency in its class, normalised by the class's size,
+    times ``log(1 + A / f)`` where ``A`` is the average class size (in terms) and ``f`` the term's frequency
+    over all classes. High for terms frequent in this class and rare in the others."""
+    total: Counter[str] = Counter()
+    for c in classes:
+        total.update(c)
+    sizes = [sum(c.values()) for c in classes]
+    avg = (sum(sizes) / len(sizes)) if sizes else 0.0
+    out = []
+    for c, size in zip(classes, sizes):
+        out.append({t: (n / size) * math.log(1 + avg / total[t]) for t, n in c.items()} if size else {})
+    return out
+
+
+def diverse_top(scores: dict[str, float], k: int, prefer_multiword: float = 0.25,
+                positions: dict[str, float] | None = None) -> list[str]:
+    """The ``k`` best terms, each sharing no word with a better one (a simple maximal-marginal-relevance
+    choice). A term of several words gets ``prefer_multiword`` more weight (a phrase says more than a word),
+    and with ``positions`` (a term's mean index among its text's phrases) an earlier term a little more (a
+    request names its subject first). Ties go to the longer term, then the alphabetically first (deterministic)."""
+    def weight(t: str) -> float:
+        w = scores[t] * (1 + (prefer_multiword if " " in t else 0.0))
+        return w / (1 + 0.05 * positions.get(t, 0.0)) if positions else w
+
+    ranked = sorted(scores, key=lambda t: (-weight(t), -t.count(" "), t))
+    chosen: list[str] = []
+    used: set[str] = set()
+    for t in ranked:
+        words = set(t.split())
+        if words & used:
+            continue
+        chosen.append(t)
+        used |= words
+        if len(chosen) == k:
+            break
+    return chosen
