@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -44,6 +45,11 @@ REPLY_CHARS = 300
 """Characters from the start of each assistant reply."""
 REST_SHARE = 0.25
 MIN_TEXT = 160
+"""Replies' starts fill a conversation's text up to this many characters (a short request gets their context;
+a request this long or longer stands on its own, so conversations that ask the same get the same vector)."""
+CODE_CHARS = 200
+CODE_SHARE = 0.25
+"""Fenced code in a user message: at most ``max(CODE_CHARS, CODE_SHARE x the message's prose)`` characters."""
 """At most this share of the embedded text comes from the replies."""
 FIT_SAMPLE = 20_000
 """The most texts the vocabulary and reduction are fitted on (a seeded sample of a larger corpus)."""
@@ -87,10 +93,26 @@ def _bounded(parts: Sequence[str], budget: int) -> str:
     return "\n".join(p[:share] for p in parts)
 
 
+_FENCED = re.compile(r"```.*?(?:```|\Z)", re.S)
+
+
+def _prose_first(text: str) -> str:
+    """``text`` with its fenced code blocks cut to a bounded share: the prose around pasted code says what is
+    asked, the code's identifiers mostly say whose code it is. Each message keeps at most
+    ``max(CODE_CHARS, CODE_SHARE x its prose)`` characters of code, taken from the start of each block."""
+    if "```" not in text:
+        return text
+    blocks = _FENCED.findall(text)
+    prose = _FENCED.sub("\n", text)
+    budget = max(CODE_CHARS, int(CODE_SHARE * len(prose.strip())))
+    code = _bounded([b.strip("`") for b in blocks], budget)
+    return f"{prose.strip()}\n{code}" if code else prose.strip()
+
+
 def conversation_text(conversation: Conversation) -> str:
-    """What the offline embedding reads of a conversation: the user turns plus a bounded share of the replies'
-    starts (see the module's docstring)."""
-    user = _bounded([m.content for m in conversation.messages if m.role == "user"], USER_CHARS)
+    """What the offline embedding reads of a conversation: the user turns (pasted code cut to a bounded share)
+    plus a bounded share of the replies' starts (see the module's docstring)."""
+    user = _bounded([_prose_first(m.content) for m in conversation.messages if m.role == "user"], USER_CHARS)
     rest_budget = max(0, MIN_TEXT - len(user))
     replies = [m.content[:REPLY_CHARS] for m in conversation.messages if m.role != "user"]
     rest = _bounded(replies, rest_budget)
