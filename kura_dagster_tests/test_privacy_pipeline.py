@@ -1,0 +1,333 @@
+"""Issue 20: aggregation thresholds, scrubbing through the pipeline, the privacy auditor and the facets table.
+
+Expectations are written by hand: cluster geometry and facet figures below, planted values searched for as
+raw bytes in every file the pipeline writes.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kura_dagster.checkpoints.columnar import SummaryColumns
+from kura_dagster.pipeline.facets import FacetRows, cluster_facets
+from kura_dagster.pipeline.settings import PipelineSettings
+from kura_dagster.pipeline.thresholds import (
+    OTHER_NAME,
+    FoldReport,
+    ThresholdError,
+    Thresholds,
+    base_clusters_with_thresholds,
+    threshold_problems,
+)
+from kura_dagster.types import Cluster, Conversation, ConversationSummary, GeneratedCluster, Message
+
+API_KEY = "sk-test-privacy-20"
+
+
+# --- thresholds on hand-made geometry ---------------------------------------------------------------------
+
+class RecordingNamer:
+    """Names each group after its first member and records every chat id it was shown."""
+
+    identity = "recording"
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def name_clusters(self, groups):
+        out = []
+        for g in groups:
+            self.seen.update(s.chat_id for s in g)
+            out.append(GeneratedCluster(name=f"named after {g[0].chat_id[0]}", summary="s", slug="x_y_z"))
+        return out
+
+
+def _blobs(users: dict[str, list[str]] | None = None) -> SummaryColumns:
+    """Four tight blobs in 8-D: A (12 at e1), B (11 at e2), C (3 at 0.6 e1 + 0.8 e3, nearest A), D (2 at
+    0.6 e2 + 0.8 e4, nearest B). Chat ids start with their blob's letter."""
+    rng = np.random.default_rng(7)
+    e = np.eye(8)
+    centres = {"A": (12, e[0]), "B": (11, e[1]), "C": (3, 0.6 * e[0] + 0.8 * e[2]), "D": (2, 0.6 * e[1] + 0.8 * e[3])}
+    summaries = []
+    for letter, (n, centre) in centres.items():
+        for i in range(n):
+            v = centre + rng.normal(0, 0.01, 8)
+            user = (users or {}).get(letter, [f"{letter}-user-{i}"] * n)[i]
+            summaries.append(ConversationSummary(chat_id=f"{letter}{i:02d}", summary=f"{letter} {i}", metadata={"uid": user},
+                                                 embedding=(v / np.linalg.norm(v)).tolist()))
+    return SummaryColumns.coerce(summaries)
+
+
+SETTINGS = PipelineSettings(clusters_per_group=7)  # k = ceil(28 / 7) = 4: one group per blob
+
+
+def _sizes(clusters: list[Cluster]) -> dict[str, int]:
+    return {c.name: len(c.chat_ids) for c in clusters}
+
+
+def test_small_groups_fold_into_the_nearest_shown_cluster_and_are_never_named():
+    namer, report = RecordingNamer(), FoldReport()
+    out = base_clusters_with_thresholds(_blobs(), namer, SETTINGS, Thresholds(min_conversations=10), report=report)
+    assert _sizes(out) == {"named after A": 15, "named after B": 13}
+    by_name = {c.name: set(c.chat_ids) for c in out}
+    assert {f"C{i:02d}" for i in range(3)} <= by_name["named after A"]
+    assert {f"D{i:02d}" for i in range(2)} <= by_name["named after B"]
+    assert {cid[0] for cid in namer.seen} == {"A", "B"}  # C's and D's text never reached the namer
+    assert (report.groups, report.small_groups, report.conversations_folded, report.conversations_in_other) == (4, 2, 5, 0)
+
+
+def test_small_groups_together_make_one_other_cluster_named_for_what_it_is():
+    namer = RecordingNamer()
+    out = base_clusters_with_thresholds(_blobs(), namer, SETTINGS, Thresholds(min_conversations=5))
+    assert _sizes(out) == {"named after A": 12, "named after B": 11, OTHER_NAME: 5}
+    other = next(c for c in out if c.name == OTHER_NAME)
+    assert sorted(other.chat_ids) == ["C00", "C01", "C02", "D00", "D01"] and other.slug == "other_requests"
+    assert {cid[0] for cid in namer.seen} == {"A", "B"}
+
+
+def test_user_threshold_and_auditor_withhold_like_small_groups():
+    two_users = {"A": ["alice"] * 6 + ["bob"] * 6}  # A: 12 conversations but only 2 users
+    namer = RecordingNamer()
+    out = base_clusters_with_thresholds(_blobs(two_users), namer, SETTINGS,
+                                        Thresholds(min_conversations=10, min_users=3, user_key="uid"))
+    assert _sizes(out) == {"named after B": 11, OTHER_NAME: 17}  # A (2 users) + C + D: 7 users
+    assert {cid[0] for cid in namer.seen} == {"B"}
+    # the auditor rates B's name 2 (< 3): B is withheld too, and everything is one "Other" cluster
+    report = FoldReport()
+    out = base_clusters_with_thresholds(_blobs(), RecordingNamer(), SETTINGS, Thresholds(min_conversations=10),
+                                        auditor=lambda names: [2 if n.name.endswith("B") else 5 for n in names],
+                                        report=report)
+    assert _sizes(out) == {"named after A": 12, OTHER_NAME: 16}
+    assert report.withheld_groups == 1 and report.ratings == {5: 1, 2: 1}
+
+
+def test_too_few_conversations_for_any_cluster_is_an_error_and_the_problems_name_small_clusters():
+    with pytest.raises(ThresholdError, match="28 conversations cannot make one cluster of at least 30"):
+        base_clusters_with_thresholds(_blobs(), RecordingNamer(), SETTINGS, Thresholds(min_conversations=30))
+    small = Cluster(id="c1", name="n", description="d", slug="s", chat_ids=["a", "b"], parent_id=None)
+    big = Cluster(id="c2", name="m", description="d", slug="s", chat_ids=list("cdefg"), parent_id=None)
+    t = Thresholds(min_conversations=3, min_users=2, user_key="uid")
+    problems = threshold_problems([small, big], t, {"a": "u1", "b": "u2", **{k: "u9" for k in "cdefg"}})
+    assert problems == ["cluster 'c1' ('n') holds 2 conversation(s), fewer than min_conversations=3",
+                        "cluster 'c2' ('m') holds 1 distinct 'uid', fewer than min_users=2"]
+
+
+# --- facets against hand-computed figures ------------------------------------------------------------------
+
+def _facet_corpus() -> tuple[list[Cluster], FacetRows]:
+    def s(cid, langs, task, concern, frustration, errors):
+        return ConversationSummary(chat_id=cid, summary="x", languages=langs, task=task, concerning_score=concern,
+                                   user_frustration=frustration, assistant_errors=errors, metadata={})
+    summaries = [s("s1", ["english", "python"], "debug code", 1, 2, []),
+                 s("s2", ["english"], "debug code", 3, 4, ["wrong answer"]),
+                 s("s3", ["german"], "write poem", None, None, None),
+                 s("s4", ["english"], "plan trip", 5, 1, []),
+                 s("s5", ["french"], "plan trip", 2, 1, []),
+                 s("s6", [], None, 1, 3, ["x"])]
+    rows = FacetRows.from_summaries(summaries, users=["u1", "u1", "u2", "u3", None, "u3"])
+    parent = Cluster(id="P", name="parent", description="d", slug="p", chat_ids=[f"s{i}" for i in range(1, 7)],
+                     parent_id=None)
+    x = Cluster(id="X", name="x", description="d", slug="x", chat_ids=["s1", "s2", "s3"], parent_id="P")
+    y = Cluster(id="Y", name="y", description="d", slug="y", chat_ids=["s4", "s5", "s6"], parent_id="P")
+    return [parent, x, y], rows
+
+
+def test_facets_match_hand_computed_figures():
+    clusters, rows = _facet_corpus()
+    table = {r["cluster_id"]: r for r in cluster_facets(clusters, rows).to_pylist()}
+    x, y, p = table["X"], table["Y"], table["P"]
+    assert (x["conversations"], x["users"], x["level"], x["is_base"]) == (3, 2, 1, True)
+    assert dict(x["language_shares"]) == pytest.approx({"english": 2 / 3, "python": 1 / 3, "german": 1 / 3})
+    assert dict(x["task_shares"]) == pytest.approx({"debug code": 2 / 3, "write poem": 1 / 3})
+    assert (x["concerning_mean"], x["concerning_max"], x["frustration_mean"], x["assistant_error_share"]) \
+        == pytest.approx((2.0, 3.0, 3.0, 0.5))
+    assert (y["conversations"], y["users"]) == (3, 1)
+    assert dict(y["language_shares"]) == pytest.approx({"english": 1 / 3, "french": 1 / 3})
+    assert dict(y["task_shares"]) == pytest.approx({"plan trip": 2 / 3})
+    assert (y["concerning_mean"], y["concerning_max"], y["frustration_mean"], y["assistant_error_share"]) \
+        == pytest.approx((8 / 3, 5.0, 5 / 3, 1 / 3))
+    assert (p["conversations"], p["users"], p["level"], p["is_base"], p["parent_id"]) == (6, 3, 0, False, None)
+    assert dict(p["language_shares"]) == pytest.approx({"english": 0.5, "python": 1 / 6, "german": 1 / 6,
+                                                        "french": 1 / 6})
+    assert dict(p["task_shares"]) == pytest.approx({"debug code": 2 / 6, "plan trip": 2 / 6, "write poem": 1 / 6})
+    assert (p["concerning_mean"], p["concerning_max"], p["frustration_mean"], p["assistant_error_share"]) \
+        == pytest.approx((2.4, 5.0, 2.2, 0.4))
+    offline = {r["cluster_id"]: r for r in cluster_facets(clusters, rows, model_facets=False).to_pylist()}
+    assert [offline["P"][k] for k in ("task_shares", "concerning_mean", "concerning_max", "frustration_mean",
+                                      "assistant_error_share")] == [None] * 5
+    assert dict(offline["P"]["language_shares"]) == pytest.approx(dict(p["language_shares"]))
+
+
+# --- the auditor: cached and deduplicated like every request -----------------------------------------------
+
+def test_auditor_requests_are_cached_and_deduplicated(fake_openai, tmp_path):
+    from kura_dagster.checkpoints.summary_cache import SummaryCache
+    from kura_dagster.pipeline.audit import Auditor, audit_requests, openai_auditor
+    from kura_dagster.pipeline.models.cached import CachedNamingModel
+    from kura_dagster.pipeline.models.openai import OpenAIConfig
+    from kura_dagster_tests.fake_openai import fake_privacy_rating
+
+    names = [GeneratedCluster(name=f"Help with topic {i}", summary=f"Users asked about topic {i}.", slug="a_b_c")
+             for i in range(4)]
+    asked = [names[0], names[1], names[0], names[2], names[3]]
+    expected = [fake_privacy_rating(r.messages[-1][1]) for r in audit_requests(asked)]
+    config = OpenAIConfig(model="fake-model", base_url=fake_openai.url)
+
+    first = Auditor(CachedNamingModel(openai_auditor(config), SummaryCache(str(tmp_path))))
+    assert first(asked) == expected
+    assert fake_openai.count("chat") == 4  # the repeated name is asked once
+    assert (first.cached.counts.requested, first.cached.counts.deduplicated) == (4, 1)
+    again = Auditor(CachedNamingModel(openai_auditor(config), SummaryCache(str(tmp_path))))
+    assert again(asked) == expected
+    assert fake_openai.count("chat") == 4 and again.cached.counts.cache_hits == 5  # a new run asks nothing
+
+
+# --- end to end: planted personal data ----------------------------------------------------------------------
+
+PLANTED = {
+    "EMAIL": ["jane.doe@example.com", "jürgen.müller@beispiel.de"],
+    "PHONE": ["(415) 555-2671", "+49 30 901820", "06 12 34 56 78", "+34 612 34 56 78"],
+    "CARD": ["4111 1111 1111 1111", "5500-0000-0000-0004"],
+    "IP": ["192.168.1.20", "2001:db8:85a3::8a2e:370:7334"],
+    "URL": ["https://shop.example.com/reset?token=abc123&uid=42", "postgres://admin:s3cr3tPass@db.example.com/x"],
+    "SECRET": ["AKIAIOSFODNN7EXAMPLE", "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+               "sk-proj-Abcdefghijklmnopqrstuvwxyz0123456789"],
+}
+VALUES = [v for vs in PLANTED.values() for v in vs]
+
+TEMPLATES = [  # (user request with a planted value, assistant reply with another); several languages
+    ("Please write an email to {v} asking for the invoice.", "Sure, here is a draft for {w}."),
+    ("Kannst du mir helfen, eine E-Mail an {v} zu schreiben?", "Gerne, hier ist ein Entwurf für {w}."),
+    ("Peux-tu m'aider à configurer le serveur {v} pour la production ?", "Voici la configuration pour {w}."),
+    ("¿Puedes revisar este código?\n```python\nTOKEN = \"{v}\"\nprint(connect(TOKEN))\n```",
+     "Claro. No pongas {w} en el código:\n```python\nimport os\nTOKEN = os.environ['TOKEN']\n```"),
+]
+
+
+def _planted_conversations(n: int = 48) -> list[Conversation]:
+    base = datetime(2026, 3, 1, 9, 0, tzinfo=timezone(timedelta(hours=-5)))
+    out = []
+    for i in range(n):
+        user, reply = TEMPLATES[i % len(TEMPLATES)]
+        v, w = VALUES[i % len(VALUES)], VALUES[(i * 7 + 3) % len(VALUES)]
+        out.append(Conversation(chat_id=f"c{i:03d}", created_at=base + timedelta(minutes=i),
+                                metadata={"user_id": f"user-{i % 12}"},
+                                messages=[Message(created_at=base, role="user", content=user.format(v=v)),
+                                          Message(created_at=base, role="assistant", content=reply.format(w=w))]))
+    return out
+
+
+def _run(tmp_path: Path, **settings):
+    import os
+
+    import dagster as dg
+
+    from kura_dagster.orchestration.factory import build_kura_defs
+
+    source = tmp_path / "source.jsonl"
+    source.write_text("".join(c.model_dump_json() + "\n" for c in _planted_conversations()), encoding="utf-8")
+    out = tmp_path / "checkpoints"
+    defs = build_kura_defs(None, conversations=str(source), checkpoint_dir=str(out), sensor=False, **settings)
+    os.environ["KURA_REUSE"] = "0"  # every step computes (conftest's fixture clears KURA_* after each test)
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=instance,
+                                                                                 raise_on_error=False)
+    return result, out
+
+
+def _leaks(out: Path) -> dict[str, list[str]]:
+    """Planted values found in any file the pipeline wrote, except the conversations checkpoint."""
+    found: dict[str, list[str]] = {}
+    for path in out.rglob("*"):
+        if path.is_file() and not path.name.startswith("conversations."):
+            data = path.read_bytes()
+            hits = [v for v in VALUES if v.encode("utf-8") in data]
+            if hits:
+                found[str(path.relative_to(out))] = hits
+    return found
+
+
+def _clusters(out: Path, name: str) -> list[Cluster]:
+    return [Cluster.model_validate_json(line) for line in (out / f"{name}.jsonl").read_text().splitlines()]
+
+
+def _assert_thresholds(out: Path, min_conversations: int, min_users: int) -> None:
+    users = {c.chat_id: c.metadata["user_id"] for c in _planted_conversations()}
+    for name in ("clusters", "meta_clusters", "dimensionality"):
+        for c in _clusters(out, name):
+            assert len(c.chat_ids) >= min_conversations, (name, c.name, len(c.chat_ids))
+            assert len({users[i] for i in c.chat_ids}) >= min_users, (name, c.name)
+
+
+@pytest.mark.slow
+def test_offline_no_planted_value_leaves_the_conversations(tmp_path):
+    result, out = _run(tmp_path, min_conversations=4, min_users=3, user_key="user_id")
+    assert result.success
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+    raw = (out / "conversations.jsonl").read_text(encoding="utf-8")
+    assert all(json.dumps(v, ensure_ascii=False)[1:-1] in raw for v in VALUES)  # planted where they should be
+    assert _leaks(out) == {}
+    _assert_thresholds(out, 4, 3)
+    summaries = [json.loads(line) for line in (out / "summaries.jsonl").read_text().splitlines()]
+    assert any("[EMAIL]" in s["summary"] or "[EMAIL]" in s["request"] for s in summaries)
+    md = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+    assert sum(md["summaries"][f"privacy/scrubbed/{t}"].value for t in PLANTED) > 0
+    # the facets table: queryable from DuckDB, one row per cluster, model facets null offline
+    import duckdb
+
+    rows = duckdb.sql(f"SELECT cluster_id, conversations, users, concerning_mean FROM "
+                      f"'{out / 'cluster_facets.parquet'}'").fetchall()
+    assert sorted(r[0] for r in rows) == sorted(c.id for c in _clusters(out, "meta_clusters"))
+    assert all(r[3] is None and r[2] >= 3 for r in rows)
+    jsonl = [json.loads(line) for line in (out / "cluster_facets.jsonl").read_text().splitlines()]
+    assert {r["cluster_id"]: r["conversations"] for r in jsonl} == {r[0]: r[1] for r in rows}
+
+
+@pytest.mark.slow
+def test_llm_mode_scrubs_a_leaky_model_and_audits_names(fake_openai, tmp_path):
+    from kura_dagster_tests.fake_openai import fake_privacy_rating
+
+    fake_openai.set_leaky()  # the model copies the conversation into every text field
+    result, out = _run(tmp_path, llm="openai:fake-model", embeddings="openai:fake-emb", base_url=fake_openai.url,
+                       min_conversations=4, privacy_audit=True, max_clusters=3)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    assert _leaks(out) == {}
+    _assert_thresholds(out, 4, 1)
+    md = {e.asset_key.to_user_string(): e.materialization.metadata for e in result.get_asset_materialization_events()}
+    assert sum(md["summaries"][f"privacy/scrubbed/{t}"].value for t in PLANTED) >= len(_planted_conversations())
+    ratings = md["clusters"]["privacy/audit_ratings"].value
+    assert md["clusters"]["privacy/withheld_groups"].value == ratings["1"] + ratings["2"]
+    # every base cluster still named by the model passed the fake server's audit (rating >= 3)
+    from kura_dagster.pipeline.audit import audit_requests
+
+    for c in _clusters(out, "clusters"):
+        if c.name != OTHER_NAME:
+            request = audit_requests([GeneratedCluster(name=c.name, summary=c.description, slug=c.slug)])[0]
+            assert fake_privacy_rating(request.messages[-1][1]) >= 3
+    facets = [json.loads(line) for line in (out / "cluster_facets.jsonl").read_text().splitlines()]
+    assert all(r["concerning_mean"] is not None and 1 <= r["concerning_mean"] <= 5 for r in facets)
+
+
+@pytest.mark.slow
+def test_the_blocking_check_fails_a_run_that_shows_a_small_cluster(tmp_path, monkeypatch):
+    from kura_dagster.orchestration import privacy
+    from kura_dagster.pipeline import thresholds
+
+    real = thresholds.base_clusters_with_thresholds
+
+    def broken(columns, namer, settings, t, **kwargs):  # "forgets" the thresholds: every k-means group shown
+        return real(columns, namer, settings, Thresholds(min_conversations=1), **kwargs)
+
+    monkeypatch.setattr(privacy, "base_clusters_with_thresholds", broken)
+    result, out = _run(tmp_path)  # defaults: min_conversations=10; 48 conversations make 5 groups of ~10
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["clusters_meet_privacy_thresholds"] is False
+    assert min(len(c.chat_ids) for c in _clusters(out, "clusters")) < 10  # it really was broken
+    done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "meta_clusters" not in done and "projected_clusters" not in done  # blocked downstream
+    assert not (out / "meta_clusters.jsonl").exists()
