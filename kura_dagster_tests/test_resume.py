@@ -88,6 +88,16 @@ def _cached(checkpoint_dir: Path, convs) -> int:
     return sum(s is not None for s in SummaryCache(checkpoint_dir).get_summaries(identity, convs))
 
 
+def _in_group(p, pgid: int) -> bool:
+    """``p`` is a live (not zombie) process of the process group ``pgid``."""
+    import psutil
+
+    try:
+        return os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE
+    except (ProcessLookupError, psutil.Error):
+        return False
+
+
 def _materialize_cli(env: dict[str, str]) -> subprocess.Popen:
     dagster = os.path.join(os.path.dirname(sys.executable), "dagster")
     return subprocess.Popen(
@@ -124,10 +134,16 @@ def test_kill_9_in_the_middle_of_summaries_then_resume(server: FakeOpenAIServer,
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
-    time.sleep(0.5)
+    # Told by state, not by waiting 0.5 s: no process of the run's group is left (none can send more), and the
+    # requests in flight at the kill have been answered (and counted) before they are counted.
+    import psutil
+
+    assert [p.pid for p in psutil.process_iter() if _in_group(p, proc.pid)] == [], "a step process survived the kill"
+    deadline = time.monotonic() + 60
+    while server.state.in_flight and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.state.in_flight == 0
     killed_requests = server.count("chat")
-    time.sleep(0.5)
-    assert server.count("chat") == killed_requests, "a step process survived the kill"
     done = _cached(ckpt, convs)
     assert 0 < done < n and not (ckpt / "summaries.jsonl").exists()
 
