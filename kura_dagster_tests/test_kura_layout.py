@@ -151,7 +151,7 @@ def test_hf_kura_layout_writes_datasets_3_features_and_is_verified(tmp_path):
             assert b'"List"' not in (tmp_path / name / f).read_bytes(), (name, f)
     # What Kura's encoding changes is reported, not hidden.
     assert saved["summaries"].extra["kura_layout_changes"] == {
-        "assistant_errors: empty list reads back as None": 1, "embedding: values rounded to float32": 1}
+        "assistant_errors: [] reads back as None": 1, "embedding: values rounded to float32": 1}
     assert saved["dimensionality"].extra["kura_layout_changes"] == {"x_coord/y_coord: values rounded to float32": 1}
     # Our loader decodes as Kura does: the instant is kept (in UTC), [] in an optional list is None, float32.
     c1 = manager.load_checkpoint("conversations", Conversation)[0]
@@ -306,11 +306,15 @@ def test_kura_054_loads_every_stage_of_our_kura_layout_and_export(tmp_path, kura
         HFDatasetCheckpointManager(tmp_path / "hf", layout="kura").save_checkpoint(name, rows)
         # export's source: the native layout (float64, so that the exported Parquet and JSONL keep 0.1 exactly)
         HFDatasetCheckpointManager(tmp_path / "native", embedding_dtype="float64").save_checkpoint(name, rows)
+        ParquetCheckpointManager(tmp_path / "native-parquet").save_checkpoint(name, rows)
     for fmt in ("parquet", "hf", "jsonl"):
         assert main(["export", str(tmp_path / "native"), str(tmp_path / f"export-{fmt}"), "--format", fmt]) == 0
     got = kura_loads(kura_python, *(f"{fmt}:{tmp_path / d}" for fmt, d in [
         ("parquet", "parquet"), ("hf", "hf"), ("parquet", "export-parquet"), ("hf", "export-hf"),
-        ("jsonl", "export-jsonl")]))
+        ("jsonl", "export-jsonl"), ("parquet", "native-parquet"), ("hf", "native")]))
+    # What the README says: Kura 0.5.4 cannot read the native layout (its managers log the error and return None).
+    for where in (f"parquet:{tmp_path / 'native-parquet'}", f"hf:{tmp_path / 'native'}"):
+        assert got.pop(where) == dict.fromkeys(MODELS), where
     assert len(got) == 5
     for where, loaded in got.items():
         fmt = where.partition(":")[0]
@@ -328,7 +332,8 @@ def test_kura_054_loads_every_stage_of_our_kura_layout_and_export(tmp_path, kura
         assert [(c["id"], c["parent_id"], c["count"]) for c in loaded["clusters"]] == [("k1", "m1", 1), ("k2", "m1", 1)]
         assert [(c["id"], c["parent_id"], c["chat_ids"]) for c in loaded["meta_clusters"]] == [
             ("m1", None, ["c-sp-1", "c-sp-2"])]
-        assert [(c["id"], c["level"], c["y_coord"]) for c in loaded["dimensionality"]] == [("m1", 0, -2.5), ("k1", 1, 3.0)]
+        assert [(c["id"], c["level"], c["y_coord"]) for c in loaded["dimensionality"]] == [
+            ("m1", 0, -2.5), ("k1", 1, 3.0)]
         if fmt == "hf":  # Kura's HF encoding: UTC instants, float32, [] in an optional list reads as None
             assert c1["created_at"] == "2026-03-02T00:30:00Z"
             assert c1["messages"][1]["created_at"] == "2026-03-02T00:30:05Z"
@@ -366,7 +371,9 @@ def test_kura_054_loads_a_pipeline_run_with_the_kura_layout(tmp_path, kura_pytho
         assert [s["chat_id"] for s in loaded["summaries"]] == [s["chat_id"] for s in reference["summaries"]]
         for got_s, ref_s in zip(loaded["summaries"], reference["summaries"]):
             assert got_s["summary"] == ref_s["summary"]
-            assert all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7) for a, b in zip(got_s["embedding"], ref_s["embedding"]))
+            assert len(got_s["embedding"]) == len(ref_s["embedding"]) == 16
+            assert all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-7)
+                       for a, b in zip(got_s["embedding"], ref_s["embedding"]))
         for name in ("clusters", "meta_clusters", "dimensionality"):
             assert [(c["id"], c["chat_ids"], c["parent_id"]) for c in loaded[name]] == [
                 (c["id"], c["chat_ids"], c["parent_id"]) for c in reference[name]], (fmt, name)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from kura_dagster.checkpoints import storage
+from kura_dagster.checkpoints import kura_layout, storage
 from kura_dagster.checkpoints.base import BaseCheckpointManager
 from kura_dagster.checkpoints.registry import build_manager
 from kura_dagster.types import KURA_CHECKPOINT_MODELS
@@ -118,7 +118,7 @@ def export_kura(checkpoint_dir: Any, out_dir: Any, *, format: str = "jsonl", sto
         manager, names, fmt = found
         partitions = names if names != [name] else []
         if writer is not None:
-            saved = writer.save_kura_stream(name, model, _batches(manager, names, model))  # type: ignore[attr-defined]
+            saved = kura_layout.save_stream(writer, name, model, _batches(manager, names, model))
             report.files.append(ExportedFile(name, saved.rows, saved.bytes, saved.path, fmt, partitions))
             logger.info("Exported %s: %d rows from %s to %s (%s, Kura's layout)", name, saved.rows, fmt, saved.path,
                         format)

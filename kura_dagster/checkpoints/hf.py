@@ -202,24 +202,10 @@ class HFDatasetCheckpointManager(BaseCheckpointManager):
         files = {}
         for entry in sorted(tmp.iterdir(), key=lambda p: p.name):
             if entry.is_file():
-                files[entry.name] = {"bytes": entry.stat().st_size, "checksum": arrow.hash_file(self._hash_target(entry))}
+                files[entry.name] = {"bytes": entry.stat().st_size,
+                                     "checksum": arrow.hash_file(self._hash_target(entry))}
         manifest["files"] = files
         (tmp / MANIFEST).write_text(json.dumps(manifest, separators=(",", ":")))
-
-    def save_kura_stream(self, filename: str, model: type[BaseModel], batches: Iterable[Sequence[BaseModel]]
-                         ) -> SavedCheckpoint:
-        """Save batches of ``model`` as one dataset in Kura's layout, batch by batch (memory: one batch), for
-        ``kura-dagster export --format hf``."""
-        kind = kura_layout.kind_of(model)
-        if kind is None:
-            raise ValueError(f"{model.__name__} has no Kura layout (Kura reads only Conversation, "
-                             "ConversationSummary, Cluster and ProjectedCluster)")
-        name = self.checkpoint_name(filename)
-        path = self.get_checkpoint_path(name)
-        with storage.checkpoint_lock(path):
-            saved = self._write_kura(path, model, kind, batches)
-        saved.name = name
-        return saved
 
     def _write_kura(self, path: UPath, model: type[BaseModel], kind: str, batches: Iterable[Sequence[BaseModel]]
                     ) -> SavedCheckpoint:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel
 
+from kura_dagster.checkpoints import storage
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, ProjectedCluster
 
 LAYOUTS = ("native", "kura")
@@ -52,6 +53,21 @@ def kind_of(model: type[BaseModel] | None) -> str | None:
     Kura's columns), else ``None``."""
     return {Conversation: "conversations", ConversationSummary: "summaries", Cluster: "clusters",
             ProjectedCluster: "projected_clusters"}.get(model)  # type: ignore[arg-type]
+
+
+def save_stream(manager: Any, filename: str, model: type[BaseModel], batches: Iterable[Sequence[BaseModel]]) -> Any:
+    """Save batches of ``model`` as one checkpoint of ``manager`` (a Parquet or HF manager) in Kura's layout, batch by
+    batch (memory: one batch), for ``kura-dagster export --format parquet|hf``. Returns the ``SavedCheckpoint``."""
+    kind = kind_of(model)
+    if kind is None:
+        raise ValueError(f"{model.__name__} has no Kura layout (Kura reads only Conversation, ConversationSummary, "
+                         "Cluster and ProjectedCluster)")
+    name = manager.checkpoint_name(filename)
+    path = manager.get_checkpoint_path(name)
+    with storage.checkpoint_lock(path):
+        saved = manager._write_kura(path, model, kind, batches)  # noqa: SLF001 - the formats' own writer
+    saved.name = name
+    return saved
 
 
 def _json(value: Any) -> str:
@@ -195,7 +211,7 @@ class HFEncoder:
     def features(self) -> dict[str, Any]:
         return hf_features(self.kind, "timestamp[ns, tz=UTC]" if self.aware else "timestamp[ns]")
 
-    def _check_times(self, models: Sequence[Conversation]) -> None:
+    def _check_times(self, models: Sequence[Any]) -> None:
         for i, c in enumerate(models):
             for where, value in [("created_at", c.created_at)] + [
                     (f"messages[{j}].created_at", m.created_at) for j, m in enumerate(c.messages)]:
@@ -212,38 +228,30 @@ class HFEncoder:
     def encode(self, models: Sequence[BaseModel]) -> KuraBatch:
         changes: dict[str, int] = {}
         if self.kind == "conversations":
-            self._check_times(models)  # type: ignore[arg-type]
+            self._check_times(models)
         tz = "UTC" if self.aware else None
         if self.kind == "conversations":
+            convs: Sequence[Any] = models
             cols: dict[str, Any] = {
-                "chat_id": [c.chat_id for c in models],  # type: ignore[attr-defined]
-                "created_at": pa.array([c.created_at for c in models], pa.timestamp("ns", tz=tz)),  # type: ignore[attr-defined]
-                "messages": [{"created_at": [m.created_at for m in c.messages],  # type: ignore[attr-defined]
-                              "role": [ROLES.index(m.role) for m in c.messages],  # type: ignore[attr-defined]
-                              "content": [m.content for m in c.messages]} for c in models],  # type: ignore[attr-defined]
-                "metadata": [_keys_values(c.metadata) for c in models],  # type: ignore[attr-defined]
+                "chat_id": [c.chat_id for c in convs],
+                "created_at": pa.array([c.created_at for c in convs], pa.timestamp("ns", tz=tz)),
+                "messages": [{"created_at": [m.created_at for m in c.messages],
+                              "role": [ROLES.index(m.role) for m in c.messages],
+                              "content": [m.content for m in c.messages]} for c in convs],
+                "metadata": [_keys_values(c.metadata) for c in convs],
             }
         elif self.kind == "summaries":
             rows = [m.model_dump() for m in models]
-            for r in rows:
-                for name in ("request", "topic", "task"):
-                    if r[name] is None:
-                        r[name] = ""
-                    elif r[name] == "":
-                        changes[f"{name}: empty string reads back as None"] = changes.get(
-                            f"{name}: empty string reads back as None", 0) + 1
-                for name in ("languages", "assistant_errors", "embedding"):
-                    if r[name] is None:
-                        r[name] = []
-                    elif r[name] == []:
-                        key = f"{name}: empty list reads back as None"
-                        changes[key] = changes.get(key, 0) + 1
-                for name in ("concerning_score", "user_frustration"):
-                    if r[name] is None:
-                        r[name] = 0
-                    elif r[name] == 0:  # outside Kura's 1-5 scale, but a model without validation may hold it
-                        key = f"{name}: 0 reads back as None"
-                        changes[key] = changes.get(key, 0) + 1
+            for r in rows:  # Kura's stand-ins for None: "" / [] / 0, which its reader turns back into None
+                for names, empty in ((("request", "topic", "task"), ""),
+                                     (("languages", "assistant_errors", "embedding"), []),
+                                     (("concerning_score", "user_frustration"), 0)):
+                    for name in names:
+                        if r[name] is None:
+                            r[name] = empty
+                        elif r[name] == empty:  # a real "" / [] / 0 (outside Kura's 1-5 scale) reads back as None
+                            key = f"{name}: {empty!r} reads back as None"
+                            changes[key] = changes.get(key, 0) + 1
                 r["metadata"] = _keys_values(r["metadata"])
             cols = {name: [r[name] for r in rows] for name in hf_features("summaries")}
             _count_float32(changes, "embedding", [x for r in rows for x in r["embedding"]])
@@ -252,7 +260,7 @@ class HFEncoder:
             cols["parent_id"] = ["" if v is None else v for v in cols["parent_id"]]
             empty = sum(1 for m in models if m.parent_id == "")  # type: ignore[attr-defined]
             if empty:
-                changes["parent_id: empty string reads back as None"] = empty
+                changes["parent_id: '' reads back as None"] = empty
             if self.kind == "projected_clusters":
                 _count_float32(changes, "x_coord/y_coord", cols["x_coord"] + cols["y_coord"])
         schema = hf_schema(self.features)

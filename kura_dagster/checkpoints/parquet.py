@@ -198,21 +198,6 @@ class ParquetCheckpointManager(BaseCheckpointManager):
         return SavedCheckpoint(name=path.name, path=str(path), format=self.format_name, rows=table.num_rows,
                                bytes=size, model=meta.get("model"), checksum=integrity["checksum"], extra=extra)
 
-    def save_kura_stream(self, filename: str, model: type[BaseModel], batches: Iterable[Sequence[BaseModel]]
-                         ) -> SavedCheckpoint:
-        """Save batches of ``model`` as one checkpoint in Kura's layout, batch by batch (memory: one batch), for
-        ``kura-dagster export --format parquet``."""
-        kind = kura_layout.kind_of(model)
-        if kind is None:
-            raise ValueError(f"{model.__name__} has no Kura layout (Kura reads only Conversation, "
-                             "ConversationSummary, Cluster and ProjectedCluster)")
-        name = self.checkpoint_name(filename)
-        path = self.get_checkpoint_path(name)
-        with storage.checkpoint_lock(path):
-            saved = self._write_kura(path, model, kind, batches)
-        saved.name = name
-        return saved
-
     def _write_kura(self, path: UPath, model: type[BaseModel], kind: str, batches: Iterable[Sequence[BaseModel]]
                     ) -> SavedCheckpoint:
         """Kura's Parquet columns (:mod:`.kura_layout`), plus our metadata and integrity record in the footer."""
