@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,8 @@ from pydantic import BaseModel
 
 from kura_dagster.checkpoints import storage
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, ProjectedCluster
+
+logger = logging.getLogger(__name__)
 
 LAYOUTS = ("native", "kura")
 ROLES = ["user", "assistant"]
@@ -68,6 +71,18 @@ def save_stream(manager: Any, filename: str, model: type[BaseModel], batches: It
         saved = manager._write_kura(path, model, kind, batches)  # noqa: SLF001 - the formats' own writer
     saved.name = name
     return saved
+
+
+def kind_to_write(layout: str, model: type[BaseModel] | None, path: object) -> str | None:
+    """The Kura type to write ``model`` as under ``layout``, or ``None`` for the native layout (logged when the Kura
+    layout was asked for a model Kura has no reader for)."""
+    if layout != "kura":
+        return None
+    kind = kind_of(model)
+    if kind is None:
+        logger.info("%s: %s has no Kura layout (Kura reads only its four checkpoint models): stored in the native "
+                    "layout", path, getattr(model, "__name__", model))
+    return kind
 
 
 def _json(value: Any) -> str:

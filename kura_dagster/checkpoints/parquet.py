@@ -165,12 +165,9 @@ class ParquetCheckpointManager(BaseCheckpointManager):
 
     # --- write -----------------------------------------------------------------------------------------
     def _write(self, path: UPath, models: list[BaseModel], model: type[BaseModel] | None, **_: Any) -> SavedCheckpoint:
-        kind = kura_layout.kind_of(model) if self.layout == "kura" else None
+        kind = kura_layout.kind_to_write(self.layout, model, path)
         if kind is not None:
             return self._write_kura(path, model, kind, [models])  # type: ignore[arg-type]
-        if self.layout == "kura":
-            logger.info("%s: %s has no Kura layout (Kura reads only its four checkpoint models): stored in the "
-                        "native layout", path, getattr(model, "__name__", model))
         table = arrow.models_to_table(models, model, embedding_dtype=self.embedding_dtype)
         meta = arrow.kura_meta(table.schema) or {}
         dictionary_columns = [path for f in table.schema if meta["columns"].get(f.name, {}).get("encoding")
