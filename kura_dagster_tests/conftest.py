@@ -36,3 +36,18 @@ def fake_openai(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("OPENAI_API_KEY", getattr(request.module, "API_KEY", "sk-test-fake-openai"))
     with FakeOpenAIServer() as srv:
         yield srv
+
+
+@pytest.fixture
+def project_instance(tmp_path: Path):
+    """A Dagster instance in a fresh home holding a copy of the project's own ``dagster.yaml`` (pools, run
+    monitoring, retention as users get them), for tests where the instance matters."""
+    import shutil
+
+    import dagster as dg
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        yield instance

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -19,9 +18,6 @@ from kura_dagster.definitions import build_definitions
 from kura_dagster.orchestration.component import KuraPipelineComponent
 from kura_dagster.orchestration.hints import setting
 from kura_dagster.types import Conversation
-
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def _conv(i: int, day: str = "2026-03-14") -> dict:
     t = f"{day}T09:{i % 60:02d}:00+05:30"  # India time: not UTC
@@ -36,12 +32,8 @@ def _write(path: Path, n: int, start: int = 0) -> None:
 
 
 @pytest.fixture
-def instance(tmp_path: Path):
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")  # the project's instance config
-    with dg.DagsterInstance.from_config(str(home)) as inst:
-        yield inst
+def instance(project_instance: dg.DagsterInstance) -> dg.DagsterInstance:
+    return project_instance  # conftest: a fresh home with the project's own dagster.yaml
 
 
 def _materialize(defs: dg.Definitions, instance: dg.DagsterInstance, prefix: str | None = "p",
