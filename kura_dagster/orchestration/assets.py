@@ -181,8 +181,8 @@ def conversations_step(
                          if partitioned is not None else {None: len(convs)})
     # Skipped records are never dropped silently: they go to a quarantine file beside the checkpoints.
     suffix = f"-{validate_name('_'.join(dict.fromkeys([keys[0], keys[-1]])), what='partition key')}" if keys else ""
-    quarantine = to_upath(kura.checkpoint_dir, (source.fs_options or None) if source else None) / "quarantine" / \
-        f"conversations{suffix}.jsonl"
+    options = (source.fs_options or None) if source is not None and "://" in kura.checkpoint_dir else None
+    quarantine = to_upath(kura.checkpoint_dir, options) / "quarantine" / f"conversations{suffix}.jsonl"
     try:
         if result.bad_records:
             atomic_write_bytes(quarantine, quarantine_jsonl(result.bad_records, result.source))
