@@ -169,3 +169,14 @@ def test_lmsys_rows_as_jsonl_and_as_an_upstream_table(tmp_path: Path) -> None:
     from_table = conversations_from_value(pa.Table.from_pylist(LMSYS), on_bad_record="skip", source="lmsys")
     assert from_table.conversations == from_json.conversations
     assert from_json.conversations[0].metadata["language"] == "English"
+
+
+def test_lmsys_rows_from_a_saved_hf_dataset(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_list(LMSYS).save_to_disk(str(tmp_path / "lmsys"))
+    result = read_source(tmp_path / "lmsys", on_bad_record="skip")
+    assert result.format == "hf_dataset" and [c.chat_id for c in result.conversations] == ["c0ffee01", "c0ffee03"]
+    assert result.conversations[0].metadata == {"conversation_id": "c0ffee01", "model": "vicuna-13b",
+                                                "language": "English", "turn": 1, "redacted": False,
+                                                "openai_moderation": '[{"flagged": false}]'}
+    assert [b.location for b in result.bad_records] == ["row 2"]
