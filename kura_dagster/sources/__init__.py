@@ -5,6 +5,7 @@ A layer between ``checkpoints`` and ``pipeline``: it imports only ``types`` (and
 ``datasets`` when a dataset is read), never Dagster. One format, one file:
 
 * :mod:`.kura` (Kura's dump and JSON lines), :mod:`.claude` (Claude.ai export), :mod:`.openai_chat`,
+  :mod:`.sharegpt` (ShareGPT records), :mod:`.hf_chat` (the Hub's chat-dataset rows, LMSYS style),
   :mod:`.records` (other JSON records with a column_map), :mod:`.parquet`, :mod:`.hf_dataset`, :mod:`.values`
   (upstream values);
 * :mod:`.rows`, the one row → conversation conversion and its rules; :mod:`.detect`, format detection;

@@ -1,7 +1,8 @@
 """OpenAI-style chat records: ``{"messages": [{"role": "system" | "user" | "assistant" | "tool", "content": str or
 a list of content parts}], …}``, one per line or in a JSON array (a fine-tuning file, logged completions).
 
-``chat_id`` comes from ``chat_id`` or ``id`` (or ``column_map``), else a stable hash of the record;
+``chat_id`` comes from ``chat_id`` or ``id`` (or ``column_map``), else an id generated from the file's name, the
+record's position and its content (unique per record, the same on every read of the file);
 ``created_at`` from ``created_at`` or ``created`` (Unix seconds), else 1970-01-01T00:00:00Z; ``metadata`` from a
 ``metadata`` object. What becomes of system and tool messages, content parts, tool calls and other fields is
 the shared conversion's rule, :mod:`kura_dagster.sources.rows`; every drop is counted.
