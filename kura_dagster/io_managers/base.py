@@ -8,7 +8,9 @@ resolution and metadata are all here.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Optional
 
 import dagster as dg
@@ -18,7 +20,18 @@ from upath import UPath
 from kura_dagster.checkpoints.base import BaseCheckpointManager
 from kura_dagster.checkpoints.storage import to_upath, validate_name
 from kura_dagster.io_managers.metadata import checkpoint_metadata
+from kura_dagster.io_managers.stored import STORED_STATE_KEY, StoredOutput
 from kura_dagster.io_managers.typing import CHECKPOINT_NAME_KEY, input_model, output_model
+
+
+def _public_settings(value: Any) -> Any:
+    """An IO manager's settings without credentials or fsspec options (they say where, not what is stored)."""
+    if isinstance(value, Mapping):
+        return {k: _public_settings(v) for k, v in value.items()
+                if k != "fs_options" and not any(w in str(k).lower() for w in ("key", "token", "secret", "password"))}
+    if isinstance(value, (list, tuple)):
+        return [_public_settings(v) for v in value]
+    return value
 
 
 def asset_checkpoint_name(context: dg.InputContext | dg.OutputContext) -> list[str]:
@@ -150,6 +163,9 @@ class CheckpointIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if obj is None:
             return
+        if isinstance(obj, StoredOutput):
+            self.keep_stored(context, obj)
+            return
         if not self.enabled:
             context.log.warning(
                 f"{type(self).__name__} is disabled (enabled=False): the output of {context.asset_key.to_user_string()} "
@@ -161,6 +177,7 @@ class CheckpointIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
             self.handle_partitions_output(context, obj)
             return
         super().handle_output(context, obj)
+        self.add_stored_state(context)
 
     def handle_partitions_output(self, context: dg.OutputContext, obj: Any) -> None:
         """One output that covers several partitions (a single-run backfill, ``--partition-range``): ``obj``
@@ -193,6 +210,45 @@ class CheckpointIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
         model = output_model(context)
         saved = manager.save_checkpoint(name, obj, model_class=model)
         context.add_output_metadata(checkpoint_metadata(obj, model or (type(obj[0]) if obj else None), saved))
+
+    # --- what is stored now (see kura_dagster.orchestration.reuse) -------------------------------------------
+    def stored_state(self, name_parts: Sequence[str]) -> Optional[str]:
+        """A short hash of the unpartitioned checkpoint named ``name_parts`` as it is stored now (format, rows,
+        bytes, checksum and every copy, from the checkpoint's own records) and of this manager's settings
+        (formats, strategies, layout; never credentials), or ``None`` when it is absent or not persisted."""
+        if not self.enabled:
+            return None
+        manager, name = self._manager_and_name(self._with_extension(self._base_path.joinpath(*name_parts)))
+        info = manager.get_checkpoint_info(name)
+        if info is None:
+            return None
+        facts = {k: info.get(k) for k in ("format", "num_rows", "size_bytes", "checksum", "copies", "model")}
+        facts["settings"] = _public_settings(self.model_dump())
+        return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+    def load_stored(self, name_parts: Sequence[str], model: Optional[type]) -> Optional[list]:
+        """The rows of the unpartitioned checkpoint named ``name_parts`` (``None`` when absent), verified as
+        every load is."""
+        manager, name = self._manager_and_name(self._with_extension(self._base_path.joinpath(*name_parts)))
+        return manager.load_checkpoint(name, model)
+
+    def add_stored_state(self, context: dg.OutputContext) -> None:
+        """Record :data:`~kura_dagster.io_managers.stored.STORED_STATE_KEY` after an unpartitioned save."""
+        if context.has_asset_key and not context.has_asset_partitions:
+            state = self.stored_state(asset_checkpoint_name(context))
+            if state is not None:
+                context.add_output_metadata({STORED_STATE_KEY: dg.MetadataValue.text(state)})
+
+    def keep_stored(self, context: dg.OutputContext, obj: StoredOutput) -> None:
+        """The asset reused its stored output: write nothing, after checking the checkpoint is still the one
+        the reuse decision saw (a change in between fails the step rather than mixing old and new)."""
+        asset = context.asset_key.to_user_string() if context.has_asset_key else "output"
+        state = self.stored_state(asset_checkpoint_name(context)) if not context.has_asset_partitions else None
+        if state != obj.state:
+            raise dg.DagsterInvariantViolationError(
+                f"{asset}: its checkpoint under {self._base_path} changed while the step ran (stored state {state} "
+                f"instead of {obj.state}); rerun to recompute it"
+            )
 
     # --- read ------------------------------------------------------------------------------------------
     def load_input(self, context: dg.InputContext) -> Any:

@@ -46,6 +46,7 @@ from kura_dagster.checkpoints.registry import FORMATS, build_manager
 from kura_dagster.checkpoints.storage import resolve_location, to_upath
 from kura_dagster.io_managers.base import CheckpointIOManager, wants_summary_columns
 from kura_dagster.io_managers.metadata import checkpoint_metadata
+from kura_dagster.io_managers.stored import StoredOutput
 from kura_dagster.io_managers.typing import input_model, output_model
 
 class Backend(dg.Config):
@@ -163,7 +164,7 @@ class MultiIOManager(CheckpointIOManager):
         """No-op: each backend creates its own directories when it saves."""
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
-        if obj is None or not self.enabled:
+        if obj is None or not self.enabled or isinstance(obj, StoredOutput):
             super().handle_output(context, obj)
             return
         if context.has_asset_partitions:
@@ -177,6 +178,7 @@ class MultiIOManager(CheckpointIOManager):
         # Unlike the single-format managers, the "path" metadata is the primary copy's real path, so the
         # whole metadata is added here at once (UPathIOManager.handle_output would add a logical path).
         self.dump_to_path(context, obj, path)
+        self.add_stored_state(context)
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
         manager, name = self._manager_and_name(path)

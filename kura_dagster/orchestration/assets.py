@@ -58,6 +58,8 @@ from kura_dagster.pipeline.summarise import SummaryCounts, summarise_conversatio
 from kura_dagster.orchestration.resources import ConversationSource, KuraPipelineResource
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, ProjectedCluster
 from kura_dagster.orchestration.versioning import effective_settings
+from kura_dagster.orchestration.reuse import reuse_stored_output, shaping_settings
+from kura_dagster.orchestration.warmup import warm_imports
 
 warnings.filterwarnings("ignore", message=r"Parameter `backfill_policy` of function `asset`", category=dg.BetaWarning)
 
@@ -438,6 +440,18 @@ def build_kura_assets(
     def resources(context: dg.AssetExecutionContext, *keys: str) -> list[Any]:
         return [getattr(context.resources, k) for k in keys]
 
+    def reusing(context: dg.AssetExecutionContext, kura: KuraPipelineResource, stage: str,
+                step: Any) -> dg.MaterializeResult:
+        """The step's result, or its stored output when inputs and settings are unchanged (orchestration/reuse.py)."""
+        def computed() -> dg.MaterializeResult:
+            if kura.llm.strip() != "local" or kura.embeddings.strip() != "local":
+                warm_imports()  # what later stages import, while this one waits for the model server
+            return step()
+
+        if partitions_def is not None:
+            return computed()
+        return reuse_stored_output(context, names.io_manager, shaping_settings(kura, stage), computed)
+
     if upstream is None:
 
         @dg.asset(
@@ -479,7 +493,7 @@ def build_kura_assets(
         context: dg.AssetExecutionContext, conversations: list[Conversation]
     ) -> dg.MaterializeResult[list[ConversationSummary]]:
         (kura,) = resources(context, kura_key)
-        return summaries_step(context, kura, conversations)
+        return reusing(context, kura, "summaries", lambda: summaries_step(context, kura, conversations))
 
     @dg.asset(
         **spec("clusters", "Base clusters: k-means over summary embeddings, k = ceil(n / clusters_per_group), "
@@ -492,7 +506,7 @@ def build_kura_assets(
     )
     def clusters(context: dg.AssetExecutionContext, summaries: SummaryColumns) -> dg.MaterializeResult[list[Cluster]]:
         (kura,) = resources(context, kura_key)
-        return clusters_step(context, kura, summaries)
+        return reusing(context, kura, "clusters", lambda: clusters_step(context, kura, summaries))
 
     @dg.asset(
         **spec("meta_clusters", "Kura's hierarchy: roots grouped until at most max_clusters remain; every "
@@ -506,7 +520,7 @@ def build_kura_assets(
     def meta_clusters(context: dg.AssetExecutionContext, clusters: list[Cluster],
                       summaries: SummaryColumns) -> dg.MaterializeResult[list[Cluster]]:
         (kura,) = resources(context, kura_key)
-        return meta_clusters_step(context, kura, clusters, summaries)
+        return reusing(context, kura, "meta_clusters", lambda: meta_clusters_step(context, kura, clusters, summaries))
 
     @dg.asset(
         **spec("projected_clusters", "Every meta cluster projected to 2D for the cluster map, with its level "
@@ -518,7 +532,7 @@ def build_kura_assets(
         context: dg.AssetExecutionContext, meta_clusters: list[Cluster]
     ) -> dg.MaterializeResult[list[ProjectedCluster]]:
         (kura,) = resources(context, kura_key)
-        return projected_clusters_step(context, kura, meta_clusters)
+        return reusing(context, kura, "projected_clusters", lambda: projected_clusters_step(context, kura, meta_clusters))
 
     return [conversations, summaries, clusters, meta_clusters, projected_clusters]
 

@@ -7,7 +7,7 @@ Both are editable in the launchpad; the default Definitions fill them from the e
 
 import os
 from collections.abc import Sequence
-from typing import Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import dagster as dg
 from pydantic import Field
@@ -17,15 +17,21 @@ from kura_dagster.pipeline.inputs import ReadResult
 from kura_dagster.pipeline.demo_data import demo_conversations
 from kura_dagster.pipeline.models.base import ClusterNamingModel, EmbeddingModel, SummaryModel
 from kura_dagster.pipeline.models.local import LocalClusterNamingModel, LocalEmbeddingModel, LocalSummaryModel
-from kura_dagster.pipeline.models.openai import (
-    OpenAIClusterNamingModel,
-    OpenAIConfig,
-    OpenAIEmbeddingModel,
-    OpenAISummaryModel,
-    parse_backend,
-)
 from kura_dagster.pipeline.settings import PipelineSettings
 from kura_dagster.types import Conversation
+
+if TYPE_CHECKING:
+    from kura_dagster.pipeline.models.openai import OpenAIConfig
+
+
+def parse_backend(spec: str, what: str) -> Optional[str]:
+    """``'local'`` → None, else the OpenAI backend's model name. The ``openai`` package (a second to import)
+    is imported only when a pipeline uses it, so a run of the offline models never pays for it."""
+    if (spec or "local").strip() == "local":
+        return None
+    from kura_dagster.pipeline.models.openai import parse_backend as parse_openai
+
+    return parse_openai(spec, what)
 
 
 class KuraPipelineResource(dg.ConfigurableResource):
@@ -88,7 +94,9 @@ class KuraPipelineResource(dg.ConfigurableResource):
         return Thresholds(min_conversations=self.min_conversations, min_users=self.min_users,
                           user_key=(self.user_key or "").strip() or None)
 
-    def openai_config(self, model: str) -> OpenAIConfig:
+    def openai_config(self, model: str) -> "OpenAIConfig":
+        from kura_dagster.pipeline.models.openai import OpenAIConfig
+
         return OpenAIConfig(
             model=model, base_url=self.base_url or None, max_concurrency=self.max_concurrency,
             temperature=self.temperature, request_timeout=self.request_timeout, max_retries=self.max_retries,
@@ -97,7 +105,11 @@ class KuraPipelineResource(dg.ConfigurableResource):
 
     def summary_model(self) -> SummaryModel:
         model = parse_backend(self.llm, "llm")
-        return LocalSummaryModel() if model is None else OpenAISummaryModel(self.openai_config(model))
+        if model is None:
+            return LocalSummaryModel()
+        from kura_dagster.pipeline.models.openai import OpenAISummaryModel
+
+        return OpenAISummaryModel(self.openai_config(model))
 
     def embedding_model(self) -> EmbeddingModel:
         """The embedding backend. The offline one comes with the fit stored beside the checkpoints (see
@@ -116,6 +128,8 @@ class KuraPipelineResource(dg.ConfigurableResource):
             local = LocalEmbeddingModel(dims=self.embedding_dims, seed=self.seed)
             stored = load_state(self.checkpoint_dir, ARTIFACT_NAME)
             return local.load(stored) if stored is not None and local.matches(stored) else local
+        from kura_dagster.pipeline.models.openai import OpenAIEmbeddingModel
+
         return OpenAIEmbeddingModel(self.openai_config(model), batch_size=self.embedding_batch_size)
 
     def fitted_embedding_model(self, conversations: Sequence[Conversation]) -> tuple[EmbeddingModel, str]:
@@ -132,6 +146,8 @@ class KuraPipelineResource(dg.ConfigurableResource):
         model = parse_backend(self.llm, "llm")
         if model is None:
             return LocalClusterNamingModel(seed=self.seed)
+        from kura_dagster.pipeline.models.openai import OpenAIClusterNamingModel
+
         return OpenAIClusterNamingModel(self.openai_config(model), seed=self.seed)
 
     def summary_batch(self) -> int:
