@@ -7,12 +7,14 @@
                  # Kura's single-file layout, partitions joined (parquet/hf: the layout Kura's own managers read)
     kura-dagster cache list ./checkpoints [--json]
     kura-dagster cache prune ./checkpoints --older-than 30d [--keep IDENTITY] [--dry-run]
+    kura-dagster instance free-slots [--run RUN_ID] [--dry-run]   # pool slots of crashed runs (DAGSTER_HOME)
 
 A DIR may be an fsspec URL (``parquet:s3://bucket/kura``); S3's endpoint and credentials come from the standard
 variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``).
 
 Exit status: 0 on success, 1 when a checkpoint conflicts or fails to verify, 2 for bad arguments.
-No Dagster import: the command starts fast and works where only the checkpoint layer is installed.
+No Dagster import at start (only `instance` imports it): the command starts fast and works where only the checkpoint
+layer is installed.
 """
 
 from __future__ import annotations
@@ -84,6 +86,15 @@ def _parser() -> argparse.ArgumentParser:
     prn.add_argument("--keep", action="append", default=[], metavar="IDENTITY",
                      help="never remove this identity (as `cache list` shows it); repeatable")
     prn.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+
+    ins = sub.add_parser("instance", help="the Dagster instance at DAGSTER_HOME: free pool slots of crashed runs")
+    ins_sub = ins.add_subparsers(dest="instance_command", required=True)
+    fre = ins_sub.add_parser("free-slots", help="free the pool slots (kura_llm …) of runs that are over: ended, or "
+                             "their process gone (killed, crashed, rebooted); never a live run")
+    fre.add_argument("--run", action="append", default=[], metavar="RUN_ID",
+                     help="also free this run's slots and mark it failed, though it cannot be checked (started on "
+                     "another host or without Kura's executor): only when you know it is no longer running")
+    fre.add_argument("--dry-run", action="store_true", help="only show which runs hold slots and what would be freed")
     return parser
 
 
@@ -128,6 +139,38 @@ def _cache_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _instance_command(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from kura_dagster.orchestration.recovery import free_dead_runs, free_run, judge, slot_holders
+
+    with dg.DagsterInstance.get() as instance:  # DAGSTER_HOME; an error naming it when unset
+        holders = judge(instance, slot_holders(instance, claimed_only=False))
+        unknown = [r for r in args.run if r not in holders]
+        if unknown:
+            print(f"error: no slot is held or awaited by run {', '.join(unknown)}", file=sys.stderr)
+            return 1
+        print("| run | job | pools and steps | state |\n|---|---|---|---|")
+        for h in holders.values():
+            steps = "; ".join(f"{p}: {', '.join(sorted(set(k)))}" for p, k in sorted(h.pools.items()))
+            print(f"| {h.run_id} | {h.job_name or '-'} | {steps} | {h.verdict}: {h.reason} |")
+        if not holders:
+            print("(no run holds or waits for a pool slot)")
+        freed = [h.run_id for h in free_dead_runs(instance, dry_run=args.dry_run)]
+        for run_id in args.run:
+            if run_id not in freed:
+                if not args.dry_run:
+                    free_run(instance, run_id, "freed by hand with kura-dagster instance free-slots --run")
+                freed.append(run_id)
+        verb = "would free" if args.dry_run else "freed"
+        print(f"\n{verb} the slots of {len(freed)} run(s){': ' + ', '.join(freed) if freed else ''}")
+        left = [h.run_id for h in holders.values() if h.run_id not in freed and h.verdict == "unknown"]
+        if left:
+            print("not checkable from here (another host, or started without Kura's executor); if one is no longer "
+                  f"running: kura-dagster instance free-slots --run RUN_ID ({', '.join(left)})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -137,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "cache":
             return _cache_command(args)
+        if args.command == "instance":
+            return _instance_command(args)
         if args.command == "export":
             from dataclasses import asdict
 

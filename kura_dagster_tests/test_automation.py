@@ -73,9 +73,12 @@ def test_launchpad_config_schema_has_the_pipeline_settings(defs: dg.Definitions)
 
 
 def test_executor_defaults_to_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert executor_from_env() is dg.in_process_executor
+    # Dagster's executors with crash recovery for pool slots (orchestration/recovery.py), under the same names
+    from kura_dagster.orchestration import recovery
+
+    assert executor_from_env() is recovery.in_process_executor and executor_from_env().name == "in_process"
     monkeypatch.setenv("KURA_EXECUTOR", "multiprocess")
-    assert executor_from_env() is dg.multiprocess_executor
+    assert executor_from_env() is recovery.multiprocess_executor and executor_from_env().name == "multiprocess"
     monkeypatch.setenv("KURA_EXECUTOR", "threads")
     with pytest.raises(ValueError, match="KURA_EXECUTOR='threads'"):
         executor_from_env()

@@ -79,8 +79,10 @@ def _step_windows(events: list[tuple[str, dg.EventLogEntry]], step: str) -> list
 
 # --- choosing an executor ---------------------------------------------------------------------------------------
 def test_executor_choices_and_the_error_naming_a_missing_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert executor_for("in_process") is dg.in_process_executor
-    assert executor_for(" Multiprocess ") is dg.multiprocess_executor
+    from kura_dagster.orchestration import recovery  # Dagster's two, with crash recovery for pool slots
+
+    assert executor_for("in_process") is recovery.in_process_executor is executor_for(dg.in_process_executor)
+    assert executor_for(" Multiprocess ") is recovery.multiprocess_executor is executor_for(dg.multiprocess_executor)
     with pytest.raises(ValueError, match="use one of in_process, multiprocess, dask, k8s"):
         executor_for("celery", "KURA_EXECUTOR")
     for module, extra in (("dagster_dask", "dask"), ("dagster_k8s", "k8s")):

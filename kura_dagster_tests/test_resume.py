@@ -1,10 +1,12 @@
 """Resumable, incremental summaries through Dagster: reruns pay only for new conversations, and a
 ``kill -9`` of ``dagster asset materialize`` in the middle of ``summaries`` loses at most the answers in flight; the next
-materialization asks only for what was not saved and ends with the checkpoint an uninterrupted run writes."""
+materialization (on the project's own ``dagster.yaml``, whose pool slot the killed run still holds) frees that slot,
+asks only for what was not saved and ends with the checkpoint an uninterrupted run writes."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,6 +118,8 @@ def test_kill_9_in_the_middle_of_summaries_then_resume(server: FakeOpenAIServer,
     source = write_jsonl(tmp_path / "conversations.jsonl", convs)
     ckpt, home = tmp_path / "ckpt", tmp_path / "dagster_home"
     home.mkdir()
+    # the project's own instance: pools default_limit 1, so the killed run's kura_llm slot must be freed by the next
+    shutil.copy(Path(__file__).resolve().parent.parent / "dagster.yaml", home / "dagster.yaml")
     env = {**os.environ, "KURA_LLM": f"openai:{MODEL}", "OPENAI_BASE_URL": server.url, "OPENAI_API_KEY": API_KEY,
            "KURA_CONVERSATIONS": str(source), "KURA_CHECKPOINT_DIR": str(ckpt), "DAGSTER_HOME": str(home),
            "KURA_LLM_MAX_CONCURRENCY": str(concurrency)}  # compaction every 8 × 4 = 32 summaries
@@ -152,6 +156,7 @@ def test_kill_9_in_the_middle_of_summaries_then_resume(server: FakeOpenAIServer,
     rerun = _materialize_cli(env)
     output, _ = rerun.communicate(timeout=180)
     assert rerun.returncode == 0, output
+    assert "Freed the pool slots of run" in output and "no such process (killed or crashed)" in output
     assert server.count("chat") == n - done  # only the conversations not saved before the kill
     repeated = killed_requests + server.count("chat") - n
     print(f"kill -9: repeated={repeated} saved={done}")

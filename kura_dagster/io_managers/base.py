@@ -19,7 +19,7 @@ from upath import UPath
 
 from kura_dagster.checkpoints.base import BaseCheckpointManager
 from kura_dagster.checkpoints.storage import to_upath, validate_name
-from kura_dagster.io_managers.metadata import checkpoint_metadata
+from kura_dagster.io_managers.metadata import add_partition_metadata, checkpoint_metadata
 from kura_dagster.io_managers.stored import STORED_STATE_KEY, StoredOutput
 from kura_dagster.io_managers.typing import CHECKPOINT_NAME_KEY, input_model, output_model
 
@@ -188,13 +188,16 @@ class CheckpointIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
         rows: dict[str, int] = {}
         total_bytes = 0
         last: dict[str, Any] = {}
+        own: dict[str, dict[str, Any]] = {}
         for key in sorted(paths):
             self.make_directory(paths[key].parent)
             self.dump_to_path(context, parts[key], paths[key])
             # each partition's metadata is collected and summed up once (the same key twice would raise)
-            last = dict(context.consume_logged_metadata())
+            last = own[key] = {"path": dg.MetadataValue.path(str(paths[key])), **context.consume_logged_metadata()}
             rows[key] = len(parts[key])
             total_bytes += int(getattr(last.get("kura/bytes"), "value", 0) or 0)
+        # each partition's materialization gets its own rows, bytes, path, checksum and preview over the totals
+        add_partition_metadata(context, own)
         kept = {k: v for k, v in last.items() if k in ("dagster/column_schema", "kura/model", "kura/format", "preview")}
         context.add_output_metadata({
             **kept,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dagster as dg
@@ -76,3 +76,22 @@ def checkpoint_metadata(
         if models:
             md["preview"] = preview_table(models, model)
     return md
+
+
+def add_partition_metadata(context: dg.OutputContext, per_partition: Mapping[str, Mapping[str, Any]]) -> None:
+    """Each partition's own metadata (rows, bytes, path …) on that partition's materialization, for an output
+    that covers several partitions (a single-run backfill).
+
+    ``OutputContext.add_output_metadata`` is one dict for the whole output, and Dagster 1.13 copies it onto the
+    materialization of every partition in the run; per-partition metadata goes through the step's
+    ``add_asset_metadata(metadata, asset_key=, partition_key=)``, which Dagster merges over the output's metadata
+    when it builds each partition's materialization (``execute_step._get_output_asset_events``), so a day's
+    ``dagster/row_count`` is that day's rows, not the range's. Without a step (an IO manager called from a
+    test's ``build_output_context``) there are no materializations to attach it to.
+    """
+    try:
+        step = context.step_context
+    except dg.DagsterInvariantViolationError:
+        return
+    for key, metadata in per_partition.items():
+        step.add_asset_metadata(dict(metadata), asset_key=context.asset_key, partition_key=key)

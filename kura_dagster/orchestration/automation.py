@@ -24,6 +24,7 @@ from typing import Any
 
 import dagster as dg
 
+from kura_dagster.orchestration import recovery
 from kura_dagster.orchestration.names import KuraNames
 from kura_dagster.orchestration.resources import ConversationSource
 
@@ -135,12 +136,16 @@ def executor_for(choice: str | dg.ExecutorDefinition, what: str = "executor") ->
     a ``checkpoint_dir`` on object storage (``s3://…``), and the instance a shared database.
     """
     if isinstance(choice, dg.ExecutorDefinition):
-        return choice
+        known = {id(dg.in_process_executor): recovery.in_process_executor,
+                 id(dg.multiprocess_executor): recovery.multiprocess_executor}
+        return known.get(id(choice), choice)
     name = choice.strip().lower().replace("-", "_") or "in_process"
+    # Kura's in_process and multiprocess free the pool slots of crashed runs and end on SIGTERM while waiting
+    # for one (orchestration/recovery.py); wrap your own with recovery.recovering_executor
     if name == "in_process":
-        return dg.in_process_executor
+        return recovery.in_process_executor
     if name == "multiprocess":
-        return dg.multiprocess_executor
+        return recovery.multiprocess_executor
     if name == "dask":
         _optional_executor("dagster_dask", "dask_executor", "dask", what)
         return pool_safe_dask_executor().configured(dask_cluster_config(), name="dask")
