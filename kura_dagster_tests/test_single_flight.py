@@ -97,3 +97,20 @@ def test_all_1000_mtbench_conversations_send_one_request_per_distinct_content(
     assert counts.summaries.deduplicated == 1000 - distinct and counts.summaries.cache_hits == 0
     assert [s.chat_id for s in out] == [c.chat_id for c in convs]
     assert len({s.chat_id for s in out}) == 1000
+
+
+def test_flight_is_cache_then_single_flight_then_fan_out() -> None:
+    """The one piece of bookkeeping behind cached summaries, embeddings and names, on hand-written keys."""
+    from kura_dagster.pipeline.models.cached import Flight
+
+    counts = RequestCounts()
+    flight = Flight(["cached-p", None, None, None, None, None], ["p", "q", "r", "q", "s", "q"], counts,
+                    ("naming model", "names", "requests"))
+    assert flight.leaders == [1, 2, 4] and flight.free == 3
+    assert counts == RequestCounts(items=6, cache_hits=1, deduplicated=2, requested=3)
+    assert [list(b) for b in flight.batches(2)] == [[1, 2], [4]]
+    flight.take([1, 2], ["Q", "R"])
+    with pytest.raises(ValueError, match="the naming model returned 2 names for 1 requests"):
+        flight.take([4], ["S", "extra"])
+    flight.take([4], ["S"])
+    assert flight.answers == ["cached-p", "Q", "R", "Q", "S", "Q"]
