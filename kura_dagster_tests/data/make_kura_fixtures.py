@@ -25,7 +25,12 @@ SRC = Path(sys.argv[1])
 OUT = Path(__file__).resolve().parent / "kura054"
 N = 12
 
-shutil.rmtree(OUT, ignore_errors=True)
+# What this script writes (jsonl/ and README.md are make_kura_jsonl.py's and the README's: kept; run that script after
+# this one, since it reads the *.source.jsonl files written here)
+for old in ("parquet", "hf"):
+    shutil.rmtree(OUT / old, ignore_errors=True)
+for old in OUT.glob("*.jsonl") if OUT.exists() else ():
+    old.unlink()
 pq, hf = ParquetCheckpointManager(str(OUT / "parquet")), HFDatasetCheckpointManager(str(OUT / "hf"))
 for name, cls in [("conversations", Conversation), ("summaries", ConversationSummary), ("clusters", Cluster),
                   ("meta_clusters", Cluster), ("dimensionality", ProjectedCluster)]:
