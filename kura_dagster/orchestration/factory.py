@@ -131,7 +131,8 @@ def build_kura_defs(
     * ``sensor``: watch a path source and run the job on each change (default: on for a path source).
     * ``executor``: ``in_process``, ``multiprocess``, ``dask``, ``k8s`` (extras ``[dask]``, ``[k8s]``; see
       :func:`~kura_dagster.orchestration.automation.executor_for`) or an ExecutorDefinition; the code location's executor, so
-      give it to one call only when merging.
+      give it to one call only when merging. ``in_process`` and ``multiprocess`` free the pool slots of crashed
+      runs (:mod:`~kura_dagster.orchestration.recovery`; wrap an executor of your own with ``recovering_executor``).
     * ``fs_options``: fsspec options for ``s3://``-style checkpoint and source locations.
     * ``allow_empty``, ``max_shrink``: the guard of good checkpoints. A read with no conversations fails unless
       ``allow_empty=True``; one that shrank by more than ``max_shrink`` (a share, default 0.5; 1 allows any) from
