@@ -140,7 +140,8 @@ def test_projection_problems() -> None:
 def _resources(tmp_path: Path) -> dict:
     return {
         "io_manager": JSONLIOManager(base_dir=str(tmp_path / "checkpoints")),
-        "kura": KuraPipelineResource(checkpoint_dir=str(tmp_path / "cache"), clusters_per_group=4, max_clusters=3),
+        "kura": KuraPipelineResource(checkpoint_dir=str(tmp_path / "cache"), clusters_per_group=4, max_clusters=3,
+                                     min_conversations=4),  # groups of ~4: most are shown, so the tree has depth
         "source": ConversationSource(demo_size=40),
     }
 
@@ -161,7 +162,8 @@ def test_a_real_run_passes_every_check_and_records_numeric_metadata(tmp_path: Pa
     assert metadata["clusters"]["kura/settings"].value["clusters_per_group"] == 4
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert set(evaluations) == {"summaries_cover_conversations", "every_summary_in_one_cluster",
-                                "meta_tree_well_formed", "projections_consistent"}
+                                "meta_tree_well_formed", "projections_consistent",
+                                "clusters_meet_privacy_thresholds", "meta_clusters_meet_privacy_thresholds"}
     for e in evaluations.values():
         assert e.passed, (e.check_name, e.metadata)
         assert e.metadata["problems"].value == 0

@@ -223,7 +223,7 @@ def test_every_asset_runs_on_the_openai_backend(server: FakeOpenAIServer, tmp_pa
     source = tmp_path / "conversations.jsonl"
     source.write_text("".join(c.model_dump_json() + "\n" for c in fake_conversations(30)))
     kura = KuraPipelineResource(llm="openai:fake-model", embeddings="openai:fake-emb", base_url=server.url,
-                                checkpoint_dir=str(tmp_path), max_clusters=2)
+                                checkpoint_dir=str(tmp_path), max_clusters=2, min_conversations=1)  # every group named
     result = dg.materialize(kura_assets, resources={
         "io_manager": JSONLIOManager(base_dir=str(tmp_path)), "kura": kura, "source": ConversationSource(path=str(source))})
     assert result.success

@@ -180,7 +180,8 @@ def test_an_unchanged_rerun_of_every_asset_sends_no_request(server: FakeOpenAISe
 
     def run() -> dict[str, dict]:
         kura = KuraPipelineResource(llm=f"openai:{MODEL}", embeddings="openai:fake-emb", base_url=server.url,
-                                    checkpoint_dir=str(tmp_path / "ckpt"), max_clusters=2, max_concurrency=4)
+                                    checkpoint_dir=str(tmp_path / "ckpt"), max_clusters=2, max_concurrency=4,
+                                    min_conversations=1)  # every k-means group named (privacy thresholds off)
         result = dg.materialize(kura_assets, resources={
             "io_manager": JSONLIOManager(base_dir=str(tmp_path / "ckpt")), "kura": kura,
             "source": ConversationSource(path=str(source))})

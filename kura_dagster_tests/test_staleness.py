@@ -18,7 +18,7 @@ from kura_dagster.orchestration.resources import ConversationSource, KuraPipelin
 from kura_dagster.orchestration.versioning import FIRST_ASSET_FOR_UNLISTED, NOT_SHAPING, SHAPES_FROM, settings_by_asset, versioned_assets
 
 ORDER = ["conversations", "summaries", "clusters", "meta_clusters", "projected_clusters"]
-SETTINGS = dict(clusters_per_group=4, max_clusters=3)
+SETTINGS = dict(clusters_per_group=4, max_clusters=3, min_conversations=1)  # groups of ~4, all named (no folding)
 
 
 def _resources(tmp: Path, conversations: Path, **kura) -> dict:

@@ -338,13 +338,14 @@ def _scrub_generated_summary(summary: GeneratedSummary, counts: Counter) -> Gene
 class ScrubbingSummaryModel:
     """A summary model whose answers are scrubbed as they come back, before the answer cache stores them and
     before they are embedded: the cache under the checkpoint directory never holds personal data a model copied
-    from the conversation, and a rerun from the cache embeds the same text as the first run. Its ``identity``
-    is the wrapped model's plus ``/scrubbed``: earlier unscrubbed cache entries are not reused."""
+    from the conversation, and a rerun from the cache embeds the same text as the first run. Its ``identity`` is
+    the wrapped model's (the cache key): an entry cached before scrubbing existed is reused as it is (its
+    embedding text is the one it had then) and scrubbed on the way out of the stage."""
 
     def __init__(self, inner: Any, counts: Counter | None = None) -> None:
         self.inner = inner
         self.scrubbed: Counter = counts if counts is not None else Counter()
-        self.identity = f"{inner.identity}/scrubbed"
+        self.identity = inner.identity
 
     def __getattr__(self, name: str) -> Any:
         if name in ("inner", "summarise_streaming"):  # streaming only through StreamingScrubbingSummaryModel
