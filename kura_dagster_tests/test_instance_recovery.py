@@ -63,6 +63,44 @@ def test_run_state_needs_the_process_tag_and_ends_with_the_run() -> None:
     assert recovery.run_state(run.with_tags({recovery.PROCESS_TAG: gone, recovery.STEP_PROCESSES_TAG: step}))[0] == "alive"
 
 
+def test_free_dead_runs_frees_only_runs_that_are_provably_over(tmp_path: Path) -> None:
+    """Five runs hold kura_llm slots: only the one whose process is gone and the one that has ended are freed."""
+    shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    me = recovery.process_identity()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead = recovery.process_identity(child.pid)
+    child.wait()
+    tags = {
+        "dead": {recovery.PROCESS_TAG: json.dumps(dead)},
+        "live": {recovery.PROCESS_TAG: json.dumps(me)},
+        "elsewhere": {recovery.PROCESS_TAG: json.dumps({**me, "host": "build-07", "pid": 1})},
+        "untagged": {},
+        "ended": {recovery.PROCESS_TAG: json.dumps(me)},
+    }
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots("kura_llm", 5)
+        ids = {}
+        for name, run_tags in tags.items():
+            run = instance.add_run(dg.DagsterRun(job_name=f"{name}_job", status=dg.DagsterRunStatus.STARTED,
+                                                 tags=run_tags))
+            ids[name] = run.run_id
+            assert storage.claim_concurrency_slot("kura_llm", run.run_id, "summaries").is_claimed
+        instance.report_run_failed(instance.get_run_by_id(ids["ended"]))  # ended, its slot left behind
+
+        freed = recovery.free_dead_runs(instance, dry_run=True)
+        assert sorted(h.run_id for h in freed) == sorted([ids["dead"], ids["ended"]])
+        assert len(recovery.slot_holders(instance)) == 5  # a dry run frees nothing
+
+        recovery.free_dead_runs(instance)
+        assert set(recovery.slot_holders(instance)) == {ids["live"], ids["elsewhere"], ids["untagged"]}
+        assert {name: instance.get_run_by_id(i).status.value for name, i in ids.items()} == {
+            "dead": "FAILURE", "live": "STARTED", "elsewhere": "STARTED", "untagged": "STARTED", "ended": "FAILURE"}
+        failure = instance.all_logs(ids["dead"], of_type=dg.DagsterEventType.RUN_FAILURE)[0]
+        assert failure.message == (f"Marked failed by kura-dagster: pid {child.pid} on {me['host']}: no such process "
+                                   "(killed or crashed). Its pool slots were freed.")
+
+
 # --- end to end: CLI runs on the project's dagster.yaml ----------------------------------------------------------
 
 class Run:
@@ -177,7 +215,7 @@ def test_a_kill_9_during_summaries_does_not_block_the_next_run(project) -> None:
 @pytest.mark.slow
 def test_a_waiting_run_names_the_holder_sigterm_ends_it_and_free_slots_frees_a_dead_one(project) -> None:
     server, home, start = project
-    server.set_delay(1.0)  # 24 answers one at a time: the first run holds the slot for 24 s or more
+    server.set_delay(6.0)  # 24 answers one at a time: the first run holds the slot for 144 s or more (it is killed)
     holder = start()
     deadline = time.monotonic() + 120
     while server.count("chat") < 1:

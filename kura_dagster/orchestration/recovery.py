@@ -309,7 +309,8 @@ def recovery_scope(plan_context: Any) -> Iterator[None]:
 
 class _PatientConcurrencyContext(InstanceConcurrencyContext):
     """Dagster 1.13's in-process loop asks how long to sleep while a step waits for a slot, and gets ``<= 0``
-    (``min([0, …])``), so it spins on a core; and it never looks at the SIGTERM/SIGINT it captured. This sleeps
+    (``min([0, …])``; seen upstream in dagster-io/dagster PR #20367), so it spins on a core; and it never looks at
+    the SIGTERM/SIGINT it captured. This sleeps
     until the next claim attempt (at most ``MAX_WAIT_SLEEP``) and ends the run when a signal came while waiting
     (in process, nothing else is in flight then)."""
 
