@@ -331,3 +331,28 @@ def test_the_blocking_check_fails_a_run_that_shows_a_small_cluster(tmp_path, mon
     done = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert "meta_clusters" not in done and "projected_clusters" not in done  # blocked downstream
     assert not (out / "meta_clusters.jsonl").exists()
+
+
+def test_facet_rows_read_from_parquet_columns_equal_those_of_the_models(tmp_path):
+    from kura_dagster.checkpoints.columnar import load_summary_columns
+    from kura_dagster.checkpoints.parquet import ParquetCheckpointManager
+    from kura_dagster.pipeline.facets import summary_facet_rows
+
+    summaries = [ConversationSummary(chat_id=f"c{i}", summary="s", languages=["english", "python"][: 1 + i % 2],
+                                     task=None if i == 3 else f"task {i % 3}", concerning_score=1 + i % 5,
+                                     user_frustration=None if i % 3 == 0 else 2,
+                                     assistant_errors=None if i == 4 else ([] if i % 2 else ["e"]),
+                                     metadata={"user_id": f"u{i % 4}"} if i != 5 else {}, embedding=[0.5, 0.5])
+                 for i in range(12)]
+    manager = ParquetCheckpointManager(str(tmp_path))
+    manager.save_checkpoint("summaries", summaries)
+    columns = load_summary_columns(manager, "summaries")
+    assert columns._models is None  # the Arrow path, no models
+    arrow = summary_facet_rows(columns, "user_id")
+    models = summary_facet_rows(SummaryColumns.coerce(summaries), "user_id")
+    assert (arrow.chat_ids, arrow.languages, arrow.tasks, arrow.users) == \
+        (models.chat_ids, models.languages, models.tasks, models.users)
+    assert arrow.users[5] is None and arrow.tasks[3] is None
+    for name in ("concerning", "frustration", "has_errors"):
+        np.testing.assert_array_equal(getattr(arrow, name), getattr(models, name))
+    assert np.isnan(arrow.has_errors[4]) and arrow.has_errors[0] == 1.0 and arrow.has_errors[1] == 0.0

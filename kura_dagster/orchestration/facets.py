@@ -14,7 +14,6 @@ import time
 from typing import Any, Optional
 
 import dagster as dg
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -22,7 +21,7 @@ from kura_dagster.checkpoints.columnar import SummaryColumns
 from kura_dagster.checkpoints.storage import atomic_write_bytes, to_upath
 from kura_dagster.io_managers.base import summary_columns_type
 from kura_dagster.orchestration.names import KuraNames
-from kura_dagster.pipeline.facets import FACET_FIELDS, FacetRows, cluster_facets, top_clusters
+from kura_dagster.pipeline.facets import FacetRows, cluster_facets, summary_facet_rows, top_clusters
 from kura_dagster.types import Cluster
 
 FACETS_NAME = "cluster_facets"
@@ -34,17 +33,9 @@ def facets_key(names: KuraNames) -> dg.AssetKey:
 
 def facet_rows(summaries: Any, user_key: Optional[str]) -> FacetRows:
     """The facet fields of every summary (one partition after another when the input is by partition), read
-    without embeddings."""
+    without embeddings (from the Arrow columns when the checkpoint is Parquet/HF)."""
     parts = [summaries[k] for k in sorted(summaries)] if isinstance(summaries, dict) else [summaries]
-    fields = [*FACET_FIELDS, *(["metadata"] if user_key else [])]
-    models = []
-    for part in parts:
-        columns = SummaryColumns.coerce(part)
-        models.extend(columns.models_for(np.arange(len(columns)), fields=fields))
-    users = None
-    if user_key:
-        users = [None if (v := s.metadata.get(user_key)) in (None, "") else str(v) for s in models]
-    return FacetRows.from_summaries(models, users)
+    return summary_facet_rows(SummaryColumns.concat([SummaryColumns.coerce(p) for p in parts]), user_key)
 
 
 def table_jsonl(table: pa.Table) -> bytes:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from kura_dagster.checkpoints.columnar import SummaryColumns
 from kura_dagster.types import Cluster, ConversationSummary
 
 TOP_TASKS = 10
@@ -68,6 +69,93 @@ class FacetRows:
                                  for s in summaries], dtype=np.float64),
             users=users,
         )
+
+
+def _user_value(v: object) -> str | None:
+    return None if v is None or v == "" else str(v)
+
+
+def _arrow_metadata_values(table: pa.Table, key: str) -> list[str | None] | None:
+    """``metadata[key]`` of each row from the Arrow ``metadata`` column (a struct, or JSON text); ``None`` when
+    the column has another shape (the caller then builds models)."""
+    import json
+
+    import pyarrow.compute as pc
+
+    if "metadata" not in table.column_names:
+        return None
+    col = table.column("metadata")
+    if pa.types.is_struct(col.type):
+        if col.type.get_field_index(key) < 0:
+            return [None] * table.num_rows
+        return [_user_value(v) for v in pc.struct_field(col, key).to_pylist()]
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        return [None if t is None else _user_value(json.loads(t).get(key)) for t in col.to_pylist()]
+    return None
+
+
+def metadata_values(columns: SummaryColumns, key: str) -> list[str | None]:
+    """Each summary's ``metadata[key]`` as a string (``None`` when absent), read from the Arrow column when the
+    summaries came from Parquet/HF (no models built), else from the models."""
+    if columns._parts is not None:
+        return [v for part in columns._parts for v in metadata_values(part, key)]
+    if columns._models is not None:
+        return [_user_value(s.metadata.get(key)) for s in columns._models]
+    found = _arrow_metadata_values(columns.read_columns(["metadata"]), key) if len(columns) else []
+    if found is not None:
+        return found
+    return [_user_value(s.metadata.get(key)) for s in columns.models_for(np.arange(len(columns)), fields=["metadata"])]
+
+
+def _rows_from_arrow(table: pa.Table) -> FacetRows | None:
+    """The facet fields straight from Arrow columns of the expected types; ``None`` for any other shape."""
+    import pyarrow.compute as pc
+
+    names = set(table.column_names)
+    if not set(FACET_FIELDS) <= names:
+        return None
+    types = {n: table.schema.field(n).type for n in FACET_FIELDS}
+    lists = (pa.types.is_list(types["languages"]) or pa.types.is_large_list(types["languages"])) and \
+        (pa.types.is_list(types["assistant_errors"]) or pa.types.is_large_list(types["assistant_errors"]))
+    numbers = all(pa.types.is_integer(types[n]) or pa.types.is_floating(types[n]) or pa.types.is_null(types[n])
+                  for n in ("concerning_score", "user_frustration"))
+    if not (lists and numbers and (pa.types.is_string(types["task"]) or pa.types.is_null(types["task"]))):
+        return None
+
+    def floats(name: str) -> np.ndarray:
+        return pc.cast(table.column(name), pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64)
+
+    errors = table.column("assistant_errors")
+    lengths = pc.list_value_length(errors).to_numpy(zero_copy_only=False).astype(np.float64)  # NaN where null
+    return FacetRows(
+        chat_ids=[],  # set by the caller
+        languages=[list(dict.fromkeys(v)) if v else [] for v in table.column("languages").to_pylist()],
+        tasks=[t or None for t in table.column("task").to_pylist()],
+        concerning=floats("concerning_score"), frustration=floats("user_frustration"),
+        has_errors=np.where(np.isnan(lengths), np.nan, (lengths > 0).astype(np.float64)),
+    )
+
+
+def summary_facet_rows(columns: SummaryColumns, user_key: str | None = None) -> FacetRows:
+    """:class:`FacetRows` of every summary in ``columns``: from the Arrow columns when the summaries came from
+    Parquet/HF (no model built: the 100k-row cost is a few column reads), else from the summary models."""
+    if columns._parts is not None:
+        parts = [summary_facet_rows(p, None) for p in columns._parts]
+        rows = FacetRows(chat_ids=list(columns.chat_ids), languages=[x for p in parts for x in p.languages],
+                         tasks=[x for p in parts for x in p.tasks],
+                         concerning=np.concatenate([p.concerning for p in parts]) if parts else np.zeros(0),
+                         frustration=np.concatenate([p.frustration for p in parts]) if parts else np.zeros(0),
+                         has_errors=np.concatenate([p.has_errors for p in parts]) if parts else np.zeros(0))
+    elif columns._models is not None:
+        rows = FacetRows.from_summaries(columns._models)
+    else:
+        rows = _rows_from_arrow(columns.read_columns(list(FACET_FIELDS))) if len(columns) else None
+        if rows is None:
+            rows = FacetRows.from_summaries(columns.models_for(np.arange(len(columns)), fields=FACET_FIELDS))
+        rows.chat_ids = list(columns.chat_ids)
+    if user_key:
+        rows.users = metadata_values(columns, user_key)
+    return rows
 
 
 def _levels(clusters: Sequence[Cluster]) -> dict[str, int]:

@@ -85,8 +85,9 @@ def user_ids(columns: SummaryColumns, user_key: str | None) -> list[str | None] 
     """Each summary's ``metadata[user_key]`` (as a string; ``None`` when absent), or ``None`` without a key."""
     if not user_key or not len(columns):
         return None
-    rows = columns.models_for(np.arange(len(columns)), fields=["metadata"])
-    return [None if (v := s.metadata.get(user_key)) is None or v == "" else str(v) for s in rows]
+    from kura_dagster.pipeline.facets import metadata_values
+
+    return metadata_values(columns, user_key)
 
 
 def meets(members: Sequence[int] | np.ndarray, users: Sequence[str | None] | None, t: Thresholds) -> bool:
