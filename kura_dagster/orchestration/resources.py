@@ -78,6 +78,10 @@ class KuraPipelineResource(dg.ConfigurableResource):
         "identifiability scale (5: identifies nobody) and clusters rated below audit_min_rating are withheld."
     )
     audit_min_rating: int = Field(3, description="The lowest privacy-audit rating a shown cluster may have (1-5).")
+    rebuild_taxonomy: bool = Field(
+        False, description="Rebuild the taxonomy from scratch at this run (base clusters, meta clusters and the "
+        "map: new ids and names) instead of assigning new conversations to the clusters already known. A one-off "
+        "request (the <prefix>_rebuild_taxonomy job sets it); it never marks assets stale or changes a cache key.")
 
     def settings(self) -> PipelineSettings:
         return PipelineSettings(

@@ -51,7 +51,10 @@ NOT_SHAPING: dict[str, frozenset[str]] = {
                        # How an answer is fetched, not what is asked: the answer cache's keys leave them out too
                        # (model, prompt version and temperature are in both). To start afresh with a server that
                        # serves another model under the same name, give the model another name.
-                       "base_url", "structured_output"}),
+                       "base_url", "structured_output",
+                       # A one-off request to rebuild the taxonomy (the rebuild job): what it builds is recorded
+                       # in taxonomy/* metadata; the flag must not mark assets stale or change a cache key.
+                       "rebuild_taxonomy"}),
     "source": frozenset({"fs_options"}),  # where to read, and credentials: never hashed or shown
 }
 """Settings that change where or how fast work is done, not its result."""
