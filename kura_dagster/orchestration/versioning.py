@@ -55,7 +55,9 @@ NOT_SHAPING: dict[str, frozenset[str]] = {
                        # A one-off request to rebuild the taxonomy (the rebuild job): what it builds is recorded
                        # in taxonomy/* metadata; the flag must not mark assets stale or change a cache key.
                        "rebuild_taxonomy"}),
-    "source": frozenset({"fs_options"}),  # where to read, and credentials: never hashed or shown
+    "source": frozenset({"fs_options",  # where to read, and credentials: never hashed or shown
+                         # whether a run may replace checkpoints (the input guard) and how errors name settings
+                         "allow_empty", "max_shrink", "configured_by"}),
 }
 """Settings that change where or how fast work is done, not its result."""
 
