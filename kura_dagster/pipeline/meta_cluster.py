@@ -85,7 +85,10 @@ def cluster_centroids(clusters: Sequence[Cluster], chat_ids: Sequence[str], embe
 def _two_means(x: np.ndarray, w: np.ndarray, seed: int) -> np.ndarray:
     from sklearn.cluster import KMeans
 
-    labels = KMeans(2, n_init=3, random_state=seed).fit_predict(x, sample_weight=w)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # (as in kmeans.py: small k-means are faster single-threaded on busy cores)
+        labels = KMeans(2, n_init=3, random_state=seed).fit_predict(x, sample_weight=w)
     if labels.min() == labels.max():  # identical vectors: split by size instead, largest first alternating
         labels = np.zeros(len(x), dtype=np.int64)
         labels[np.argsort(-w, kind="stable")[1::2]] = 1
@@ -99,27 +102,40 @@ def balance(groups: list[list[int]], x: np.ndarray, w: np.ndarray, k: int, seed:
     closest pairs of groups whose merge stays under that cap while there are more than ``k`` groups.
     Deterministic for a seed."""
     cap = factor * float(w.sum()) / max(cap_groups or k, 1)
-    groups = [list(g) for g in groups]
-    for _ in range(4 * len(x)):
-        weights = [float(w[g].sum()) for g in groups]
-        heavy = max(range(len(groups)), key=lambda i: (weights[i], -i))
-        if weights[heavy] <= cap or len(groups[heavy]) < 2:
-            break
-        g = np.array(groups.pop(heavy))
+    out: list[np.ndarray] = []
+    todo = [np.asarray(g, dtype=np.int64) for g in reversed(groups)]
+    while todo:  # depth first, so the halves of a split stay next to each other in the output
+        g = todo.pop()
+        if len(g) < 2 or float(w[g].sum()) <= cap:
+            out.append(g)
+            continue
         labels = _two_means(x[g], w[g], seed)
-        groups[heavy:heavy] = [g[labels == 0].tolist(), g[labels == 1].tolist()]
-    while len(groups) > k:
-        weights = np.array([float(w[g].sum()) for g in groups])
-        cents = _normalise(np.stack([(x[g] * w[g][:, None]).sum(axis=0) for g in groups]))
+        todo.extend([g[labels == 1], g[labels == 0]])
+    if len(out) > k:
+        weights = np.array([float(w[g].sum()) for g in out])
+        sums = np.stack([(x[g] * w[g][:, None]).sum(axis=0) for g in out])
+        cents = _normalise(sums)
+        alive = np.ones(len(out), dtype=bool)
         sim = cents @ cents.T
         np.fill_diagonal(sim, -np.inf)
         sim[weights[:, None] + weights[None, :] > cap] = -np.inf
-        i, j = np.unravel_index(int(np.argmax(sim)), sim.shape)
-        if not np.isfinite(sim[i, j]):
-            break  # every merge would make a group too big: keep more groups this round
-        i, j = min(i, j), max(i, j)
-        groups[i] = sorted(groups[i] + groups.pop(j))
-    return groups
+        for _ in range(len(out) - k):
+            i, j = np.unravel_index(int(np.argmax(sim)), sim.shape)
+            if not np.isfinite(sim[i, j]):
+                break  # every merge would make a group too big: keep more groups this round
+            i, j = min(i, j), max(i, j)
+            out[i] = np.sort(np.concatenate([out[i], out[j]]))
+            weights[i] += weights[j]
+            sums[i] += sums[j]
+            cents[i] = _normalise(sums[i])
+            alive[j] = False
+            sim[j, :] = sim[:, j] = -np.inf
+            row = cents @ cents[i]
+            row[~alive | (weights + weights[i] > cap)] = -np.inf
+            row[i] = -np.inf
+            sim[i, :] = sim[:, i] = row
+        out = [g for g, keep in zip(out, alive) if keep]
+    return [g.tolist() for g in out]
 
 
 def reduce_clusters(
