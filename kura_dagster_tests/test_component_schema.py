@@ -63,6 +63,9 @@ def test_component_settings_reach_the_resources(tmp_path, monkeypatch):
     assert defs.resources["sales_kura"].max_clusters == 3
     assert defs.resources["sales_kura"].clusters_per_group == 10  # unset: the resource's default, not None
     assert defs.resources["sales_source"].demo_size == 20
+    # errors of this pipeline name its defs.yaml attributes, not the factory's keywords or KURA_* variables
+    assert defs.resources["sales_source"].configured_by == "component"
+    assert (defs.resources["sales_source"].allow_empty, defs.resources["sales_source"].max_shrink) == (False, 0.5)
 
 
 @pytest.mark.slow
