@@ -180,3 +180,14 @@ def test_lmsys_rows_from_a_saved_hf_dataset(tmp_path: Path) -> None:
                                                 "language": "English", "turn": 1, "redacted": False,
                                                 "openai_moderation": '[{"flagged": false}]'}
     assert [b.location for b in result.bad_records] == ["row 2"]
+
+
+def test_sharegpt_rows_from_parquet(tmp_path: Path) -> None:
+    rows = [{**r, "lang": r.get("lang")} for r in SHAREGPT[:2]]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "sg.parquet")
+    result = read_source(tmp_path / "sg.parquet")
+    assert result.format == "parquet" and [c.chat_id for c in result.conversations] == ["sg-1", "sg-2"]
+    assert [(m.role, m.content) for m in result.conversations[1].messages] == [
+        ("user", "2+2?"), ("assistant", "4"), ("assistant", "Four.")]
+    assert result.conversations[0].metadata == {"id": "sg-1", "lang": "de"}
+    assert result.dropped["metadata_nulls"] == 1 and result.dropped["tool_messages"] == 1
