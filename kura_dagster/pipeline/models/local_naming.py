@@ -22,7 +22,6 @@ from kura_dagster.pipeline.models.local_text import (
     class_tfidf,
     diverse_top,
     join_phrases,
-    phrase_key,
     phrases,
     stop_words,
 )
@@ -43,27 +42,24 @@ def _stop(language: str) -> frozenset[str]:
     return stop_words(language) | FRAME_WORDS
 
 
+_REQUEST_FRAME = "The user's overall request for the assistant is to "
+
+
 def _summary_text(s: ConversationSummary) -> str:
-    return s.request or s.summary or ""
+    text = s.request or s.summary or ""
+    return text[len(_REQUEST_FRAME):] if text.startswith(_REQUEST_FRAME) else text  # (Kura's frame too)
 
 
-def _terms(texts: Sequence[str], language: str, surfaces: dict[str, Counter]) -> dict[str, int]:
-    """The terms (lower-case keys) of one member's texts, each with the index of the first phrase it is in;
-    records how each is spelt in ``surfaces``."""
-    stop = _stop(language)
+def _terms(text: str, language: str, store: list[str]) -> dict[str, int]:
+    """The terms (lower-case keys) of one member's text, each with the index of the first phrase it is in;
+    the phrases are appended to ``store`` (for their spellings, see :func:`_spelling`)."""
     found: dict[str, int] = {}
-    k = 0
-    for text in texts:
-        for p in phrases(text, stop):
-            words = p.split()
-            for n in range(1, min(MAX_NGRAM, len(words)) + 1):
-                for i in range(len(words) - n + 1):
-                    surface = " ".join(words[i:i + n])
-                    key = phrase_key(surface)
-                    if key not in found:
-                        found[key] = k
-                        surfaces.setdefault(key, Counter())[surface] += 1
-            k += 1
+    for k, p in enumerate(phrases(text, _stop(language))):
+        store.append(p)
+        words = p.lower().split()
+        for n in range(1, min(MAX_NGRAM, len(words)) + 1):
+            for i in range(len(words) - n + 1):
+                found.setdefault(" ".join(words[i:i + n]) if n > 1 else words[i], k)
     return found
 
 
@@ -77,14 +73,22 @@ def _topic_text(description: str) -> str:
     return _LANGUAGE_NOTE.sub("", _QUOTED_NAMES.sub(",", description))
 
 
-def _spelling(key: str, surfaces: dict[str, Counter]) -> str:
-    """The spelling most members use; lower case when they disagree only in a sentence's first capital."""
-    forms = surfaces.get(key)
+def _spelling(key: str, store: Sequence[str]) -> str:
+    """The spelling of ``key`` most of a cluster's phrases use; lower case when they differ only in a
+    sentence's first capital."""
+    n = key.count(" ") + 1
+    forms: Counter[str] = Counter()
+    for p in store:
+        if key in p.lower():
+            words = p.split()
+            lowered = [w.lower() for w in words]
+            for i in range(len(words) - n + 1):
+                if " ".join(lowered[i:i + n]) == key:
+                    forms[" ".join(words[i:i + n])] += 1
     if not forms:
         return key
     best = sorted(forms.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
-    lowered = forms.get(key, 0)
-    return key if lowered and lowered * 2 >= forms[best] else best
+    return key if forms.get(key, 0) * 2 >= forms[best] else best
 
 
 def _capital(text: str) -> str:
@@ -121,7 +125,7 @@ class LocalClusterNamingModel:
         self.seed = seed  # kept for the interface: naming is deterministic and needs no randomness
 
     def name_clusters(self, groups: Sequence[Sequence[ConversationSummary]]) -> list[GeneratedCluster]:
-        surfaces: dict[str, Counter] = {}
+        stores: list[list[str]] = []
         classes: list[Counter] = []
         positions: list[dict[str, float]] = []
         languages: list[Counter] = []
@@ -129,12 +133,14 @@ class LocalClusterNamingModel:
             counts: Counter[str] = Counter()
             at: Counter[str] = Counter()
             langs: Counter[str] = Counter()
+            store: list[str] = []
             for s in group:
                 lang = (s.languages or ["english"])[0]
                 langs[lang] += 1
-                found = _terms([_summary_text(s)], lang, surfaces)
+                found = _terms(_summary_text(s), lang, store)
                 counts.update(found.keys())
                 at.update(found)
+            stores.append(store)
             classes.append(counts)
             positions.append({t: at[t] / n for t, n in counts.items()})
             languages.append(langs)
@@ -144,7 +150,7 @@ class LocalClusterNamingModel:
         named: dict[int, GeneratedCluster] = {}
         for i in order:
             top = diverse_top(scores[i], 6, positions=positions[i])
-            shown = [_spelling(t, surfaces) for t in top]
+            shown = [_spelling(t, stores[i]) for t in top]
             if not shown:
                 shown = ["short messages"]
             first = shown[:1] if " " in shown[0] or len(shown) == 1 else shown[:2]
@@ -159,15 +165,17 @@ class LocalClusterNamingModel:
         return [named[i] for i in range(len(groups))]
 
     def name_meta_clusters(self, groups: Sequence[Sequence[Cluster]]) -> list[GeneratedCluster]:
-        surfaces: dict[str, Counter] = {}
+        stores: list[list[str]] = []
         classes: list[Counter] = []
         coverage: list[dict[str, float]] = []
         for group in groups:
             counts: Counter[str] = Counter()
             weight: Counter[str] = Counter()
             size = sum(max(len(c.chat_ids), 1) for c in group)
+            store: list[str] = []
+            stores.append(store)
             for c in group:
-                found = _terms([_topic_text(c.description)], "english", surfaces)
+                found = _terms(_topic_text(c.description), "english", store)
                 counts.update(found.keys())
                 for t in found:
                     weight[t] += max(len(c.chat_ids), 1)
@@ -180,7 +188,7 @@ class LocalClusterNamingModel:
         for i in order:
             shared = {t: s * coverage[i].get(t, 0.0) for t, s in scores[i].items()}
             top = diverse_top(shared, 6)
-            shown = [_spelling(t, surfaces) for t in top] or ["short messages"]
+            shown = [_spelling(t, stores[i]) for t in top] or ["short messages"]
             lead = shown[:1] if coverage[i].get(top[0] if top else "", 0.0) >= 0.5 or len(shown) == 1 else shown[:2]
             options = [lead, *([t] for t in shown[1:4]), *([shown[0], t] for t in shown[2:5])]
             terms = _unique(options, taken, opening_words=3)

@@ -11,6 +11,7 @@ fences (:mod:`kura_dagster.pipeline.models.local_text`); nothing here knows a da
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -231,9 +232,16 @@ def message_candidates(text: str, stats: TemplateStats | None) -> list[_Candidat
     return out
 
 
-def _content_words(sentence: str) -> int:
+def _content_words(sentence: str, enough: int = 2) -> int:
+    """How many words of ``sentence`` are not stop words, counting up to ``enough``."""
     stop = stop_words("english")
-    return sum(w.lower().strip(".-") not in stop for w in _CONTENT.findall(sentence))
+    n = 0
+    for m in _CONTENT.finditer(sentence):
+        if m.group(0).lower().strip(".-") not in stop:
+            n += 1
+            if n >= enough:
+                break
+    return n
 
 
 def _is_question(sentence: str) -> bool:
@@ -304,16 +312,21 @@ CONTEXT_WORDS = 60
 """The most words (the request sentence and the ones after it) key phrases are drawn from."""
 
 
+@functools.lru_cache(maxsize=65_536)
+def _phrases_of(text: str, language: str) -> tuple[str, ...]:
+    """Follow-ups repeat ("Can I freeze it?", "continue"): a sentence's phrases are found once."""
+    return tuple(phrases(text, stop_words(language)))
+
+
 def key_phrases(texts: Sequence[str], language: str = "english", limit: int = KEY_PHRASES) -> list[str]:
     """The distinct key phrases of ``texts`` in order of appearance, at most ``limit``."""
-    stop = stop_words(language)
     out: dict[str, str] = {}
     words = 0
     for text in texts:
-        if words >= CONTEXT_WORDS:
+        if words >= CONTEXT_WORDS or len(out) >= limit:
             break
-        words += len(text.split())
-        for p in phrases(text, stop):
+        words += text.count(" ") + 1
+        for p in _phrases_of(text, language):
             out.setdefault(phrase_key(p), p)
     return list(out.values())[:limit]
 
