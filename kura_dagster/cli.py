@@ -140,11 +140,17 @@ def _cache_command(args: argparse.Namespace) -> int:
 
 
 def _instance_command(args: argparse.Namespace) -> int:
+    import os
+
+    if not os.environ.get("DAGSTER_HOME"):
+        print("error: DAGSTER_HOME is not set: set it to the folder of the instance's dagster.yaml (for this "
+              "project's instance, export DAGSTER_HOME=$PWD in the project folder)", file=sys.stderr)
+        return 2
     import dagster as dg
 
     from kura_dagster.orchestration.recovery import free_dead_runs, free_run, judge, slot_holders
 
-    with dg.DagsterInstance.get() as instance:  # DAGSTER_HOME; an error naming it when unset
+    with dg.DagsterInstance.get() as instance:
         holders = judge(instance, slot_holders(instance, claimed_only=False))
         unknown = [r for r in args.run if r not in holders]
         if unknown:
