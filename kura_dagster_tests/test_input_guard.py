@@ -51,28 +51,27 @@ def _failure(result: dg.ExecuteInProcessResult) -> str:
 
 def test_an_emptied_or_shrunk_source_fails_and_leaves_the_checkpoint(tmp_path: Path, instance) -> None:
     src, ck = tmp_path / "in" / "chats.jsonl", tmp_path / "ck"
-    _write(src, 8)
+    _write(src, 10)
     assert _materialize(build_kura_defs("p", conversations=str(src), checkpoint_dir=str(ck)), instance).success
     saved = (ck / "conversations.jsonl").read_bytes()
-    assert saved.count(b"\n") == 8
+    assert saved.count(b"\n") == 10
 
     src.write_text("")  # the upstream writer truncated the file
     text = _failure(_materialize(build_kura_defs("p", conversations=str(src), checkpoint_dir=str(ck)), instance))
-    assert str(src) in text and "0 conversations read, 8 at the last materialization" in text
+    assert str(src) in text and "0 conversations read, 10 at the last materialization" in text
     assert "allow_empty=True in build_kura_defs(...)" in text
     assert (ck / "conversations.jsonl").read_bytes() == saved
 
-    _write(src, 2)  # 75% fewer: more than the default max_shrink=0.5 allows
+    _write(src, 3)  # 70% fewer: more than the default max_shrink=0.5 allows
     text = _failure(_materialize(build_kura_defs("p", conversations=str(src), checkpoint_dir=str(ck)), instance))
-    assert "2 conversations read, 8 at the last materialization (75% fewer; max_shrink=0.5 allows 50%)" in text
-    assert "max_shrink=0.75 in build_kura_defs(...)" in text
+    assert "3 conversations read, 10 at the last materialization (70% fewer; max_shrink=0.5 allows 50%)" in text
+    assert "max_shrink=0.7 in build_kura_defs(...)" in text
     assert (ck / "conversations.jsonl").read_bytes() == saved
-
-    _write(src, 5)  # 37.5% fewer: within the default
-    assert _materialize(build_kura_defs("p", conversations=str(src), checkpoint_dir=str(ck)), instance).success
-    _write(src, 2)  # against the last materialization (5), 60% fewer; allowed on purpose
-    assert _materialize(build_kura_defs("p", conversations=str(src), checkpoint_dir=str(ck), max_shrink=0.6),
+    # the value the error suggests is enough (10 x (1 - 0.7) is 3.0000000000000004 in floating point)
+    assert _materialize(build_kura_defs("p", conversations=str(src), checkpoint_dir=str(ck), max_shrink=0.7),
                         instance).success
+    _write(src, 2)  # against the last materialization (3): 33% fewer, within the default
+    assert _materialize(build_kura_defs("p", conversations=str(src), checkpoint_dir=str(ck)), instance).success
     src.write_text("")
     assert _materialize(build_kura_defs("p", conversations=str(src), checkpoint_dir=str(ck), allow_empty=True),
                         instance).success

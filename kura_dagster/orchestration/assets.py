@@ -109,19 +109,34 @@ def _asset_metadata(stage: str) -> dict[str, str]:
 # --- the steps: what each asset does, independent of its keys ------------------------------------------
 
 
-def previous_row_count(context: dg.AssetExecutionContext, partition: Optional[str]) -> Optional[int]:
-    """How many conversations the asset's last materialization (of ``partition``) recorded in the instance's
-    event log, or ``None`` when it has none (a first run, or an instance that keeps no history)."""
+def previous_row_counts(context: dg.AssetExecutionContext, partitions: list[Optional[str]]) -> dict[Optional[str], int]:
+    """How many conversations the asset's last materialization (of each partition; ``[None]``: unpartitioned)
+    recorded in the instance's event log; a partition without one (a first run, an instance that keeps no
+    history) is left out. Partitions are looked up together, newest first (one query for a first backfill)."""
     key = context.asset_key
-    if partition is None:
+    if partitions == [None]:
         event = context.instance.get_latest_materialization_event(key)
-        materialization = event.asset_materialization if event else None
-    else:
-        records = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
-        materialization = records[0].asset_materialization if records else None
-    if materialization is None:
-        return None
+        count = _recorded_rows(event.asset_materialization, None) if event and event.asset_materialization else None
+        return {} if count is None else {None: count}
+    out: dict[Optional[str], int] = {}
+    wanted, seen, cursor = set(partitions), set(), None
+    while wanted - seen:
+        page = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=sorted(wanted - seen)),  # type: ignore[arg-type]
+            limit=max(100, len(wanted - seen)), cursor=cursor)
+        for record in page.records:
+            if record.partition_key in wanted and record.partition_key not in seen and record.asset_materialization:
+                seen.add(record.partition_key)
+                count = _recorded_rows(record.asset_materialization, record.partition_key)
+                if count is not None:
+                    out[record.partition_key] = count
+        if not page.has_more:
+            break
+        cursor = page.cursor
+    return out
+
+
+def _recorded_rows(materialization: dg.AssetMaterialization, partition: Optional[str]) -> Optional[int]:
     md = materialization.metadata
     per_partition = md.get("partition_rows")
     if partition is not None and per_partition is not None and partition in (per_partition.value or {}):
@@ -139,14 +154,15 @@ def guard_input_size(context: dg.AssetExecutionContext, source: ConversationSour
     materialization's, per partition (``counts``: partition key, or ``None`` → conversations read). A partition
     that never had rows may be empty (a quiet day); an unpartitioned source may not, unless allowed."""
     problems, shrink_needed, emptied = [], 0.0, False
+    previous = previous_row_counts(context, list(counts))
     for partition, n in counts.items():
-        before = previous_row_count(context, partition)
+        before = previous.get(partition)
         where = f"partition {partition}: " if partition is not None else ""
         if n == 0 and not source.allow_empty and (before or partition is None):
             emptied = True
             problems.append(f"{where}0 conversations read" + (f", {before} at the last materialization"
                             if before else ", and no earlier materialization: nothing to analyse"))
-        elif before and n and n < before * (1 - source.max_shrink):
+        elif before and n and n < before * (1 - source.max_shrink) - 1e-9:
             shrink_needed = max(shrink_needed, 1 - n / before)
             problems.append(f"{where}{n} conversations read, {before} at the last materialization "
                             f"({1 - n / before:.0%} fewer; max_shrink={source.max_shrink:g} allows "
@@ -157,7 +173,7 @@ def guard_input_size(context: dg.AssetExecutionContext, source: ConversationSour
     if emptied:
         fixes.append(hints.setting(source.configured_by, "allow_empty", True))
     if shrink_needed:
-        allow = min(1.0, math.ceil(shrink_needed * 100) / 100)
+        allow = min(1.0, math.ceil(round(shrink_needed * 100, 6)) / 100)
         fixes.append(hints.setting(source.configured_by, "max_shrink", allow)
                      + " (1 allows any shrink)")
     shown = "; ".join(problems[:5]) + (f"; … {len(problems) - 5} more partition(s)" if len(problems) > 5 else "")
