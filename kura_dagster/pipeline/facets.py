@@ -18,6 +18,7 @@ columns are null rather than guessed. Languages come from the summaries either w
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -165,82 +166,119 @@ def _levels(clusters: Sequence[Cluster]) -> dict[str, int]:
 
 
 def _codes(values: Sequence[str | None]) -> tuple[np.ndarray, list[str]]:
-    """Integer codes (-1 for None) and the vocabulary."""
-    vocab: dict[str, int] = {}
-    codes = np.fromiter((-1 if v is None else vocab.setdefault(v, len(vocab)) for v in values), dtype=np.int64,
-                        count=len(values))
+    """Integer codes (-1 for None) and the vocabulary (in order of first appearance)."""
+    vocab = {v: i for i, v in enumerate(v for v in dict.fromkeys(values) if v is not None)}
+    vocab_none = {**vocab, None: -1}
+    codes = np.fromiter(map(vocab_none.__getitem__, values), dtype=np.int64, count=len(values))
     return codes, list(vocab)
 
 
-def _nan_stat(fn, values: np.ndarray) -> float | None:
-    values = values[~np.isnan(values)]
-    return float(fn(values)) if len(values) else None
+def _segments(clusters: Sequence[Cluster], position: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every cluster's member rows, concatenated in cluster order: ``(rows, cluster index of each, starts)``."""
+    sizes = np.fromiter((len(c.chat_ids) for c in clusters), dtype=np.int64, count=len(clusters))
+    try:
+        rows = np.fromiter(map(position.__getitem__, itertools.chain.from_iterable(c.chat_ids for c in clusters)),
+                           dtype=np.int64, count=int(sizes.sum()))
+    except KeyError as exc:
+        owner = next(c for c in clusters if exc.args[0] in c.chat_ids)
+        raise ValueError(f"cluster {owner.id!r} ({owner.name!r}) holds chat_id {exc.args[0]!r}, which has no "
+                         "summary") from None
+    owner = np.repeat(np.arange(len(clusters), dtype=np.int64), sizes)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if len(clusters) else np.zeros(0, np.int64)
+    return rows, owner, starts
+
+
+def _shares(owner: np.ndarray, codes: np.ndarray, names: list[str], sizes: np.ndarray, n_clusters: int,
+            top: int | None = None, other: str | None = None) -> list[list[tuple[str, float]] | None]:
+    """Per cluster: ``[(name, count / size)]`` of the codes of its rows (``-1``: none), most common first; with
+    ``top``, the first ``top`` and ``other`` for the rest. ``None`` for a cluster none of whose rows has a code."""
+    keep = codes >= 0
+    owner, codes = owner[keep], codes[keep]
+    width = max(len(names), 1)
+    pairs, counts = np.unique(owner * width + codes, return_counts=True)
+    who, what = pairs // width, pairs % width
+    order = np.lexsort((what, -counts, who))  # by cluster, then most common first, then by code
+    who, what, counts = who[order], what[order], counts[order]
+    out: list[list[tuple[str, float]] | None] = [None] * n_clusters
+    rest: dict[int, int] = {}
+    size_of = sizes.tolist()
+    current, rank = -1, 0
+    for i, w, c in zip(who.tolist(), what.tolist(), counts.tolist()):  # one pass over the (cluster, code) pairs
+        if i != current:
+            current, rank, out[i] = i, 0, []
+        if top is None or rank < top:
+            out[i].append((names[w], c / size_of[i]))  # type: ignore[union-attr]
+        else:
+            rest[i] = rest.get(i, 0) + c
+        rank += 1
+    for i, c in rest.items():
+        out[i].append((other or "(other)", c / size_of[i]))  # type: ignore[union-attr]
+    return out
+
+
+def _reduce(fn: np.ufunc, values: np.ndarray, rows: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
+            mean: bool = False) -> list[float | None]:
+    """Per cluster: ``fn`` (``np.fmax``: max; ``np.add`` with ``mean``: mean) of its rows' values, NaNs left out;
+    ``None`` when every value is NaN."""
+    if not len(starts):
+        return []
+    v = values[rows]
+    known = ~np.isnan(v)
+    safe = np.where(sizes > 0, starts, 0)
+    n_known = np.add.reduceat(known.astype(np.int64), safe) * (sizes > 0)
+    if mean:
+        total = np.add.reduceat(np.where(known, v, 0.0), safe)
+        result = np.divide(total, n_known, out=np.full(len(starts), np.nan), where=n_known > 0)
+    else:
+        result = np.where(n_known > 0, fn.reduceat(v, safe), np.nan)
+    return [None if np.isnan(x) else float(x) for x in result.tolist()]
 
 
 def cluster_facets(clusters: Sequence[Cluster], rows: FacetRows, *, model_facets: bool = True) -> pa.Table:
-    """One row per cluster (in the order given) with its facets; see the module docstring."""
-    from scipy import sparse
-
+    """One row per cluster (in the order given) with its facets; see the module docstring. Vectorised over the
+    clusters' concatenated member rows (at 100k conversations and 11k clusters: well under a second)."""
     position = {cid: i for i, cid in enumerate(rows.chat_ids)}
     levels = _levels(clusters)
     parents = {c.parent_id for c in clusters if c.parent_id is not None}
-    # languages as a sparse conversations × languages 0/1 matrix: a cluster's counts are one row-sum
-    lang_vocab: dict[str, int] = {}
-    indptr, indices = [0], []
-    for langs in rows.languages:
-        indices.extend(lang_vocab.setdefault(lang, len(lang_vocab)) for lang in langs)
-        indptr.append(len(indices))
-    lang_matrix = sparse.csr_matrix((np.ones(len(indices), dtype=np.float64), indices, indptr),
-                                    shape=(len(rows.chat_ids), max(len(lang_vocab), 1)))
-    lang_names = list(lang_vocab)
-    task_codes, task_names = _codes(rows.tasks)
-    user_codes = _codes(rows.users)[0] if rows.users is not None else None
+    k = len(clusters)
+    member_rows, owner, starts = _segments(clusters, position)
+    sizes = np.fromiter((len(c.chat_ids) for c in clusters), dtype=np.int64, count=k)
 
-    out: dict[str, list] = {f.name: [] for f in FACETS_SCHEMA}
-    for c in clusters:
-        try:
-            idx = np.fromiter((position[cid] for cid in c.chat_ids), dtype=np.int64, count=len(c.chat_ids))
-        except KeyError as exc:
-            raise ValueError(f"cluster {c.id!r} ({c.name!r}) holds chat_id {exc.args[0]!r}, which has no "
-                             "summary") from None
-        n = len(idx)
-        out["cluster_id"].append(c.id)
-        out["parent_id"].append(c.parent_id)
-        out["level"].append(levels[c.id])
-        out["is_base"].append(c.id not in parents)
-        out["name"].append(c.name)
-        out["slug"].append(c.slug)
-        out["conversations"].append(n)
-        if user_codes is not None:
-            u = user_codes[idx]
-            out["users"].append(int(len(np.unique(u[u >= 0]))))
-        else:
-            out["users"].append(None)
-        counts = np.asarray(lang_matrix[idx].sum(axis=0)).reshape(-1) if n and lang_names else np.zeros(0)
-        out["language_shares"].append(
-            sorted(((lang_names[j], float(counts[j]) / n) for j in np.flatnonzero(counts)), key=lambda kv: -kv[1]))
-        if not model_facets:
-            for col in ("task_shares", "concerning_mean", "concerning_max", "frustration_mean",
-                        "assistant_error_share"):
-                out[col].append(None)
-            continue
-        t = task_codes[idx]
-        t = t[t >= 0]
-        if len(t):
-            tc = np.bincount(t, minlength=len(task_names))
-            top = np.argsort(-tc, kind="stable")[:TOP_TASKS]
-            top = top[tc[top] > 0]
-            shares = [(task_names[j], float(tc[j]) / n) for j in top.tolist()]
-            rest = len(t) - int(tc[top].sum())  # conversations with a task outside the top ones
-            if rest:
-                shares.append((OTHER_TASKS, rest / n))
-            out["task_shares"].append(shares)
-        else:
-            out["task_shares"].append(None)
-        out["concerning_mean"].append(_nan_stat(np.mean, rows.concerning[idx]))
-        out["concerning_max"].append(_nan_stat(np.max, rows.concerning[idx]))
-        out["frustration_mean"].append(_nan_stat(np.mean, rows.frustration[idx]))
-        out["assistant_error_share"].append(_nan_stat(np.mean, rows.has_errors[idx]))
+    # languages: one (row, language) pair per listed language
+    per_row = np.fromiter(map(len, rows.languages), dtype=np.int64, count=len(rows.languages))
+    flat, lang_names = _codes(list(itertools.chain.from_iterable(rows.languages)))
+    row_start = np.concatenate([[0], np.cumsum(per_row)[:-1]]) if len(per_row) else np.zeros(0, np.int64)
+    reps = per_row[member_rows]  # each member row contributes its languages
+    lang_owner = np.repeat(owner, reps)
+    lang_idx = np.repeat(row_start[member_rows] - np.concatenate([[0], np.cumsum(reps)[:-1]]) if len(reps) else
+                         np.zeros(0, np.int64), reps) + np.arange(int(reps.sum()))
+    languages = _shares(lang_owner, flat[lang_idx] if len(lang_idx) else np.zeros(0, np.int64), lang_names, sizes, k)
+
+    users: list[int | None] = [None] * k
+    if rows.users is not None:
+        user_codes, user_names = _codes(rows.users)
+        u = user_codes[member_rows]
+        keep = u >= 0
+        pairs = np.unique(owner[keep] * max(len(user_names), 1) + u[keep])
+        users = np.bincount(pairs // max(len(user_names), 1), minlength=k).tolist()
+
+    out: dict[str, list] = {
+        "cluster_id": [c.id for c in clusters], "parent_id": [c.parent_id for c in clusters],
+        "level": [levels[c.id] for c in clusters], "is_base": [c.id not in parents for c in clusters],
+        "name": [c.name for c in clusters], "slug": [c.slug for c in clusters],
+        "conversations": sizes.tolist(), "users": users,
+        "language_shares": [x or [] for x in languages],
+    }
+    if model_facets:
+        task_codes, task_names = _codes(rows.tasks)
+        out["task_shares"] = _shares(owner, task_codes[member_rows], task_names, sizes, k, TOP_TASKS, OTHER_TASKS)
+        out["concerning_mean"] = _reduce(np.add, rows.concerning, member_rows, starts, sizes, mean=True)
+        out["concerning_max"] = _reduce(np.fmax, rows.concerning, member_rows, starts, sizes)
+        out["frustration_mean"] = _reduce(np.add, rows.frustration, member_rows, starts, sizes, mean=True)
+        out["assistant_error_share"] = _reduce(np.add, rows.has_errors, member_rows, starts, sizes, mean=True)
+    else:  # the offline models do not judge these: empty, not invented
+        for col in ("task_shares", "concerning_mean", "concerning_max", "frustration_mean", "assistant_error_share"):
+            out[col] = [None] * k
     return pa.Table.from_pydict(out, schema=FACETS_SCHEMA)
 
 
