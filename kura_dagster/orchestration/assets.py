@@ -48,9 +48,10 @@ from kura_dagster.orchestration.observability import (
     tree_metadata,
 )
 from kura_dagster.pipeline.cluster import base_clusters_from_columns
-from kura_dagster.pipeline.dimensionality import project_clusters
+from kura_dagster.pipeline.dimensionality import projected
 from kura_dagster.pipeline.inputs import ReadResult, quarantine_jsonl
-from kura_dagster.pipeline.meta_cluster import cluster_centroids, reduce_clusters
+from kura_dagster.pipeline.meta_cluster import cluster_centroids, cluster_text, reduce_clusters
+from kura_dagster.orchestration.taxonomy import taxonomy_base_clusters, taxonomy_meta_clusters, taxonomy_projection
 from kura_dagster.pipeline.models.cached import CachedEmbeddingModel, CachedNamingModel
 from kura_dagster.pipeline.privacy import ScrubbingNamer, scrubbing_summary_model
 from kura_dagster.orchestration.privacy import private_base_clusters, private_meta_clusters, scrubbed_summaries
@@ -362,7 +363,11 @@ def clusters_step(
     namer = CachedNamingModel(kura.naming_model(), answer_cache(kura))
     # k-means on the matrix; summary models only for the few rows each cluster's naming reads; groups below the
     # privacy thresholds (or withheld by the auditor) are never named from their members
-    out, privacy_md = private_base_clusters(context, kura, columns, namer, answer_cache(kura))
+    # a stored taxonomy is updated (new conversations join the nearest cluster; README "A taxonomy that stays
+    # put"); the first run, a requested rebuild or drift builds it anew
+    out, privacy_md = taxonomy_base_clusters(
+        context, kura, columns, namer, answer_cache(kura),
+        lambda: private_base_clusters(context, kura, columns, namer, answer_cache(kura)))
     context.log.info(f"{len(out)} base clusters from {len(columns)} summaries ({columns.format} columns)")
     return dg.MaterializeResult(
         value=out,
@@ -386,13 +391,18 @@ def meta_clusters_step(
         columns, _ = summary_columns_of(summaries)
         centroids = cluster_centroids(clusters, columns.chat_ids, columns.embeddings)
         del columns
-    out = reduce_clusters(clusters, namer, embedder, kura.settings(), centroids=centroids)
+    build = lambda: reduce_clusters(clusters, namer, embedder, kura.settings(), centroids=centroids)  # noqa: E731
+    taxonomy_md: dict[str, Any] = {}
+    if centroids is not None:  # the stored hierarchy updated, or built anew (orchestration/taxonomy.py)
+        out, taxonomy_md = taxonomy_meta_clusters(context, kura, clusters, centroids, namer, build)
+    else:
+        out = build()
     out, privacy_md = private_meta_clusters(context, kura, clusters, out, namer.scrubbed, cache)
     return dg.MaterializeResult(
         value=out,
         data_version=content_version(out),
         metadata={**tree_metadata(out), **request_metadata(naming=namer, embedding=embedder), **privacy_md,
-                  **settings_metadata(effective_settings(kura))},
+                  **taxonomy_md, **settings_metadata(effective_settings(kura))},
     )
 
 
@@ -400,11 +410,15 @@ def projected_clusters_step(
     context: dg.AssetExecutionContext, kura: KuraPipelineResource, meta_clusters: list[Cluster]
 ) -> dg.MaterializeResult:
     embedder = CachedEmbeddingModel(kura.embedding_model(), answer_cache(kura))
-    out = project_clusters(meta_clusters, embedder, kura.settings())
+    # clusters already on the map keep their place; new ones go through the stored fitted projection
+    xy, taxonomy_md = taxonomy_projection(
+        context, kura, meta_clusters,
+        lambda cs: embedder.embed([cluster_text(c) for c in cs]).astype("float64"))
+    out = projected(meta_clusters, xy)
     return dg.MaterializeResult(
         value=out,
         data_version=content_version(out),
-        metadata={**projection_metadata(out), **request_metadata(embedding=embedder),
+        metadata={**projection_metadata(out), **request_metadata(embedding=embedder), **taxonomy_md,
                   **settings_metadata(effective_settings(kura))},
     )
 

@@ -39,6 +39,11 @@ SHAPES_FROM: dict[str, dict[str, str]] = {
         "user_key": "clusters",
         "privacy_audit": "clusters",
         "audit_min_rating": "clusters",
+        # the incremental taxonomy (pipeline/taxonomy.py): they decide what joins, is renamed or rebuilt
+        "rename_fraction": "clusters",
+        "assign_quantile": "clusters",
+        "rebuild_new_share": "clusters",
+        "rebuild_far_share": "clusters",
     },
     "source": {"path": "conversations", "on_bad_record": "conversations", "demo_size": "conversations",
                "column_map": "conversations", "format": "conversations"},

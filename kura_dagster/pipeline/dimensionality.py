@@ -40,17 +40,31 @@ def project_clusters(
 ) -> list[ProjectedCluster]:
     if not clusters:
         return []
-    levels = cluster_levels(clusters)
     x = embedder.embed([cluster_text(c) for c in clusters]).astype(np.float64)
-    if len(clusters) >= 3:
+    return projected(clusters, fit_projection(x, settings.seed)[0])
+
+
+def fit_projection(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(xy, mean, components, sign)``: the 2D map of the rows of ``x`` and what places a new row on it
+    (``(row - mean) @ components.T * sign``; components are zeros for fewer than 3 rows, laid out on a line)."""
+    x = np.asarray(x, dtype=np.float64)
+    if len(x) >= 3:
         from sklearn.decomposition import PCA
 
-        xy = PCA(n_components=2, random_state=settings.seed).fit_transform(x)
+        pca = PCA(n_components=2, random_state=seed).fit(x)
+        xy = pca.transform(x)
         # PCA's signs are arbitrary; fix them so the map does not flip between runs and versions.
-        xy *= np.where(xy[np.abs(xy).argmax(axis=0), [0, 1]] < 0, -1.0, 1.0)
-    else:
-        xy = np.zeros((len(clusters), 2))
-        xy[:, 0] = np.arange(len(clusters), dtype=np.float64)
+        sign = np.where(xy[np.abs(xy).argmax(axis=0), [0, 1]] < 0, -1.0, 1.0)
+        return xy * sign, pca.mean_, pca.components_, sign
+    xy = np.zeros((len(x), 2))
+    xy[:, 0] = np.arange(len(x), dtype=np.float64)
+    dim = x.shape[1] if x.ndim == 2 else 0
+    return xy, np.zeros(dim), np.zeros((2, dim)), np.ones(2)
+
+
+def projected(clusters: Sequence[Cluster], xy: np.ndarray) -> list[ProjectedCluster]:
+    """The clusters at ``xy`` (one row each), with their depth in the tree as ``level``."""
+    levels = cluster_levels(clusters)
     return [
         ProjectedCluster(**c.model_dump(exclude={"count"}), x_coord=float(x_), y_coord=float(y_), level=levels[c.id])
         for c, (x_, y_) in zip(clusters, xy)

@@ -1,0 +1,699 @@
+"""A taxonomy that stays put: new conversations join the clusters people already know.
+
+A full build (Kura's k-means, hierarchy and projection) happens once; after it every run is incremental:
+
+* **Base clusters** (:func:`update_base_clusters`). A new conversation joins the nearest existing base cluster
+  (cosine, in the stored embedding space) when it is no farther from that cluster's centroid than the cluster's
+  *radius*: the ``assign_quantile`` (default 0.95) of its own members' distances to the centroid, learnt when
+  the cluster was made (clusters with fewer than :data:`MIN_SPREAD_MEMBERS` members take the median radius). The
+  rest are clustered on their own with Kura's rule (``k = ceil(n / clusters_per_group)``) and the privacy
+  thresholds into new base clusters; an "Other requests" among them merges with the existing one. A cluster keeps
+  its id, name and parent; its name and description are asked again only when ``rename_fraction`` (default a
+  quarter) of its membership changed since it was named. Removed conversations leave their clusters; a cluster
+  left empty, or below the privacy thresholds, is retired (its members, if any, join the nearest cluster).
+* **Meta clusters** (:func:`update_meta_clusters`). A new base cluster attaches to the nearest parent whose radius
+  (its children's spread) takes it; the others form new parents with Kura's rule, level by level. Only parents
+  whose children changed are renamed; a parent left without children is retired.
+* **The map** (:func:`update_projection`). The projection fitted at the build (PCA mean, components and signs) is
+  stored; clusters already on the map keep their coordinates and new ones are placed by the fitted projection.
+
+**Drift** forces a full build: when the share of conversations in clusters made since the last build passes
+``rebuild_new_share``, or the share of conversations farther from their centroid than their cluster's radius
+passes ``rebuild_far_share`` (right after a build it is about ``1 - assign_quantile``). Changed settings or a
+changed embedding space (the stored centroids no longer match their unchanged members) force one too. No storage
+here and no Dagster: the states are :class:`~kura_dagster.checkpoints.artifacts.FittedState` values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kura_dagster.checkpoints.artifacts import FittedState
+from kura_dagster.checkpoints.columnar import SummaryColumns
+from kura_dagster.pipeline.cluster import NAMING_FIELDS, cluster_id, naming_sample
+from kura_dagster.pipeline.kmeans import cluster_labels
+from kura_dagster.pipeline.models.base import ClusterNamingModel
+from kura_dagster.pipeline.settings import PipelineSettings
+from kura_dagster.types import Cluster, GeneratedCluster
+
+BASE_KIND = "kura-taxonomy-base-1"
+META_KIND = "kura-taxonomy-meta-1"
+PROJECTION_KIND = "kura-taxonomy-projection-1"
+MIN_SPREAD_MEMBERS = 5
+"""A cluster with fewer members than this takes the median radius of the others (a quantile of 2 distances
+says little about a cluster's spread)."""
+RADIUS_TOLERANCE = 1e-4
+"""Float32 rounding: a copy of a member (distance 0 up to rounding) joins a cluster of identical members."""
+CHUNK = 65_536
+"""Rows per block when measuring distances (a 1M × 256 matrix is never copied whole)."""
+
+
+@dataclass(frozen=True)
+class TaxonomyOptions:
+    rename_fraction: float = 0.25
+    """A cluster is named again when this share of its membership (members added plus removed, over its size
+    when last named) changed."""
+    assign_quantile: float = 0.95
+    """A cluster's radius: this quantile of its members' cosine distances to its centroid."""
+    rebuild_new_share: float = 0.35
+    """Rebuild when more than this share of the conversations sits in clusters made since the last build."""
+    rebuild_far_share: float = 0.25
+    """Rebuild when more than this share of the conversations is farther from its centroid than the radius."""
+
+    def __post_init__(self) -> None:
+        for name in ("rename_fraction", "rebuild_new_share", "rebuild_far_share"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        if not 0 < self.assign_quantile <= 1:
+            raise ValueError(f"assign_quantile must be in (0, 1], got {self.assign_quantile}")
+
+
+@dataclass
+class TaxonomyReport:
+    """What one run did to the taxonomy (for metadata and logs). ``rebuild_reason`` set: a full build is due."""
+
+    rebuild: bool = False
+    rebuild_reason: str = ""
+    generation: int = 0
+    new_conversations: int = 0
+    removed_conversations: int = 0
+    assigned_to_existing: int = 0
+    new_cluster_ids: list[str] = field(default_factory=list)
+    renamed_cluster_ids: list[str] = field(default_factory=list)
+    retired_cluster_ids: list[str] = field(default_factory=list)
+    unassigned_share: float = 0.0
+    new_cluster_share: float = 0.0
+    far_share: float = 0.0
+    growth: dict[str, int] = field(default_factory=dict)
+    """Members added this run, by existing cluster id (new clusters are in ``new_cluster_ids``)."""
+
+    def as_metadata(self) -> dict[str, Any]:
+        """Plain values under ``taxonomy/…`` (lists and dicts are for JSON metadata)."""
+        top = dict(sorted(self.growth.items(), key=lambda kv: (-kv[1], kv[0]))[:20])
+        return {
+            "taxonomy/rebuild": self.rebuild, "taxonomy/rebuild_reason": self.rebuild_reason,
+            "taxonomy/generation": self.generation,
+            "taxonomy/new_conversations": self.new_conversations,
+            "taxonomy/removed_conversations": self.removed_conversations,
+            "taxonomy/assigned_to_existing": self.assigned_to_existing,
+            "taxonomy/new_clusters": len(self.new_cluster_ids), "taxonomy/new_cluster_ids": self.new_cluster_ids,
+            "taxonomy/renamed_clusters": len(self.renamed_cluster_ids),
+            "taxonomy/renamed_cluster_ids": self.renamed_cluster_ids,
+            "taxonomy/retired_clusters": len(self.retired_cluster_ids),
+            "taxonomy/retired_cluster_ids": self.retired_cluster_ids,
+            "taxonomy/drift/unassigned_share": round(self.unassigned_share, 4),
+            "taxonomy/drift/new_cluster_share": round(self.new_cluster_share, 4),
+            "taxonomy/drift/far_share": round(self.far_share, 4),
+            "taxonomy/cluster_growth": top,
+        }
+
+
+# --- geometry ---------------------------------------------------------------------------------------------
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float32)
+    n = np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / np.where(n == 0, 1, n)
+
+
+def centroids_of(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Each label's mean row, L2-normalised (the same as ``meta_cluster.cluster_centroids``); zeros when empty."""
+    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+    for a in range(0, len(x), CHUNK):
+        lab = labels[a:a + CHUNK]
+        ok = lab >= 0
+        np.add.at(sums, lab[ok], np.asarray(x[a:a + CHUNK][ok], dtype=np.float64))
+    counts = np.bincount(labels[labels >= 0], minlength=k).astype(np.float64)
+    return _unit((sums / np.maximum(counts, 1)[:, None]).astype(np.float32))
+
+
+def distances_to(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Cosine distance of each row to its label's centroid (``nan`` for label -1)."""
+    out = np.full(len(x), np.nan, dtype=np.float32)
+    for a in range(0, len(x), CHUNK):
+        lab = labels[a:a + CHUNK]
+        ok = lab >= 0
+        rows = _unit(x[a:a + CHUNK][ok])
+        out[a:a + CHUNK][ok] = 1.0 - np.einsum("ij,ij->i", rows, centroids[lab[ok]])
+    return out
+
+
+def radii(distances: np.ndarray, labels: np.ndarray, k: int, quantile: float) -> np.ndarray:
+    """Each cluster's ``quantile`` of its members' distances; the median of the others for small clusters."""
+    out = np.full(k, np.nan, dtype=np.float32)
+    order = np.argsort(labels, kind="stable")
+    lab = labels[order]
+    bounds = np.searchsorted(lab, np.arange(k + 1))
+    small = []
+    for j in range(k):
+        d = distances[order[bounds[j]:bounds[j + 1]]]
+        if len(d) >= MIN_SPREAD_MEMBERS:
+            out[j] = float(np.quantile(d, quantile))
+        else:
+            small.append(j)
+    known = out[np.isfinite(out)]
+    fallback = float(np.median(known)) if len(known) else float(np.quantile(distances[labels >= 0], quantile)) \
+        if (labels >= 0).any() else 0.0
+    out[small] = fallback
+    return out
+
+
+def _nearest(x: np.ndarray, centroids: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(index, distance)`` of each row's nearest allowed centroid."""
+    if not allowed.any():
+        return np.full(len(x), -1, dtype=np.int64), np.full(len(x), np.inf, dtype=np.float32)
+    sims = _unit(x) @ centroids.T
+    sims[:, ~allowed] = -np.inf
+    best = sims.argmax(axis=1)
+    return best.astype(np.int64), (1.0 - sims[np.arange(len(x)), best]).astype(np.float32)
+
+
+class RowsView(SummaryColumns):
+    """Some rows of a :class:`SummaryColumns`, for the stages that take columns (models read from the parent)."""
+
+    def __init__(self, parent: SummaryColumns, rows: np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        super().__init__([parent.chat_ids[i] for i in rows.tolist()], parent.embeddings[rows],
+                         source=parent.source, format=parent.format)
+        self._parent, self._rows = parent, rows
+
+    def models_for(self, rows: Sequence[int] | np.ndarray, fields: Sequence[str] | None = None) -> list:
+        return self._parent.models_for(self._rows[np.asarray(rows, dtype=np.int64)], fields)
+
+
+# --- base clusters ----------------------------------------------------------------------------------------
+
+
+def settings_key(settings: PipelineSettings, thresholds: Any, dim: int) -> dict[str, Any]:
+    """What must not change between incremental runs (else a full build)."""
+    return {"clusters_per_group": settings.clusters_per_group, "max_clusters": settings.max_clusters,
+            "seed": settings.seed, "dim": int(dim), "min_conversations": thresholds.min_conversations,
+            "min_users": thresholds.min_users, "user_key": thresholds.user_key}
+
+
+def base_state(columns: SummaryColumns, clusters: Sequence[Cluster], settings_json: Mapping[str, Any],
+               options: TaxonomyOptions, generation: int, born: Mapping[str, int] | None = None,
+               named_size: Mapping[str, int] | None = None, radius: Mapping[str, float] | None = None,
+               run: int = 0) -> FittedState:
+    """The state of ``clusters`` (a full build's output, or an update's): membership, centroids, radii."""
+    row = {cid: i for i, cid in enumerate(columns.chat_ids)}
+    labels = np.full(len(columns), -1, dtype=np.int64)
+    for j, c in enumerate(clusters):
+        for cid in c.chat_ids:
+            labels[row[cid]] = j
+    if (labels < 0).any():
+        raise ValueError(f"{int((labels < 0).sum())} summaries are in no base cluster, e.g. "
+                         f"{columns.chat_ids[int(np.flatnonzero(labels < 0)[0])]!r}")
+    k = len(clusters)
+    cents = centroids_of(columns.embeddings, labels, k) if k else np.zeros((0, columns.dim), np.float32)
+    learnt = radii(distances_to(columns.embeddings, labels, cents), labels, k, options.assign_quantile) if k \
+        else np.zeros(0, np.float32)
+    rad = np.array([radius[c.id] if radius and c.id in radius else learnt[j] for j, c in enumerate(clusters)],
+                   dtype=np.float32)
+    entries = [{"id": c.id, "name": c.name, "description": c.description, "slug": c.slug,
+                "named_size": int((named_size or {}).get(c.id, len(c.chat_ids))),
+                "born": int((born or {}).get(c.id, 0))} for c in clusters]
+    return FittedState(kind=BASE_KIND, params={"generation": generation, "run": run, "settings": dict(settings_json),
+                                               "clusters": entries, "chat_ids": list(columns.chat_ids)},
+                       arrays={"centroids": cents, "radius": rad, "labels": labels.astype(np.int32)})
+
+
+def render_base(state: FittedState) -> list[Cluster]:
+    """Kura's base clusters from a state (members in the summaries' order)."""
+    entries, chat_ids, labels = state.params["clusters"], state.params["chat_ids"], state.arrays["labels"]
+    members: list[list[str]] = [[] for _ in entries]
+    for cid, lab in zip(chat_ids, labels.tolist()):
+        members[lab].append(cid)
+    return [Cluster(id=e["id"], name=e["name"], description=e["description"], slug=e["slug"], chat_ids=m,
+                    parent_id=None) for e, m in zip(entries, members)]
+
+
+def _users_ok(rows: np.ndarray, users: Sequence[str | None] | None, thresholds: Any) -> bool:
+    from kura_dagster.pipeline.thresholds import meets
+
+    return meets(rows, users, thresholds)
+
+
+def update_base_clusters(
+    columns: SummaryColumns,
+    state: FittedState,
+    namer: ClusterNamingModel,
+    settings: PipelineSettings,
+    thresholds: Any,
+    settings_json: Mapping[str, Any],
+    options: TaxonomyOptions = TaxonomyOptions(),
+    *,
+    new_clusters: Any = None,
+    auditor: Any = None,
+    min_rating: int = 3,
+    report: TaxonomyReport | None = None,
+) -> tuple[list[Cluster], FittedState | None]:
+    """The base clusters after this run's new and removed conversations, and the new state; ``(…, None)`` with
+    ``report.rebuild_reason`` set when a full build is due instead (decided before any naming request).
+
+    ``new_clusters(columns_view) -> list[Cluster]``: how the conversations that joined no cluster become new
+    clusters (the full build's k-means + thresholds + naming, on those rows only)."""
+    from kura_dagster.pipeline.thresholds import OTHER_NAME, ThresholdError, user_ids
+
+    report = report if report is not None else TaxonomyReport()
+    params = state.params
+    report.generation = int(params["generation"])
+    if dict(params.get("settings", {})) != dict(settings_json):
+        changed = sorted(k for k in set(params.get("settings", {})) | set(settings_json)
+                         if params.get("settings", {}).get(k) != settings_json.get(k))
+        report.rebuild_reason = f"settings changed since the last build ({', '.join(changed)})"
+        return [], None
+    entries = [dict(e) for e in params["clusters"]]
+    old_ids, old_labels = params["chat_ids"], state.arrays["labels"].astype(np.int64)
+    cents, rad = state.arrays["centroids"].astype(np.float32), state.arrays["radius"].astype(np.float32)
+    k, n = len(entries), len(columns)
+    x = columns.embeddings
+    if n and cents.shape[1:] != (columns.dim,):
+        report.rebuild_reason = f"the embedding size changed ({cents.shape[1]} → {columns.dim})"
+        return [], None
+    before = {cid: int(lab) for cid, lab in zip(old_ids, old_labels.tolist())}
+    labels = np.fromiter((before.get(cid, -1) for cid in columns.chat_ids), dtype=np.int64, count=n)
+    kept = np.bincount(labels[labels >= 0], minlength=k)
+    old_size = np.bincount(old_labels, minlength=k)
+    removed = old_size - kept
+    report.removed_conversations = int(removed.sum())
+    # the space must be the one the centroids were made in: an unchanged cluster's centroid is recomputed
+    unchanged = np.flatnonzero((removed == 0) & (old_size > 0))
+    if len(unchanged):
+        now = centroids_of(x, np.where(np.isin(labels, unchanged), labels, -1), k)[unchanged]
+        if float(np.min(np.einsum("ij,ij->i", now, cents[unchanged]))) < 0.999:
+            report.rebuild_reason = ("the embedding space changed (stored centroids no longer match their "
+                                     "members: refit embedding or another model)")
+            return [], None
+    is_other = np.array([e["name"] == OTHER_NAME and e["slug"] == "other_requests" for e in entries], dtype=bool)
+    new_rows = np.flatnonzero(labels < 0)
+    report.new_conversations = len(new_rows)
+    active = kept > 0
+    if len(new_rows):
+        best, dist = _nearest(x[new_rows], cents, active & ~is_other) if k else (
+            np.full(len(new_rows), -1), np.full(len(new_rows), np.inf))
+        ok = (best >= 0) & (dist <= rad[np.maximum(best, 0)] + RADIUS_TOLERANCE if k else False)
+        labels[new_rows[ok]] = best[ok]
+        leftover = new_rows[~ok]
+    else:
+        leftover = new_rows
+    report.assigned_to_existing = len(new_rows) - len(leftover)
+    report.unassigned_share = len(leftover) / len(new_rows) if len(new_rows) else 0.0
+    # drift, before any request: conversations in clusters born since the build, and far from their centroid
+    sizes = np.bincount(labels[labels >= 0], minlength=k)
+    young = np.array([e["born"] > 0 for e in entries], dtype=bool)
+    report.new_cluster_share = (float(sizes[young].sum()) + len(leftover)) / n if n else 0.0
+    moved = centroids_of(x, labels, k) if k else cents
+    changed = (sizes != old_size) | (sizes != kept)
+    cents = np.where(changed[:, None], moved, cents).astype(np.float32)
+    placed = labels >= 0
+    far = distances_to(x, labels, cents) > rad[np.maximum(labels, 0)] + RADIUS_TOLERANCE
+    report.far_share = float((far & placed).sum()) / n if n else 0.0
+    if report.new_cluster_share > options.rebuild_new_share:
+        report.rebuild_reason = (f"drift: {report.new_cluster_share:.0%} of the conversations are in clusters made "
+                                 f"since the last build (rebuild_new_share={options.rebuild_new_share:g})")
+    elif report.far_share > options.rebuild_far_share:
+        report.rebuild_reason = (f"drift: {report.far_share:.0%} of the conversations are farther from their "
+                                 f"centroid than their cluster's radius (rebuild_far_share={options.rebuild_far_share:g})")
+    if report.rebuild_reason:
+        return [], None
+
+    # clusters that emptied or fell below the privacy thresholds are retired; their members join the nearest
+    users = user_ids(columns, thresholds.user_key)
+    retired = [j for j in range(k) if sizes[j] == 0 and old_size[j] > 0]
+    for j in range(k):
+        members = np.flatnonzero(labels == j)
+        if len(members) and not _users_ok(members, users, thresholds):
+            retired.append(j)
+            keep = np.ones(k, dtype=bool)
+            keep[retired] = False
+            if (keep & (sizes > 0)).any():
+                best, _ = _nearest(x[members], cents, keep & (sizes > 0))
+                labels[members] = best
+            else:
+                labels[members] = -1  # nothing left to join: they are clustered afresh below
+                leftover = np.concatenate([leftover, members])
+            sizes = np.bincount(labels[labels >= 0], minlength=k)
+    # conversations that joined nothing become new clusters (Kura's rule and the thresholds on those rows)
+    made: list[Cluster] = []
+    if len(leftover):
+        leftover = np.sort(leftover)
+        try:
+            made = list(new_clusters(RowsView(columns, leftover)))
+        except ThresholdError:
+            made = []
+        row = {columns.chat_ids[i]: i for i in leftover.tolist()}
+        placed_rows: set[int] = set()
+        other_at = next((j for j in range(k) if is_other[j] and j not in retired), None)
+        for c in made:
+            rows = np.array([row[cid] for cid in c.chat_ids], dtype=np.int64)
+            placed_rows.update(rows.tolist())
+            if c.name == OTHER_NAME and other_at is not None:
+                labels[rows] = other_at
+                continue
+            entries.append({"id": c.id, "name": c.name, "description": c.description, "slug": c.slug,
+                            "named_size": len(rows), "born": int(params.get("run", 0)) + 1})
+            labels[rows] = len(entries) - 1
+            report.new_cluster_ids.append(c.id)
+        rest = np.array([i for i in leftover.tolist() if i not in placed_rows], dtype=np.int64)
+        if len(rest):  # too few to show on their own: the nearest shown cluster takes them
+            alive = np.bincount(labels[labels >= 0], minlength=len(entries)) > 0
+            allowed = np.zeros(len(entries), dtype=bool)
+            allowed[:k] = alive[:k]
+            allowed[:k][retired] = False
+            if not allowed.any():
+                raise ThresholdError(f"{len(rest)} conversations cannot make one cluster of {thresholds.describe()}")
+            best, _ = _nearest(x[rest], np.concatenate([cents, np.zeros((len(entries) - k, cents.shape[1]),
+                                                                         np.float32)]), allowed)
+            labels[rest] = best
+    # renames: only where the membership changed materially since the cluster was named
+    sizes = np.bincount(labels, minlength=len(entries))
+    added = np.zeros(len(entries), dtype=np.int64)
+    news = np.flatnonzero(np.fromiter((before.get(cid, -1) < 0 for cid in columns.chat_ids), bool, count=n))
+    np.add.at(added, labels[news], 1)
+    rename = [j for j in range(k) if j not in retired and sizes[j] > 0 and not is_other[j]
+              and (added[j] + removed[j]) / max(entries[j]["named_size"], 1) >= options.rename_fraction]
+    report.growth = {entries[j]["id"]: int(added[j]) for j in range(k) if added[j]}
+    if rename:
+        picked = [naming_sample(columns.chat_ids, np.flatnonzero(labels == j), settings.seed) for j in rename]
+        models = columns.models_for(np.concatenate(picked), fields=NAMING_FIELDS)
+        bounds = np.cumsum([len(p) for p in picked]).tolist()
+        names = list(namer.name_clusters([models[a:b] for a, b in zip([0, *bounds[:-1]], bounds)]))
+        ratings = auditor(names) if auditor is not None else [5] * len(names)
+        for j, gen, rating in zip(rename, names, ratings):
+            if rating < min_rating:
+                continue  # the auditor withholds the new name: the cluster keeps the one it had
+            entries[j].update(name=gen.name, description=gen.summary, slug=gen.slug, named_size=int(sizes[j]))
+            report.renamed_cluster_ids.append(entries[j]["id"])
+    alive = [j for j in range(len(entries)) if sizes[j] > 0]
+    report.retired_cluster_ids = [entries[j]["id"] for j in range(k) if sizes[j] == 0]
+    remap = np.full(len(entries), -1, dtype=np.int64)
+    remap[alive] = np.arange(len(alive))
+    out_entries = [entries[j] for j in alive]
+    clusters = [Cluster(id=e["id"], name=e["name"], description=e["description"], slug=e["slug"],
+                        chat_ids=[], parent_id=None) for e in out_entries]
+    final = remap[labels]
+    for cid, lab in zip(columns.chat_ids, final.tolist()):
+        clusters[lab].chat_ids.append(cid)
+    # old clusters keep their radius unless renamed (re-learnt); new ones learn theirs
+    keep_radius = {entries[j]["id"]: float(rad[j]) for j in range(k) if j not in rename}
+    new_state = base_state(columns, clusters, settings_json, options, int(params["generation"]),
+                           born={e["id"]: e["born"] for e in out_entries},
+                           named_size={e["id"]: e["named_size"] for e in out_entries},
+                           radius=keep_radius, run=int(params.get("run", 0)) + (1 if (len(news) or len(retired)
+                                                                                       or report.removed_conversations) else 0))
+    unchanged_ids = [entries[j]["id"] for j in range(k) if j in alive and not changed[j] and added[j] == 0]
+    if unchanged_ids:  # an unchanged cluster keeps its stored centroid to the bit (an unchanged rerun is a no-op)
+        at = {c.id: i for i, c in enumerate(clusters)}
+        arr = dict(new_state.arrays)
+        fixed = arr["centroids"].copy()
+        for j in range(k):
+            if entries[j]["id"] in unchanged_ids:
+                fixed[at[entries[j]["id"]]] = state.arrays["centroids"][j]
+        arr["centroids"] = fixed
+        new_state = FittedState(kind=new_state.kind, params=new_state.params, arrays=arr)
+    return clusters, new_state
+
+
+# --- meta clusters ----------------------------------------------------------------------------------------
+
+
+def meta_state(clusters: Sequence[Cluster], base_ids: set[str], vectors: Mapping[str, np.ndarray],
+               base_generation: Any, generation: int, options: TaxonomyOptions,
+               radius: Mapping[str, float] | None = None, children_order: Mapping[str, list[str]] | None = None
+               ) -> FittedState:
+    """The state of a hierarchy (``clusters``: Kura's meta-cluster output, bases and parents; ``vectors``: every
+    cluster's vector, bases' centroids included)."""
+    children: dict[str, list[str]] = {}
+    for c in clusters:
+        if c.parent_id is not None:
+            children.setdefault(c.parent_id, []).append(c.id)
+    if children_order:
+        for pid, order in children_order.items():
+            if pid in children:
+                rank = {cid: i for i, cid in enumerate(order)}
+                children[pid].sort(key=lambda cid: (rank.get(cid, len(rank)), 0))
+    by_id = {c.id: c for c in clusters}
+    height: dict[str, int] = {}
+
+    def h(cid: str) -> int:
+        if cid not in height:
+            height[cid] = 0 if cid in base_ids else 1 + max(h(ch) for ch in children[cid])
+        return height[cid]
+
+    metas = [c for c in clusters if c.id not in base_ids]
+    nodes, cents, rad = [], [], []
+    for m in metas:
+        vec = _unit(vectors[m.id])
+        kids = children.get(m.id, [])
+        d = [float(1.0 - _unit(vectors[ch]) @ vec) for ch in kids]
+        learnt = float(np.quantile(d, options.assign_quantile)) if d else 0.0
+        nodes.append({"id": m.id, "name": m.name, "description": m.description, "slug": m.slug,
+                      "parent_id": m.parent_id, "height": h(m.id), "children": kids})
+        cents.append(vec)
+        rad.append((radius or {}).get(m.id, learnt))
+    dim = len(next(iter(vectors.values()))) if vectors else 0
+    base_parent = {c.id: c.parent_id for c in clusters if c.id in base_ids}
+    roots = [c.id for c in clusters if c.parent_id is None]
+    return FittedState(kind=META_KIND, params={"base_generation": base_generation, "generation": generation,
+                                               "nodes": nodes, "base_parent": base_parent, "roots": roots},
+                       arrays={"centroids": np.stack(cents).astype(np.float32) if cents
+                               else np.zeros((0, dim), np.float32),
+                               "radius": np.array(rad, dtype=np.float32)})
+
+
+def render_meta(state: FittedState, base: Sequence[Cluster]) -> list[Cluster]:
+    """Kura's meta-cluster output from a state and the base clusters: preorder (roots first, each followed by
+    its subtree), children in their stored order, a parent's members the union of its children's."""
+    nodes = {n["id"]: n for n in state.params["nodes"]}
+    by_base = {c.id: c for c in base}
+    members: dict[str, list[str]] = {}
+
+    def chats(cid: str) -> list[str]:
+        if cid not in members:
+            members[cid] = list(by_base[cid].chat_ids) if cid in by_base else \
+                [x for ch in nodes[cid]["children"] for x in chats(ch)]
+        return members[cid]
+
+    parent = {**state.params["base_parent"], **{n["id"]: n["parent_id"] for n in nodes.values()}}
+    out: list[Cluster] = []
+    stack = list(reversed(state.params["roots"]))
+    while stack:
+        cid = stack.pop()
+        if cid in by_base:
+            c = by_base[cid]
+            out.append(c.model_copy(update={"parent_id": parent.get(cid)}))
+            continue
+        n = nodes[cid]
+        out.append(Cluster(id=cid, name=n["name"], description=n["description"], slug=n["slug"],
+                           chat_ids=chats(cid), parent_id=n["parent_id"]))
+        stack.extend(reversed(n["children"]))
+    if len(out) != len(base) + len(nodes):
+        raise ValueError(f"the stored hierarchy covers {len(out)} clusters of {len(base) + len(nodes)}")
+    return out
+
+
+def update_meta_clusters(
+    base: Sequence[Cluster],
+    centroids: Mapping[str, np.ndarray],
+    state: FittedState,
+    namer: ClusterNamingModel,
+    settings: PipelineSettings,
+    options: TaxonomyOptions = TaxonomyOptions(),
+    report: TaxonomyReport | None = None,
+) -> tuple[list[Cluster], FittedState]:
+    """The hierarchy after this run's base clusters (``centroids``: each base cluster's, by id) and its state."""
+    report = report if report is not None else TaxonomyReport()
+    report.generation = int(state.params["generation"])
+    nodes = {n["id"]: {**n, "children": list(n["children"])} for n in state.params["nodes"]}
+    cents = {n["id"]: state.arrays["centroids"][i] for i, n in enumerate(state.params["nodes"])}
+    rad = {n["id"]: float(state.arrays["radius"][i]) for i, n in enumerate(state.params["nodes"])}
+    base_parent = dict(state.params["base_parent"])
+    roots = list(state.params["roots"])
+    base_by_id = {c.id: c for c in base}
+    top = max([n["height"] for n in nodes.values()], default=0)
+    vectors: dict[str, np.ndarray] = {cid: _unit(v) for cid, v in centroids.items()}
+    vectors.update(cents)
+    dirty: set[str] = set()
+    # base clusters that left: out of their parents (and of the roots)
+    gone = [cid for cid in base_parent if cid not in base_by_id]
+    for cid in gone:
+        pid = base_parent.pop(cid)
+        if pid in nodes:
+            nodes[pid]["children"].remove(cid)
+            dirty.add(pid)
+        if cid in roots:
+            roots.remove(cid)
+    new_ids = [c.id for c in base if c.id not in base_parent and c.id not in roots]
+    report.new_cluster_ids = list(new_ids)
+    if top == 0 and len(roots) + len(new_ids) > settings.max_clusters:
+        report.rebuild_reason = (f"{len(roots) + len(new_ids)} base clusters and no parents yet: more than "
+                                 f"max_clusters={settings.max_clusters} roots need a hierarchy")
+        return [], state
+    pending, height = new_ids, 0
+    while pending:
+        parents = [nid for nid, n in nodes.items() if n["height"] == height + 1]
+        if height >= top:
+            roots.extend(pending)  # at the top: new roots
+            break
+        unattached = []
+        if parents:
+            pc = np.stack([cents[p] for p in parents])
+            for cid in pending:
+                sims = pc @ vectors[cid]
+                j = int(np.argmax(sims))
+                if 1.0 - float(sims[j]) <= rad[parents[j]]:
+                    nodes[parents[j]]["children"].append(cid)
+                    _set_parent(cid, parents[j], nodes, base_parent)
+                    dirty.add(parents[j])
+                else:
+                    unattached.append(cid)
+        else:
+            unattached = list(pending)
+        made = []
+        if unattached:  # Kura's rule on the newcomers: new parents one level up
+            x = np.stack([vectors[c] for c in unattached])
+            k = max(1, math.ceil(len(unattached) / settings.clusters_per_group))
+            labels = cluster_labels(x, k, seed=settings.seed + height + 1)
+            for g in range(int(labels.max()) + 1):
+                kids = [c for c, lab in zip(unattached, labels.tolist()) if lab == g]
+                chat_ids = [x_ for c in kids for x_ in _members(c, nodes, base_by_id)]
+                pid = cluster_id(settings.seed, f"meta-{height + 1}", chat_ids)
+                nodes[pid] = {"id": pid, "name": "", "description": "", "slug": "", "parent_id": None,
+                              "height": height + 1, "children": kids}
+                for c in kids:
+                    _set_parent(c, pid, nodes, base_parent)
+                dirty.add(pid)
+                made.append(pid)
+                report.new_cluster_ids.append(pid)
+        pending, height = made, height + 1
+    # parents whose children left them all are retired, up the tree
+    while True:
+        empty = [nid for nid, n in nodes.items() if not n["children"]]
+        if not empty:
+            break
+        for nid in empty:
+            pid = nodes.pop(nid)["parent_id"]
+            report.retired_cluster_ids.append(nid)
+            dirty.discard(nid)
+            if nid in roots:
+                roots.remove(nid)
+            if pid in nodes:
+                nodes[pid]["children"].remove(nid)
+                dirty.add(pid)
+    # vectors (size-weighted children), bottom-up, and names of the parents whose children changed
+    sizes: dict[str, int] = {}
+    for h in range(1, top + 2):
+        level = [nid for nid, n in nodes.items() if n["height"] == h]
+        for nid in level:
+            kids = nodes[nid]["children"]
+            w = np.array([_size(c, nodes, base_by_id, sizes) for c in kids], dtype=np.float32)[:, None]
+            if nid in dirty or nid not in cents:
+                vectors[nid] = _unit((np.stack([vectors[c] for c in kids]) * w).sum(axis=0))
+        renamed = [nid for nid in level if nid in dirty]
+        if renamed:
+            named = namer.name_meta_clusters([[_as_cluster(c, nodes, base_by_id) for c in nodes[nid]["children"]]
+                                              for nid in renamed])
+            for nid, gen in zip(renamed, named):
+                nodes[nid].update(name=gen.name, description=gen.summary, slug=gen.slug)
+                if nid not in report.new_cluster_ids:
+                    report.renamed_cluster_ids.append(nid)
+                    rad.pop(nid, None)  # its children changed: its radius is learnt again
+    for nid in report.new_cluster_ids:
+        rad.pop(nid, None)
+    report.new_cluster_ids = [c for c in report.new_cluster_ids if c in nodes or c in base_by_id]
+    base_ids = set(base_by_id)
+    interim = FittedState(kind=META_KIND, params={"nodes": [{**n} for n in nodes.values()],
+                                                  "base_parent": base_parent, "roots": roots},
+                          arrays={})
+    clusters = render_meta(interim, base)
+    new_state = meta_state(clusters, base_ids, vectors, state.params["base_generation"],
+                           int(state.params["generation"]), options, radius=rad,
+                           children_order={nid: n["children"] for nid, n in nodes.items()})
+    new_state = FittedState(kind=new_state.kind, params={**new_state.params, "roots": roots}, arrays=new_state.arrays)
+    return clusters, new_state
+
+
+def _set_parent(cid: str, pid: str, nodes: dict, base_parent: dict) -> None:
+    if cid in nodes:
+        nodes[cid]["parent_id"] = pid
+    else:
+        base_parent[cid] = pid
+
+
+def _members(cid: str, nodes: dict, base_by_id: Mapping[str, Cluster]) -> list[str]:
+    if cid in base_by_id:
+        return list(base_by_id[cid].chat_ids)
+    return [x for ch in nodes[cid]["children"] for x in _members(ch, nodes, base_by_id)]
+
+
+def _size(cid: str, nodes: dict, base_by_id: Mapping[str, Cluster], memo: dict[str, int]) -> int:
+    if cid not in memo:
+        memo[cid] = len(base_by_id[cid].chat_ids) if cid in base_by_id else \
+            sum(_size(ch, nodes, base_by_id, memo) for ch in nodes[cid]["children"])
+    return memo[cid]
+
+
+def _as_cluster(cid: str, nodes: dict, base_by_id: Mapping[str, Cluster]) -> Cluster:
+    if cid in base_by_id:
+        return base_by_id[cid]
+    n = nodes[cid]
+    return Cluster(id=cid, name=n["name"], description=n["description"], slug=n["slug"],
+                   chat_ids=_members(cid, nodes, base_by_id), parent_id=n["parent_id"])
+
+
+# --- the map ----------------------------------------------------------------------------------------------
+
+
+def projection_state(ids: Sequence[str], xy: np.ndarray, mean: np.ndarray, components: np.ndarray,
+                     sign: np.ndarray, meta_generation: Any) -> FittedState:
+    return FittedState(kind=PROJECTION_KIND, params={"meta_generation": meta_generation, "ids": list(ids)},
+                       arrays={"xy": np.asarray(xy, np.float64), "mean": np.asarray(mean, np.float64),
+                               "components": np.asarray(components, np.float64), "sign": np.asarray(sign, np.float64)})
+
+
+def place(state: FittedState, ids: Sequence[str], vectors_for: Any) -> tuple[np.ndarray, list[str]]:
+    """Coordinates of ``ids``: stored ones as they are, the others through the fitted projection
+    (``vectors_for(ids)`` embeds the clusters that are new on the map). Returns ``(xy, new ids)``."""
+    at = {cid: i for i, cid in enumerate(state.params["ids"])}
+    fresh = [cid for cid in ids if cid not in at]
+    xy = np.zeros((len(ids), 2), dtype=np.float64)
+    placed = {}
+    if fresh:
+        x = np.asarray(vectors_for(fresh), dtype=np.float64)
+        coords = (x - state.arrays["mean"]) @ state.arrays["components"].T * state.arrays["sign"]
+        placed = dict(zip(fresh, coords))
+    for i, cid in enumerate(ids):
+        xy[i] = state.arrays["xy"][at[cid]] if cid in at else placed[cid]
+    return xy, fresh
+
+
+def generated(c: Cluster) -> GeneratedCluster:
+    return GeneratedCluster(name=c.name, summary=c.description, slug=c.slug)
+
+
+def tree_vectors(clusters: Sequence[Cluster], base_centroids: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every cluster's vector: a base cluster's centroid, a parent's the size-weighted mean of its children's
+    (what ``meta_cluster.reduce_clusters`` grouped on)."""
+    children: dict[str, list[Cluster]] = {}
+    for c in clusters:
+        if c.parent_id is not None:
+            children.setdefault(c.parent_id, []).append(c)
+    out: dict[str, np.ndarray] = {cid: _unit(v) for cid, v in base_centroids.items()}
+
+    def vec(c: Cluster) -> np.ndarray:
+        if c.id not in out:
+            kids = children[c.id]
+            w = np.array([[len(k.chat_ids)] for k in kids], dtype=np.float32)
+            out[c.id] = _unit((np.stack([vec(k) for k in kids]) * w).sum(axis=0))
+        return out[c.id]
+
+    for c in clusters:
+        vec(c)
+    return out

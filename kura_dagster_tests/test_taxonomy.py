@@ -1,0 +1,299 @@
+"""A taxonomy that stays put (issue 19 items 1, 2, 3, 5): new conversations join the clusters people know.
+
+Unit tests on hand-made geometry (three tight blobs in 8 dimensions, expectations worked out by hand), and
+end-to-end runs through Dagster with the fake OpenAI server counting every request."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kura_dagster.checkpoints.artifacts import ArtifactCorruptError, artifact_dir
+from kura_dagster.checkpoints.columnar import SummaryColumns
+from kura_dagster.checkpoints.taxonomy_state import BASE, load_taxonomy, save_taxonomy
+from kura_dagster.pipeline.meta_cluster import reduce_clusters
+from kura_dagster.pipeline.settings import PipelineSettings
+from kura_dagster.pipeline.taxonomy import (
+    TaxonomyOptions,
+    TaxonomyReport,
+    base_state,
+    meta_state,
+    place,
+    projection_state,
+    render_base,
+    render_meta,
+    settings_key,
+    tree_vectors,
+    update_base_clusters,
+    update_meta_clusters,
+)
+from kura_dagster.pipeline.thresholds import Thresholds, base_clusters_with_thresholds
+from kura_dagster.types import Cluster, ConversationSummary, GeneratedCluster
+
+ROOT = Path(__file__).resolve().parent.parent
+DIM = 8
+SETTINGS = PipelineSettings(clusters_per_group=12, max_clusters=2, seed=0)
+THRESHOLDS = Thresholds(min_conversations=3)
+KEY = settings_key(SETTINGS, THRESHOLDS, DIM)
+
+
+class RecordingNamer:
+    """A naming model that records what it was asked to name (members' chat ids), so tests can say which
+    clusters were named; names are numbered in the order asked."""
+
+    identity = "recording"
+
+    def __init__(self) -> None:
+        self.asked: list[list[str]] = []
+        self.meta_asked: list[list[str]] = []
+
+    def name_clusters(self, samples):
+        out = []
+        for s in samples:
+            self.asked.append(sorted(m.chat_id for m in s))
+            out.append(GeneratedCluster(name=f"base {len(self.asked)}", summary="d", slug=f"base_{len(self.asked)}"))
+        return out
+
+    def name_meta_clusters(self, groups):
+        out = []
+        for g in groups:
+            self.meta_asked.append(sorted(c.id for c in g))
+            out.append(GeneratedCluster(name=f"meta {len(self.meta_asked)}", summary="d", slug="meta"))
+        return out
+
+
+def _axis(i: int) -> np.ndarray:
+    v = np.zeros(DIM, dtype=np.float32)
+    v[i] = 1.0
+    return v
+
+
+def _points(prefix: str, axis: int, n: int, seed: int, spread: float = 0.05) -> list[ConversationSummary]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        v = _axis(axis) + rng.normal(0, spread, DIM).astype(np.float32)
+        out.append(ConversationSummary(chat_id=f"{prefix}{i:02d}", summary=f"{prefix} {i}", metadata={},
+                                       embedding=(v / np.linalg.norm(v)).tolist()))
+    return out
+
+
+BLOBS = {"a": 0, "b": 1, "c": 2}
+
+
+def _day0() -> list[ConversationSummary]:
+    return [s for name, axis in BLOBS.items() for s in _points(name, axis, 12, seed=axis)]
+
+
+def _built(summaries, namer=None):
+    columns = SummaryColumns.coerce(summaries)
+    clusters = base_clusters_with_thresholds(columns, namer or RecordingNamer(), SETTINGS, THRESHOLDS)
+    return base_state(columns, clusters, KEY, TaxonomyOptions(), generation=1)
+
+
+def _update(summaries, state, namer, options=TaxonomyOptions()):
+    columns = SummaryColumns.coerce(summaries)
+    report = TaxonomyReport()
+    out, new_state = update_base_clusters(
+        columns, state, namer, SETTINGS, THRESHOLDS, KEY, options, report=report,
+        new_clusters=lambda view: base_clusters_with_thresholds(view, namer, SETTINGS, THRESHOLDS))
+    return out, new_state, report
+
+
+def _by_blob(clusters) -> dict[str, Cluster]:
+    """Each cluster by the blob letter its members start with (the blobs are far apart: one cluster each)."""
+    return {c.chat_ids[0][0]: c for c in clusters}
+
+
+def test_full_build_finds_the_three_blobs_and_learns_a_radius_from_each_ones_spread() -> None:
+    state = _built(_day0())
+    clusters = render_base(state)
+    assert sorted(sorted({cid[0] for cid in c.chat_ids}) for c in clusters) == [["a"], ["b"], ["c"]]
+    assert all(len(c.chat_ids) == 12 for c in clusters)
+    # a tight blob (noise 0.05 per axis in 8 dims) has members within a few hundredths of its centroid: the
+    # radius is of that order, far below the distance to another blob (cosine distance ~1)
+    assert np.all(state.arrays["radius"] > 0) and np.all(state.arrays["radius"] < 0.1)
+    assert state.arrays["centroids"].shape == (3, DIM)
+
+
+def test_new_conversations_join_their_blob_and_only_a_material_change_renames() -> None:
+    day0 = _day0()
+    state = _built(day0)
+    before = _by_blob(render_base(state))
+    namer = RecordingNamer()
+    # 2 new in blob a (2/12 = 17% < 25%: no rename), 3 new in blob b (25%: renamed), none in c
+    new = _points("a-new", 0, 2, seed=10, spread=0.01) + _points("b-new", 1, 3, seed=11, spread=0.01)
+    out, state2, report = _update(day0 + new, state, namer)
+    after = _by_blob(out)
+    assert report.new_conversations == 5 and report.assigned_to_existing == 5 and report.new_cluster_ids == []
+    assert {k: c.id for k, c in after.items()} == {k: c.id for k, c in before.items()}, "every id stays"
+    assert after["a"].name == before["a"].name and after["c"].name == before["c"].name
+    assert after["b"].name == "base 1" and report.renamed_cluster_ids == [before["b"].id]
+    assert len(namer.asked) == 1 and len(namer.asked[0]) == 10, "b named once, from a sample of 10 of its 15"
+    assert set(namer.asked[0]) <= set(after["b"].chat_ids)
+    assert sorted(after["a"].chat_ids) == sorted([s.chat_id for s in day0 if s.chat_id[0] == "a"] + ["a-new00", "a-new01"])
+    assert report.growth == {before["a"].id: 2, before["b"].id: 3}
+    # an unchanged rerun: no request, the same clusters and the same state, to the byte
+    namer2 = RecordingNamer()
+    out3, state3, report3 = _update(day0 + new, state2, namer2)
+    assert namer2.asked == [] and out3 == out and report3.renamed_cluster_ids == []
+    assert json.dumps(state3.params, sort_keys=True) == json.dumps(state2.params, sort_keys=True)
+    assert all(np.array_equal(state3.arrays[k], state2.arrays[k]) for k in state2.arrays)
+
+
+def test_conversations_far_from_every_cluster_make_a_new_named_cluster() -> None:
+    day0 = _day0()
+    state = _built(day0)
+    namer = RecordingNamer()
+    new = _points("d", 3, 6, seed=20)  # a fourth direction: no blob's radius reaches it
+    out, _, report = _update(day0 + new, state, namer, TaxonomyOptions(rebuild_new_share=0.5))
+    assert report.assigned_to_existing == 0 and report.unassigned_share == 1.0
+    assert len(report.new_cluster_ids) == 1 and namer.asked == [sorted(s.chat_id for s in new)]
+    made = next(c for c in out if c.id == report.new_cluster_ids[0])
+    assert sorted(made.chat_ids) == sorted(s.chat_id for s in new) and made.name == "base 1"
+    assert len(out) == 4
+
+
+def test_removed_conversations_leave_and_emptied_or_too_small_clusters_retire() -> None:
+    day0 = _day0()
+    state = _built(day0)
+    before = _by_blob(render_base(state))
+    namer = RecordingNamer()
+    # every c goes; b keeps 2 members (< min_conversations=3): retired, its 2 members join the nearest (a: the
+    # b points are no nearer to c, which is gone)
+    kept = [s for s in day0 if s.chat_id[0] == "a"] + [s for s in day0 if s.chat_id in ("b00", "b01")]
+    out, _, report = _update(kept, state, namer)
+    assert report.removed_conversations == 22
+    assert sorted(report.retired_cluster_ids) == sorted([before["b"].id, before["c"].id])
+    assert [c.id for c in out] == [before["a"].id]
+    assert sorted(out[0].chat_ids) == sorted(s.chat_id for s in kept)
+    # a's membership changed by 2/12 (< 25%): not renamed; retired clusters are never renamed
+    assert namer.asked == [] and out[0].name == before["a"].name
+
+
+def test_drift_asks_for_a_rebuild_before_any_request() -> None:
+    day0 = _day0()
+    state = _built(day0)
+    namer = RecordingNamer()
+    new = _points("d", 3, 30, seed=21)  # 30 of 66 conversations (45%) would sit in clusters made since the build
+    out, new_state, report = _update(day0 + new, state, namer)
+    assert new_state is None and out == [] and namer.asked == []
+    assert report.rebuild_reason.startswith("drift: 45% of the conversations are in clusters made since")
+    # and a change of settings does too
+    report2 = TaxonomyReport()
+    out2, none = update_base_clusters(SummaryColumns.coerce(day0), state, namer, SETTINGS, THRESHOLDS,
+                                      {**KEY, "clusters_per_group": 20}, report=report2, new_clusters=None)
+    assert none is None and out2 == [] and "clusters_per_group" in report2.rebuild_reason
+
+
+def _tree():
+    """Base clusters a, b (close: 10° apart), c (far) under two parents: hand-built."""
+    def cluster(name, n):
+        return Cluster(id=name, name=name, description="d", slug=name, chat_ids=[f"{name}{i}" for i in range(n)],
+                       parent_id=None)
+
+    base = [cluster("a", 10), cluster("b", 10), cluster("c", 10)]
+    t = math.radians(10)
+    cent = {"a": _axis(0), "b": np.cos(t) * _axis(0) + np.sin(t) * _axis(1), "c": _axis(2)}
+    p1 = Cluster(id="p1", name="p1", description="d", slug="p1", chat_ids=[], parent_id=None)
+    p2 = Cluster(id="p2", name="p2", description="d", slug="p2", chat_ids=[], parent_id=None)
+    tree = [p1, base[0].model_copy(update={"parent_id": "p1"}), base[1].model_copy(update={"parent_id": "p1"}),
+            p2, base[2].model_copy(update={"parent_id": "p2"})]
+    state = meta_state(tree, {"a", "b", "c"}, tree_vectors(tree, cent), 1, 1, TaxonomyOptions())
+    return base, cent, state
+
+
+def test_a_new_base_cluster_joins_the_nearest_parent_and_only_that_parent_is_renamed() -> None:
+    base, cent, state = _tree()
+    rendered = render_meta(state, base)
+    assert [(c.id, c.parent_id, len(c.chat_ids)) for c in rendered] == [
+        ("p1", None, 20), ("a", "p1", 10), ("b", "p1", 10), ("p2", None, 10), ("c", "p2", 10)]
+    t = math.radians(5)  # d between a and b: nearer p1's centroid than a and b are
+    d = Cluster(id="d", name="d", description="d", slug="d", chat_ids=["d0", "d1"], parent_id=None)
+    namer = RecordingNamer()
+    report = TaxonomyReport()
+    out, new_state = update_meta_clusters(
+        [*base, d], {**cent, "d": np.cos(t) * _axis(0) + np.sin(t) * _axis(1)}, state, namer, SETTINGS,
+        report=report)
+    assert {c.id: c.parent_id for c in out} == {"p1": None, "a": "p1", "b": "p1", "d": "p1", "p2": None, "c": "p2"}
+    assert namer.meta_asked == [["a", "b", "d"]] and report.renamed_cluster_ids == ["p1"]
+    assert next(c for c in out if c.id == "p2").name == "p2"
+    assert sorted(next(c for c in out if c.id == "p1").chat_ids) == sorted(
+        [f"a{i}" for i in range(10)] + [f"b{i}" for i in range(10)] + ["d0", "d1"])
+    assert report.new_cluster_ids == ["d"]
+    # unchanged rerun: no request, same output
+    namer2 = RecordingNamer()
+    again, _ = update_meta_clusters([*base, d], {**cent, "d": np.cos(t) * _axis(0) + np.sin(t) * _axis(1)},
+                                    new_state, namer2, SETTINGS)
+    assert again == out and namer2.meta_asked == []
+
+
+def test_a_far_base_cluster_starts_a_new_group_and_an_emptied_parent_retires() -> None:
+    base, cent, state = _tree()
+    e = Cluster(id="e", name="e", description="d", slug="e", chat_ids=["e0"], parent_id=None)
+    namer = RecordingNamer()
+    report = TaxonomyReport()
+    # c leaves (its parent p2 is left empty), e points somewhere no parent covers
+    out, _ = update_meta_clusters([base[0], base[1], e], {**cent, "e": _axis(5)}, state, namer, SETTINGS,
+                                  report=report)
+    new_parent = [c for c in out if c.id not in ("p1", "a", "b", "e")]
+    assert len(new_parent) == 1 and new_parent[0].parent_id is None and new_parent[0].chat_ids == ["e0"]
+    assert next(c for c in out if c.id == "e").parent_id == new_parent[0].id
+    assert report.retired_cluster_ids == ["p2"] and "p2" not in {c.id for c in out}
+    assert namer.meta_asked == [["e"]], "only the new parent is named; p1's children did not change"
+    assert report.renamed_cluster_ids == []
+
+
+def test_reduce_clusters_output_round_trips_through_the_meta_state() -> None:
+    """A full build's hierarchy (Kura's rule) rendered from its state has the same tree and members."""
+    day0 = _day0()
+    clusters = render_base(_built(day0))
+    columns = SummaryColumns.coerce(day0)
+    from kura_dagster.pipeline.meta_cluster import cluster_centroids
+
+    cent = cluster_centroids(clusters, columns.chat_ids, columns.embeddings)
+    built = reduce_clusters(clusters, RecordingNamer(), None, SETTINGS, centroids=cent)
+    state = meta_state(built, {c.id for c in clusters}, tree_vectors(built, cent), 1, 1, TaxonomyOptions())
+    again = render_meta(state, clusters)
+    assert sorted((c.id, c.parent_id, tuple(sorted(c.chat_ids))) for c in again) == sorted(
+        (c.id, c.parent_id, tuple(sorted(c.chat_ids))) for c in built)
+
+
+def test_new_clusters_are_placed_by_the_fitted_projection_and_old_ones_keep_their_place() -> None:
+    from sklearn.decomposition import PCA
+
+    from kura_dagster.pipeline.dimensionality import fit_projection
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(6, DIM))
+    xy, mean, comps, sign = fit_projection(x, seed=0)
+    state = projection_state(list("abcdef"), xy, mean, comps, sign, 1)
+    new = rng.normal(size=(2, DIM))
+    placed, fresh = place(state, ["a", "x", "c", "y"], lambda ids: new)
+    assert fresh == ["x", "y"]
+    assert np.array_equal(placed[[0, 2]], xy[[0, 2]]), "yesterday's points do not move"
+    pca = PCA(n_components=2, random_state=0).fit(x)  # independently: sklearn's own transform, signs as stored
+    expected = pca.transform(new) * sign
+    assert np.allclose(placed[[1, 3]], expected)
+
+
+def test_state_is_pickle_free_atomic_and_pruned(tmp_path: Path) -> None:
+    state = _built(_day0())
+    for g in range(1, 5):  # four versions written: only the last two are kept
+        saved = save_taxonomy(tmp_path, BASE, type(state)(kind=state.kind, params={**state.params, "generation": g},
+                                                          arrays=state.arrays))
+    root = artifact_dir(tmp_path, BASE)
+    versions = sorted(p.name for p in Path(str(root)).iterdir() if p.is_dir())
+    assert len(versions) == 2 and saved.version in versions
+    loaded = load_taxonomy(tmp_path, BASE)
+    assert loaded.params["generation"] == 4 and np.array_equal(loaded.arrays["labels"], state.arrays["labels"])
+    for npy in (Path(str(root)) / saved.version).glob("*.npy"):
+        np.load(npy, allow_pickle=False)  # raises if an array needed pickle
+    (Path(str(root)) / saved.version / "centroids.npy").write_bytes(b"\x93NUMPY broken")
+    with pytest.raises(ArtifactCorruptError, match="centroids.npy"):
+        load_taxonomy(tmp_path, BASE)
