@@ -9,7 +9,7 @@ Runs the real stage functions with the offline models (summaries -> base cluster
   scored against ``question_id`` and against MT-Bench's category, which its question ids determine
   (81-90 writing, 91-100 roleplay, 101-110 reasoning, 111-120 math, 121-130 coding, 131-140 extraction,
   141-150 STEM, 151-160 humanities);
-* four generated corpora of different shapes (``benchmarks/quality_corpora.py``: templated RAG, multi-turn
+* four generated corpora of different shapes (``kura_dagster_tests/quality_corpora.py``: templated RAG, multi-turn
   with long pasted code, six languages, "You are …" role-play prompts), and ``mixed``, all of them together
   (plus MT-Bench when present), which is where one root swallowing the corpus shows.
 
@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))  # the corpora live with the tests (kura_dagster_tests/quality_corpora.py)
 RESULTS = HERE / "results" / "quality.md"
 MTBENCH = Path(os.environ.get("KURA_SHARED_DATA", HERE.parent.parent / "shared" / "data" / "kura-mtbench-1000"))
 
@@ -126,7 +126,7 @@ def evaluate(name: str, conversations, labelings: dict[str, list], seed: int = 0
 
 
 def load_corpora(names: Sequence[str]) -> dict[str, tuple[list, dict[str, list]]]:
-    from quality_corpora import CORPORA
+    from kura_dagster_tests.quality_corpora import CORPORA
 
     out: dict[str, tuple[list, dict[str, list]]] = {}
     if "mtbench" in names:

@@ -1,4 +1,4 @@
-"""Labelled corpora of four shapes for ``benchmarks/quality.py`` (issue 18, item 6).
+"""Labelled corpora of four shapes for ``benchmarks/quality.py`` and ``test_offline_language.py`` (issue 18).
 
 Each generator returns ``(conversations, labels)``: the label is what the user asked for, which is what a
 person reading the clusters wants them to follow. The shapes are the ones real logs have and the demo data

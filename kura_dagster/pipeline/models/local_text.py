@@ -137,7 +137,7 @@ _TOKEN_OR_BREAK = re.compile(f"({_TOKEN.pattern})|{_BREAK.pattern}")
 def phrases(text: str, stop: frozenset[str], max_words: int = 4) -> list[str]:
     """The key phrases of ``text`` in order: maximal runs of words that are neither stop words nor
     punctuation, at most ``max_words`` long (a longer run keeps its last ``max_words`` words, where English
-    puts the head noun), spelt as in the text ("Weights & Biases"). A run of numbers alone is no phrase."""
+    puts the head noun), spelt as in the text ("Q&A", "Fish & Chips"). A run of numbers alone is no phrase."""
     text = text.replace("’", "'")
     out: list[str] = []
     run: list[re.Match[str]] = []
