@@ -49,6 +49,17 @@ def _env_share(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _env_factor(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = (env.get(name) or "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number (a factor above 1; default {default})") from None
+    if not value > 1.0:
+        raise ValueError(f"{name}={raw!r} must be above 1 (a factor over the trailing average)")
+    return value
+
+
 def build_definitions(environ: Optional[Mapping[str, str]] = None) -> dg.Definitions:
     """The Definitions of ``kura_dagster.definitions`` for an environment (``os.environ`` by default)."""
     from kura_dagster.orchestration.automation import CRON_ENV, DEFAULT_CRON, executor_from_env
@@ -69,6 +80,11 @@ def build_definitions(environ: Optional[Mapping[str, str]] = None) -> dg.Definit
         user_key=(env.get("KURA_USER_KEY") or "").strip() or None,
         privacy_audit=_env_choice(env, "KURA_PRIVACY_AUDIT", "0", ("0", "1", "false", "true")) in ("1", "true"),
         audit_min_rating=_env_int(env, "KURA_AUDIT_MIN_RATING", 3),
+        # a taxonomy that stays put: 1 rebuilds at every run (else once, with the kura_rebuild_taxonomy job);
+        # cluster_growth's check
+        rebuild_taxonomy=_env_choice(env, "KURA_REBUILD_TAXONOMY", "0", ("0", "1", "false", "true")) in ("1", "true"),
+        growth_alert_factor=_env_factor(env, "KURA_GROWTH_ALERT_FACTOR", 3.0),
+        growth_window=_env_int(env, "KURA_GROWTH_WINDOW", 7),
         on_bad_record=_env_choice(env, "KURA_ON_BAD_RECORD", "fail", ("fail", "skip")),  # type: ignore[arg-type]
         allow_empty=_env_choice(env, "KURA_ALLOW_EMPTY", "0", ("0", "1", "false", "true")) in ("1", "true"),
         max_shrink=_env_share(env, "KURA_MAX_SHRINK", 0.5),

@@ -478,7 +478,8 @@ def build_kura_assets(
                 warm_imports()  # what later stages import, while this one waits for the model server
             return step()
 
-        if partitions_def is not None:
+        # a requested taxonomy rebuild (rebuild_taxonomy, not in the fingerprint) computes: never the stored output
+        if partitions_def is not None or (stage != "summaries" and kura.rebuild_taxonomy):
             return computed()
         return reuse_stored_output(context, names.io_manager, shaping_settings(kura, stage), computed)
 

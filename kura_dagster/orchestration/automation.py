@@ -34,10 +34,11 @@ CRON_ENV = "KURA_SCHEDULE_CRON"
 def build_kura_job(names: KuraNames = KuraNames()) -> dg.UnresolvedAssetJobDefinition:
     """``<prefix>_job`` (``kura_job`` standalone): every asset of the pipeline, with its checks."""
     from kura_dagster.orchestration.facets import facets_key
+    from kura_dagster.orchestration.growth import growth_key
 
     return dg.define_asset_job(
         names.name("job"),
-        selection=dg.AssetSelection.assets(*names.keys(), facets_key(names)),
+        selection=dg.AssetSelection.assets(*names.keys(), facets_key(names), growth_key(names)),
         description=f"Materialize every asset of the Kura pipeline {names.stem!r}: conversations → summaries → "
         "clusters → meta_clusters → projected_clusters.",
     )

@@ -40,13 +40,26 @@ def facet_rows(summaries: Any, user_key: Optional[str]) -> FacetRows:
 
 def table_jsonl(table: pa.Table) -> bytes:
     """One JSON object per row; the map columns as objects."""
+    maps = [f.name for f in table.schema if pa.types.is_map(f.type)]
     lines = []
     for row in table.to_pylist():
-        for col in ("language_shares", "task_shares"):
+        for col in maps:
             if row[col] is not None:
                 row[col] = dict(row[col])
         lines.append(json.dumps(row, ensure_ascii=False))
     return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
+
+
+def write_table_files(checkpoint_dir: str, name: str, table: pa.Table) -> tuple[Any, Any]:
+    """``<name>.parquet`` (zstd) and ``<name>.jsonl`` beside the checkpoints, each written atomically (old or
+    new, never half); returns both paths. The tables beside Kura's checkpoints (facets, growth) use it."""
+    root = to_upath(checkpoint_dir)
+    parquet_path, jsonl_path = root / f"{name}.parquet", root / f"{name}.jsonl"
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    atomic_write_bytes(parquet_path, buf.getvalue())
+    atomic_write_bytes(jsonl_path, table_jsonl(table))
+    return parquet_path, jsonl_path
 
 
 def _md_table(rows: list[dict], column: str) -> str:
@@ -64,12 +77,7 @@ def cluster_facets_step(context: dg.AssetExecutionContext, kura: Any, summaries:
     rows = facet_rows(summaries, user_key)
     model_facets = kura.llm.strip() != "local"
     table = cluster_facets(meta_clusters, rows, model_facets=model_facets)
-    root = to_upath(kura.checkpoint_dir)
-    parquet_path, jsonl_path = root / f"{FACETS_NAME}.parquet", root / f"{FACETS_NAME}.jsonl"
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    atomic_write_bytes(parquet_path, buf.getvalue())
-    atomic_write_bytes(jsonl_path, table_jsonl(table))
+    parquet_path, jsonl_path = write_table_files(kura.checkpoint_dir, FACETS_NAME, table)
     context.log.info(f"Facets of {table.num_rows} clusters from {len(rows.chat_ids)} summaries: {parquet_path}")
     languages: dict[str, int] = {}
     for langs in rows.languages:

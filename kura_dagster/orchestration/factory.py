@@ -32,9 +32,11 @@ from kura_dagster.orchestration.automation import (
 from kura_dagster.checkpoints.storage import resolve_location
 from kura_dagster.orchestration.checks import build_kura_checks
 from kura_dagster.orchestration.facets import build_facets_asset
+from kura_dagster.orchestration.growth import build_growth_asset
 from kura_dagster.orchestration.migration_job import build_checkpoint_jobs
 from kura_dagster.orchestration.names import KuraNames
 from kura_dagster.orchestration.partitions import is_day_template
+from kura_dagster.orchestration.rebuild import build_rebuild_job
 from kura_dagster.orchestration.resources import ConversationSource, KuraPipelineResource
 from kura_dagster.orchestration.versioning import versioned_assets
 
@@ -140,7 +142,9 @@ def build_kura_defs(
     * ``configured_by``: which configuration errors name (``build_kura_defs`` keywords by default; the Component
       and the standalone location pass their own).
     * ``**settings``: any setting of the ``kura`` resource (``clusters_per_group``, ``max_clusters``, ``seed``,
-      ``embedding_dims``, ``max_concurrency`` …), ``demo_size``, and ``parquet_compression``, ``hf_hub_repo``,
+      ``embedding_dims``, ``max_concurrency`` …; ``rebuild_taxonomy=True`` rebuilds the taxonomy at every run
+      instead of once with the ``<prefix>_rebuild_taxonomy`` job; ``growth_alert_factor``, ``growth_window``,
+      ``growth_alert_min_conversations`` for ``cluster_growth``'s check), ``demo_size``, and ``parquet_compression``, ``hf_hub_repo``,
       ``hf_hub_token``, ``checkpoint_layout`` (``"kura"``: Parquet/HF in the layout Kura 0.5.4 reads) for the IO
       manager.
     """
@@ -181,7 +185,10 @@ def build_kura_defs(
                                window_days=window_days)
     # + the facets table (orchestration/facets.py), reading summaries as ``clusters`` does
     facets = build_facets_asset(names, stages[2].node_def.input_defs[0].metadata or None)
-    assets = versioned_assets([*stages, facets], resources, names)
+    # + what is new and growing (orchestration/growth.py): conversations per cluster and period, with its check
+    growth = build_growth_asset(names, stages[0].partitions_def is not None,
+                                stages[2].node_def.input_defs[0].metadata or None)
+    assets = versioned_assets([*stages, facets, growth], resources, names)
     job = build_kura_job(names)
     if sensor and path is None:
         raise ValueError("sensor=True needs a path source to watch (conversations= a path, glob or URL)")
@@ -201,7 +208,7 @@ def build_kura_defs(
     return dg.Definitions(
         assets=assets,
         asset_checks=build_kura_checks(names, partitions_def, assets[2].node_def.input_defs[0].metadata or None),
-        jobs=[job, *build_checkpoint_jobs(names, checkpoint_dir)],
+        jobs=[job, build_rebuild_job(names, kura), *build_checkpoint_jobs(names, checkpoint_dir)],
         schedules=schedules,
         sensors=sensors,
         resources=resources,

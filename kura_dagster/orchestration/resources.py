@@ -95,6 +95,16 @@ class KuraPipelineResource(dg.ConfigurableResource):
         False, description="Rebuild the taxonomy from scratch at this run (base clusters, meta clusters and the "
         "map: new ids and names) instead of assigning new conversations to the clusters already known. A one-off "
         "request (the <prefix>_rebuild_taxonomy job sets it); it never marks assets stale or changes a cache key.")
+    # What is new and growing (README): the cluster_growth table's check. Alert settings: they shape no output.
+    growth_alert_factor: float = Field(
+        3.0, gt=1.0, description="cluster_growth's check warns (severity WARN, not blocking) when a cluster's "
+        "conversations in the latest period exceed this factor times its trailing average.")
+    growth_window: int = Field(
+        7, ge=1, description="The trailing average is over this many periods (days or partitions) before the latest "
+        "one; periods without conversations count as 0.")
+    growth_alert_min_conversations: int = Field(
+        10, ge=1, description="The growth check ignores clusters with fewer conversations than this in the latest "
+        "period (a jump from 1 to 4 is noise).")
 
     def settings(self) -> PipelineSettings:
         return PipelineSettings(

@@ -59,7 +59,9 @@ NOT_SHAPING: dict[str, frozenset[str]] = {
                        "base_url", "structured_output",
                        # A one-off request to rebuild the taxonomy (the rebuild job): what it builds is recorded
                        # in taxonomy/* metadata; the flag must not mark assets stale or change a cache key.
-                       "rebuild_taxonomy"}),
+                       "rebuild_taxonomy",
+                       # when cluster_growth's check warns; the growth table itself does not depend on them
+                       "growth_alert_factor", "growth_window", "growth_alert_min_conversations"}),
     "source": frozenset({"fs_options",  # where to read, and credentials: never hashed or shown
                          # whether a run may replace checkpoints (the input guard) and how errors name settings
                          "allow_empty", "max_shrink", "configured_by"}),
