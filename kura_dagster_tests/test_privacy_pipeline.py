@@ -356,3 +356,20 @@ def test_facet_rows_read_from_parquet_columns_equal_those_of_the_models(tmp_path
     for name in ("concerning", "frustration", "has_errors"):
         np.testing.assert_array_equal(getattr(arrow, name), getattr(models, name))
     assert np.isnan(arrow.has_errors[4]) and arrow.has_errors[0] == 1.0 and arrow.has_errors[1] == 0.0
+
+
+def test_privacy_settings_are_factory_keywords_component_settings_and_environment_variables(tmp_path):
+    from kura_dagster.definitions import build_definitions
+    from kura_dagster.orchestration.component import KuraSettings
+    from kura_dagster.orchestration.factory import build_kura_defs
+
+    fields = dict(min_conversations=20, min_users=4, user_key="account", privacy_audit=True, audit_min_rating=4)
+    kura = build_kura_defs("support", checkpoint_dir=str(tmp_path), **fields).resources["support_kura"]
+    assert {k: getattr(kura, k) for k in fields} == fields
+    assert KuraSettings(**fields).model_dump(exclude_unset=True) == fields  # the Component's settings: mapping
+    env = {"KURA_CHECKPOINT_DIR": str(tmp_path), "KURA_MIN_CONVERSATIONS": "20", "KURA_MIN_USERS": "4",
+           "KURA_USER_KEY": "account", "KURA_PRIVACY_AUDIT": "1", "KURA_AUDIT_MIN_RATING": "4"}
+    kura = build_definitions(env).resources["kura"]
+    assert {k: getattr(kura, k) for k in fields} == fields
+    with pytest.raises(ValueError, match="KURA_MIN_CONVERSATIONS='0' must be at least 1"):
+        build_definitions({**env, "KURA_MIN_CONVERSATIONS": "0"})
