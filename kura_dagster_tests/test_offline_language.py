@@ -12,9 +12,8 @@ import re
 
 import pytest
 
-from kura_dagster.pipeline import PipelineSettings, generate_base_clusters, reduce_clusters, summarise_conversations
-from kura_dagster.pipeline.models.local import LocalClusterNamingModel, LocalEmbeddingModel, LocalSummaryModel
 from kura_dagster_tests.quality_corpora import CORPORA
+from kura_dagster_tests.test_templated_quality import run_offline
 
 # written here, independently of the package's own list
 PERSON = re.compile(r"(?<![\w'])(?:I|I'm|I've|I'd|me|my|mine|myself|we|our|us|you|you're|your|yours|yourself)"
@@ -24,13 +23,8 @@ PERSON = re.compile(r"(?<![\w'])(?:I|I'm|I've|I'd|me|my|mine|myself|we|our|us|yo
 @pytest.fixture(scope="module", params=sorted(CORPORA))
 def run(request: pytest.FixtureRequest):
     conversations, labels = CORPORA[request.param]()
-    settings = PipelineSettings()
-    embedder = LocalEmbeddingModel(dims=settings.embedding_dims, seed=settings.seed)
-    namer = LocalClusterNamingModel(seed=settings.seed)
-    summaries = summarise_conversations(conversations, LocalSummaryModel(), embedder)
-    clusters = generate_base_clusters(summaries, namer, settings)
-    meta = reduce_clusters(clusters, namer, embedder, settings)
-    return request.param, conversations, labels, summaries, clusters, meta
+    out = run_offline(conversations)
+    return request.param, conversations, labels, out.summaries, out.clusters, out.meta
 
 
 def test_summaries_and_names_speak_of_the_user_in_the_third_person(run) -> None:
