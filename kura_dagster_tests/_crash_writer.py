@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kura_dagster.checkpoints import arrow
 from kura_dagster.checkpoints.errors import CheckpointError
 from kura_dagster.checkpoints.registry import manager_class
 from kura_dagster.checkpoints.storage import TMP_MARK
@@ -79,6 +80,7 @@ def _die_with_parent() -> None:
 
 def _serve(fmt: str, directory: str, name: str, rows: int) -> None:
     cls = manager_class(fmt)  # import the format before forking
+    arrow.warm_up()  # and pyarrow's pandas: children inherit them instead of importing them while they are killed
     versions = make_versions(rows)
     print("ready", flush=True)
     for line in sys.stdin:

@@ -74,8 +74,9 @@ def test_asset_rerun_with_new_conversations_pays_only_for_them(server: FakeOpenA
         assert (ckpt / "summaries.jsonl").read_text().splitlines()[:40] == before
 
 
-def test_openai_embeddings_are_cached_too(server: FakeOpenAIServer, tmp_path: Path) -> None:
+def test_openai_embeddings_are_cached_too(server: FakeOpenAIServer, tmp_path: Path, monkeypatch) -> None:
     source = write_jsonl(tmp_path / "a.jsonl", fake_conversations(20))
+    monkeypatch.setenv("KURA_REUSE", "0")  # the stage itself runs again (else it reuses its output: test_reuse.py)
     with dg.DagsterInstance.ephemeral() as instance:
         first = materialize(server, tmp_path / "ckpt", source, instance, embeddings="openai:fake-emb",
                             embedding_batch_size=8)

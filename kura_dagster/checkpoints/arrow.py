@@ -54,9 +54,11 @@ MAX_DICT_KEYS = 256
 _NONE_TYPES = (type(None),)
 
 
-# pyarrow imports pandas (if installed) the first time it converts Python objects. Do it now, at import, so that
-# the first save does not pay ~0.5 s for it (and forked writers inherit it).
-pa.array([None], type=pa.string())
+def warm_up() -> None:
+    """pyarrow imports pandas (if installed, ~0.5 s) the first time it converts Python objects: do it now. For fork
+    servers, so that forked writers inherit it. Not done at import: a process that never converts (JSONL
+    checkpoints, a rerun that reuses its stages, each step subprocess of the multiprocess executor) never pays."""
+    pa.array([None], type=pa.string())
 
 
 R = TypeVar("R")
