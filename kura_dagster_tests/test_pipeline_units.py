@@ -175,16 +175,19 @@ def test_a_plain_request_is_quoted_and_a_personal_one_is_told_by_its_key_phrases
     model = LocalSummaryModel()
     plain = model.summarise_one(_conversation("Write a haiku about autumn leaves.", "Leaves fall..."))
     assert plain.summary == "The user asked: “Write a haiku about autumn leaves.” The assistant replied once."
-    assert plain.request == "The user's overall request for the assistant is to help with Write, haiku and autumn leaves."
+    assert plain.request == "The user's overall request for the assistant is to help with write, haiku and autumn leaves."
     personal = model.summarise_one(_conversation(
         "You are a weathered lighthouse keeper. Tell me about your worst storm.", "It was 1890...",
         "What did you eat that night?", "Hard biscuits."))
-    assert personal.summary == ("The user asked about weathered lighthouse keeper, Tell and worst storm. "
+    assert personal.summary == ("The user asked about weathered lighthouse keeper, tell and worst storm. "
                                 "They followed up about eat and night, and the assistant replied twice.")
     assert not has_person_words(personal.summary + personal.request + personal.task)
     german = model.summarise_one(_conversation("Wie bekomme ich einen Rotweinfleck aus einer weißen Tischdecke?"))
     assert german.languages == ["german"]
     assert german.summary == "The user asked (in German) about bekomme, Rotweinfleck and weißen Tischdecke."
+    # the sentence's own capital goes ("Write" -> "write"); a name's stays
+    assert key_phrases(["Hawaii trip ideas for June"]) == ["Hawaii trip ideas", "June"]
+    assert key_phrases(["Write the story in June"]) == ["write", "story", "June"]
 
 
 def test_detect_natural_and_programming_languages() -> None:

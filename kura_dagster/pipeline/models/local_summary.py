@@ -312,10 +312,18 @@ CONTEXT_WORDS = 60
 """The most words (the request sentence and the ones after it) key phrases are drawn from."""
 
 
+_CAPITALISED = re.compile(r"[A-Z][a-z]+")
+
+
 @functools.lru_cache(maxsize=65_536)
 def _phrases_of(text: str, language: str) -> tuple[str, ...]:
-    """Follow-ups repeat ("Can I freeze it?", "continue"): a sentence's phrases are found once."""
-    return tuple(phrases(text, stop_words(language)))
+    """The key phrases of one sentence; a single word that opens the sentence loses the sentence's capital
+    ("Write a …", "Tell me …" -> "write", "tell"; "Hawaii trip ideas" keeps it). Follow-ups repeat ("Can I
+    freeze it?", "continue"): a sentence's phrases are found once."""
+    found = phrases(text, stop_words(language))
+    if found and " " not in found[0] and text.lstrip().startswith(found[0]) and _CAPITALISED.fullmatch(found[0]):
+        found[0] = found[0][:1].lower() + found[0][1:]
+    return tuple(found)
 
 
 def key_phrases(texts: Sequence[str], language: str = "english", limit: int = KEY_PHRASES) -> list[str]:
