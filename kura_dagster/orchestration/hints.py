@@ -54,15 +54,18 @@ def credentials_error(exc: BaseException, url: str, configured_by: ConfiguredBy)
              "component": "the component's checkpoint_dir attribute (default: KURA_CHECKPOINT_DIR/<key_prefix>)",
              "build_kura_defs": "build_kura_defs(checkpoint_dir=...) (default: KURA_CHECKPOINT_DIR/<key_prefix>)",
              }[configured_by]
-    options = ('fs_options={"key": ..., "secret": ...}' if configured_by != "component"
-               else "fs_options: {key: ..., secret: ...} (better: the environment)")
+    options = {"build_kura_defs": ['fs_options={"key": ..., "secret": ...} of build_kura_defs'],
+               "component": ["fs_options: {key: ..., secret: ...} in the defs.yaml (better: the environment)"],
+               "environment": []}[configured_by]
     if url.startswith(("gs://", "gcs://")):
-        supply = ("GOOGLE_APPLICATION_CREDENTIALS (a service-account key file), `gcloud auth application-default "
-                  "login`, or fs_options={\"token\": ...}")
+        ways = ["GOOGLE_APPLICATION_CREDENTIALS (a service-account key file)",
+                "`gcloud auth application-default login`"]
     else:
-        supply = ("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), AWS_PROFILE with "
-                  "~/.aws/credentials, an instance or pod role, or " + options + "; AWS_ENDPOINT_URL for MinIO "
-                  "or another S3-compatible server")
+        ways = ["AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN)",
+                "AWS_PROFILE with ~/.aws/credentials", "an instance or pod role", *options]
+    supply = ", ".join(ways[:-1]) + f" or {ways[-1]}"
+    if not url.startswith(("gs://", "gcs://")):
+        supply += "; AWS_ENDPOINT_URL points at MinIO or another S3-compatible server"
     return RuntimeError(
         f"{url}: no credentials for this storage ({type(seen).__name__}: {seen}). It is the checkpoint directory, "
         f"set by {where}. Supply credentials through {supply}."
