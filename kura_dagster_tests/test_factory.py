@@ -84,7 +84,7 @@ def test_names_are_namespaced_and_merge_without_collision(tmp_path):
     defs = _two_pipelines(tmp_path)
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"raw_chats", *(f"{p}/{s}" for p in ("support", "sales") for s in (*STAGES, "cluster_facets"))}
+    assert keys == {"raw_chats", *(f"{p}/{s}" for p in ("support", "sales") for s in (*STAGES, "cluster_facets", "cluster_growth"))}
     for prefix in ("support", "sales"):
         for stage in STAGES:
             node = graph.get(dg.AssetKey([prefix, stage]))
@@ -94,7 +94,8 @@ def test_names_are_namespaced_and_merge_without_collision(tmp_path):
     assert {"support_kura", "support_source", "support_io_manager", "sales_kura", "sales_source",
             "sales_io_manager"} <= set(defs.resources)
     job_names = {j.name for j in defs.jobs}
-    assert {"support_job", "sales_job", "support_migrate_checkpoints_job", "sales_checkpoint_storage_job"} <= job_names
+    assert {"support_job", "sales_job", "support_migrate_checkpoints_job", "sales_checkpoint_storage_job",
+            "support_rebuild_taxonomy", "sales_rebuild_taxonomy"} <= job_names
     assert [s.name for s in defs.schedules] == ["sales_stale_refresh"]
     assert {s.name for s in defs.sensors} == {"sales_conversations_changed"}  # an asset source has no file to watch
     # Lineage: the project's asset is upstream of support/conversations.
@@ -112,7 +113,8 @@ def test_both_pipelines_materialize_into_kura_directories(tmp_path):
             result = _materialize(defs, prefix, instance)
             assert result.success
             evaluations = result.get_asset_check_evaluations()
-            assert len(evaluations) == 6 and all(e.passed for e in evaluations)  # 4 + 2 privacy thresholds
+            # 4 + 2 privacy thresholds + cluster_growth's no_growth_spike
+            assert len(evaluations) == 7 and all(e.passed for e in evaluations)
     _kura_dir_ok(tmp_path / "ck" / "support", 30)
     _kura_dir_ok(tmp_path / "ck" / "sales", 60)
     assert (tmp_path / "ck" / "sales" / "summaries.parquet").exists()  # formats=["jsonl", "parquet"]
@@ -186,7 +188,7 @@ def test_component_project_loads_and_materializes(tmp_path, monkeypatch):
     defs = dg.load_from_defs_folder(path_within_project=SAMPLE_PROJECT)
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert keys == {"raw_chats", *(f"{p}/{s}" for p in ("support", "sales") for s in (*STAGES, "cluster_facets"))}
+    assert keys == {"raw_chats", *(f"{p}/{s}" for p in ("support", "sales") for s in (*STAGES, "cluster_facets", "cluster_growth"))}
     assert graph.get(dg.AssetKey(["support", "conversations"])).parent_keys == {dg.AssetKey("raw_chats")}
     with dg.instance_for_test() as instance:
         for prefix in ("support", "sales"):

@@ -11,12 +11,12 @@ the facets table, atomically, as ``cluster_growth.parquet`` and ``cluster_growth
 
 The materialization shows the new clusters (those the clusters run made, from its ``taxonomy/new_cluster_ids``)
 and the fastest-growing ones (latest period against the trailing average of the ``growth_window`` periods
-before it). Its check ``no_growth_spike`` warns (severity WARN: it blocks nothing) when a cluster with at least
-``growth_alert_min_conversations`` conversations in the latest period has more than ``growth_alert_factor``
-times its trailing average, so Dagster's alerting can page someone. A cluster with no conversations in the
-window is new, not growing: it is listed among the new clusters and never warns.
+before it). Once a whole window of history exists, its check ``no_growth_spike`` warns (severity WARN: it
+blocks nothing) when a cluster with at least ``growth_alert_min_conversations`` conversations in the latest
+period has more than ``growth_alert_factor`` times its trailing average, so Dagster's alerting can page someone.
+A cluster with no conversations in the window is new, not growing: it is listed among the new clusters and
+never warns.
 """
-
 
 import math
 import time
@@ -100,12 +100,13 @@ class Growth:
         return math.inf if self.latest else 0.0
 
 
-def cluster_growth(table: pa.Table, window: int) -> tuple[Optional[str], list[Growth]]:
-    """``(latest period, growth of every cluster)`` from a :func:`growth_table`."""
+def cluster_growth(table: pa.Table, window: int) -> tuple[Optional[str], int, list[Growth]]:
+    """``(latest period, periods of history before it in the window, growth of every cluster)`` from a
+    :func:`growth_table`."""
     rows = table.to_pylist()
     sequence = period_sequence([r["period"] for r in rows])
     if not sequence:
-        return None, []
+        return None, 0, []
     latest, before = sequence[-1], set(sequence[-1 - window:-1])
     span = len(sequence[-1 - window:-1])
     by_cluster: dict[str, dict[str, Any]] = {}
@@ -118,7 +119,7 @@ def cluster_growth(table: pa.Table, window: int) -> tuple[Optional[str], list[Gr
             g["latest"] += r["conversations"]
         elif r["period"] in before:
             g["window"] += r["conversations"]
-    return latest, [Growth(cid, g["name"], g["latest"], g["window"] / span if span else 0.0, g["total"], g["first"])
+    return latest, span, [Growth(cid, g["name"], g["latest"], g["window"] / span if span else 0.0, g["total"], g["first"])
                     for cid, g in sorted(by_cluster.items())]
 
 
@@ -204,9 +205,11 @@ def cluster_growth_step(context: dg.AssetExecutionContext, kura: Any, clusters: 
     table = growth_table(clusters, period_of)
     parquet_path, jsonl_path = write_table_files(kura.checkpoint_dir, GROWTH_NAME, table)
     window = kura.growth_window
-    latest, growth = cluster_growth(table, window)
+    latest, history, growth = cluster_growth(table, window)
     new, note = new_clusters(growth, latest, _clusters_taxonomy(context, clusters_key))
-    alerts = spikes(growth, kura.growth_alert_factor, kura.growth_alert_min_conversations)
+    # judged only over a whole window of history: the first days of a pipeline would otherwise warn on noise
+    judged = history >= window
+    alerts = spikes(growth, kura.growth_alert_factor, kura.growth_alert_min_conversations) if judged else []
     context.log.info(f"Growth of {len(growth)} clusters over {len(set(table.column('period').to_pylist()))} "
                      f"period(s) ({periods}); latest {latest}: {len(new)} new, {len(alerts)} past "
                      f"{kura.growth_alert_factor}× their trailing mean: {parquet_path}")
@@ -215,8 +218,10 @@ def cluster_growth_step(context: dg.AssetExecutionContext, kura: Any, clusters: 
         passed=not alerts,
         severity=dg.AssetCheckSeverity.WARN,
         description=(f"{len(alerts)} cluster(s) grew past {kura.growth_alert_factor}× their trailing mean in "
-                     f"{latest}" if alerts else f"no cluster grew past {kura.growth_alert_factor}× its trailing mean"),
-        metadata={"latest_period": latest or "", "growth_alert_factor": kura.growth_alert_factor,
+                     f"{latest}" if alerts else f"no cluster grew past {kura.growth_alert_factor}× its trailing mean"
+                     if judged else f"not judged yet: {history} of the {window} periods before {latest} exist"),
+        metadata={"latest_period": latest or "", "history_periods": history,
+                  "growth_alert_factor": kura.growth_alert_factor,
                   "growth_window": window, "growth_alert_min_conversations": kura.growth_alert_min_conversations,
                   "spiking_clusters": dg.MetadataValue.json([g.cluster_id for g in alerts]),
                   **({"spikes": dg.MetadataValue.md(growth_markdown(alerts, window))} if alerts else {})},
