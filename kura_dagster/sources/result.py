@@ -47,8 +47,8 @@ class ReadResult:
     conversations: list[Conversation] = field(default_factory=list)
     bad_records: list[BadRecord] = field(default_factory=list)
     format: str = ""
-    """The detected format: ``kura_json``, ``kura_jsonl``, ``claude_export``, ``openai_chat``, ``json_records``,
-    ``parquet``, ``hf_dataset``; for upstream values ``conversations``, ``records``, ``arrow_table``, ``pandas``,
+    """The detected format: ``kura_json``, ``kura_jsonl``, ``claude_export``, ``openai_chat``, ``sharegpt``,
+    ``hf_chat``, ``json_records``, ``parquet``, ``hf_dataset``; for upstream values ``conversations``, ``records``, ``arrow_table``, ``pandas``,
     ``polars``. Several files of different formats give them joined with ``+``."""
     files: list[str] = field(default_factory=list)
     """The files read (paths or URLs without credentials)."""
