@@ -117,7 +117,14 @@ def child(n: int, seed: int, data: str = "demo") -> dict:
     namer = LocalClusterNamingModel(seed=settings.seed)
     summaries = timed("summaries", lambda: summarise_conversations(convs, summary_model, embedder))
     clusters = timed("clusters", lambda: generate_base_clusters(summaries, namer, settings))
-    meta = timed("meta_clusters", lambda: reduce_clusters(clusters, namer, embedder, settings))
+    def meta_step():  # as the asset does: groups formed on the base clusters' centroids in the summaries' space
+        from kura_dagster.pipeline.cluster import embedding_matrix
+        from kura_dagster.pipeline.meta_cluster import cluster_centroids
+
+        centroids = cluster_centroids(clusters, [s.chat_id for s in summaries], embedding_matrix(summaries))
+        return reduce_clusters(clusters, namer, embedder, settings, centroids=centroids)
+
+    meta = timed("meta_clusters", meta_step)
     projected = timed("projected_clusters", lambda: project_clusters(meta, embedder, settings))
     sampler.stop()
     return {

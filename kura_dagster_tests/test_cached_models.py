@@ -43,12 +43,19 @@ def summaries() -> list[ConversationSummary]:
     return out
 
 
+def _local_embedding() -> LocalEmbeddingModel:
+    """The offline embedding with one fixed fit (as a pipeline's stored artifact), so both runs embed alike."""
+    model = LocalEmbeddingModel(dims=64)
+    model.fit([s.request for s in summaries()] * 2)
+    return model
+
+
 class Run:
     def __init__(self, server: FakeOpenAIServer, ckpt, data: list[ConversationSummary], local_embeddings=False) -> None:
         cache = SummaryCache(ckpt)
         self.namer = CachedNamingModel(OpenAIClusterNamingModel(
             OpenAIConfig(model="fake-model", base_url=server.url, max_concurrency=4), seed=0), cache)
-        inner = (LocalEmbeddingModel(dims=64) if local_embeddings
+        inner = (_local_embedding() if local_embeddings
                  else OpenAIEmbeddingModel(OpenAIConfig(model="fake-emb", base_url=server.url), batch_size=16))
         self.embedder = CachedEmbeddingModel(inner, cache)
         before = server.count("chat"), server.count("embeddings")

@@ -1,10 +1,13 @@
 """The offline embedding: TF-IDF over what a conversation is about, reduced with LSA (scikit-learn).
 
 * **What is embedded** (:func:`conversation_text`): the user turns (up to :data:`USER_CHARS` characters in all,
-  each turn's share bounded so that one pasted document cannot crowd out the rest), plus a bounded share of
-  the rest, the start of each assistant reply (at most :data:`REPLY_CHARS` per reply and
-  :data:`REST_SHARE` of the text). The topic lives in the user's words and in the context around them; the
-  replies' first lines name it again in other words. (A summary keeps only the extracted request.)
+  each turn's share bounded so that one pasted document cannot crowd out the rest; fenced code in a message cut
+  to ``max(CODE_CHARS, CODE_SHARE x its prose)``), plus a bounded share of the rest: when the user wrote fewer
+  than :data:`MIN_TEXT` characters, the start of the replies (:data:`REPLY_CHARS` each) fills up to that. The
+  topic lives in the user's words and the context around them (a summary keeps only the extracted request); a
+  terse request gets its context from the replies' first lines, while conversations that ask the same at length
+  get the same vector whatever was answered (measured: longer reply shares split MT-Bench's questions by the
+  answering model and gained nothing on the generated corpora).
 * **How** (:class:`LocalEmbeddingModel`): TF-IDF with sublinear tf over words (English stop
   words out, a term must occur in at least ``min_df=2`` conversations, so one user's rare tokens never enter
   the vocabulary), then LSA: scikit-learn's ``TruncatedSVD`` to ``dims`` dimensions, L2-normalised float32.
@@ -43,7 +46,6 @@ USER_CHARS = 4_000
 """Characters of user text per conversation."""
 REPLY_CHARS = 300
 """Characters from the start of each assistant reply."""
-REST_SHARE = 0.25
 MIN_TEXT = 160
 """Replies' starts fill a conversation's text up to this many characters (a short request gets their context;
 a request this long or longer stands on its own, so conversations that ask the same get the same vector)."""
@@ -122,7 +124,7 @@ def conversation_text(conversation: Conversation) -> str:
 def _vectorizer_params() -> dict:
     return {"ngram_range": list(NGRAM_RANGE), "min_df": MIN_DF, "max_features": MAX_FEATURES,
             "token_pattern": TOKEN_PATTERN, "stop_words": "english", "sublinear_tf": True, "lowercase": True,
-            "strip_accents": None}
+            "strip_accents": "unicode"}
 
 
 def _sample(n: int, size: int, seed: int, keys: Sequence[str]) -> np.ndarray:
@@ -243,7 +245,8 @@ class LocalEmbeddingModel:
         state = FittedState(kind=KIND, params={
             "vectorizer": params, "vocabulary": vocabulary, "dims_requested": self.dims, "seed": self.seed,
             "fitted_on": len(picked), "distinct_texts": len(distinct), "text": {
-                "user_chars": USER_CHARS, "reply_chars": REPLY_CHARS, "rest_share": REST_SHARE}},
+                "user_chars": USER_CHARS, "reply_chars": REPLY_CHARS, "min_text": MIN_TEXT,
+                "code_chars": CODE_CHARS, "code_share": CODE_SHARE}},
             arrays={"idf": idf, "components": components})
         version, _ = encode_state(state)
         state = FittedState(kind=state.kind, params=state.params, arrays=state.arrays, version=version)
