@@ -350,8 +350,9 @@ def test_facet_rows_read_from_parquet_columns_equal_those_of_the_models(tmp_path
     assert columns._models is None  # the Arrow path, no models
     arrow = summary_facet_rows(columns, "user_id")
     models = summary_facet_rows(SummaryColumns.coerce(summaries), "user_id")
-    assert (arrow.chat_ids, arrow.languages, arrow.tasks, arrow.users) == \
-        (models.chat_ids, models.languages, models.tasks, models.users)
+    assert (arrow.chat_ids, arrow.language_lists(), arrow.tasks, arrow.users) == \
+        (models.chat_ids, models.language_lists(), models.tasks, models.users)
+    assert arrow.language_lists()[:2] == [["english"], ["english", "python"]]
     assert arrow.users[5] is None and arrow.tasks[3] is None
     for name in ("concerning", "frustration", "has_errors"):
         np.testing.assert_array_equal(getattr(arrow, name), getattr(models, name))

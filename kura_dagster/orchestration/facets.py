@@ -14,6 +14,7 @@ import time
 from typing import Any, Optional
 
 import dagster as dg
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -79,10 +80,8 @@ def cluster_facets_step(context: dg.AssetExecutionContext, kura: Any, summaries:
     table = cluster_facets(meta_clusters, rows, model_facets=model_facets)
     parquet_path, jsonl_path = write_table_files(kura.checkpoint_dir, FACETS_NAME, table)
     context.log.info(f"Facets of {table.num_rows} clusters from {len(rows.chat_ids)} summaries: {parquet_path}")
-    languages: dict[str, int] = {}
-    for langs in rows.languages:
-        for lang in langs:
-            languages[lang] = languages.get(lang, 0) + 1
+    _, codes, names = rows.language_pairs()
+    languages = dict(zip(names, np.bincount(codes, minlength=len(names)).tolist()))  # conversations per language
     return dg.MaterializeResult(metadata={
         "clusters": table.num_rows,
         "base_clusters": int(sum(table.column("is_base").to_pylist())),

@@ -53,6 +53,25 @@ class FacetRows:
     frustration: np.ndarray
     has_errors: np.ndarray  # float64: 1, 0, or NaN when the field is missing
     users: list[str | None] | None = None
+    language_codes: tuple[np.ndarray, np.ndarray, list[str]] | None = None
+    """``(languages per row, their codes in row order, names)``: read straight from Arrow (``languages`` is then
+    empty); otherwise derived from ``languages`` by :meth:`language_pairs`."""
+
+    def language_pairs(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        if self.language_codes is not None:
+            return self.language_codes
+        per_row = np.fromiter(map(len, self.languages), dtype=np.int64, count=len(self.languages))
+        flat, names = _codes(list(itertools.chain.from_iterable(self.languages)))
+        return per_row, flat, names
+
+    def language_lists(self) -> list[list[str]]:
+        """Each row's languages as a list (from the Arrow codes when that is how they were read)."""
+        if self.language_codes is None:
+            return self.languages
+        per_row, flat, names = self.language_codes
+        if not len(per_row):
+            return []
+        return [[names[c] for c in seg] for seg in np.split(flat, np.cumsum(per_row)[:-1])]
 
     @classmethod
     def from_summaries(cls, summaries: Sequence[ConversationSummary],
@@ -108,6 +127,24 @@ def metadata_values(columns: SummaryColumns, key: str) -> list[str | None]:
     return [_user_value(s.metadata.get(key)) for s in columns.models_for(np.arange(len(columns)), fields=["metadata"])]
 
 
+def _arrow_language_codes(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Per row: how many distinct languages, and their codes in row order (a language listed twice in one
+    summary counts once), from a list<string> column without building Python lists."""
+    import pyarrow.compute as pc
+
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n = len(col)
+    lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    encoded = pc.dictionary_encode(pc.list_flatten(col))
+    codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    names = encoded.dictionary.to_pylist()
+    row = np.repeat(np.arange(n, dtype=np.int64), lengths)
+    keep = codes >= 0
+    width = max(len(names), 1)
+    pairs = np.unique(row[keep] * width + codes[keep])  # sorted by row, duplicates within a row gone
+    return np.bincount(pairs // width, minlength=n).astype(np.int64), pairs % width, names
+
+
 def _rows_from_arrow(table: pa.Table) -> FacetRows | None:
     """The facet fields straight from Arrow columns of the expected types; ``None`` for any other shape."""
     import pyarrow.compute as pc
@@ -130,7 +167,7 @@ def _rows_from_arrow(table: pa.Table) -> FacetRows | None:
     lengths = pc.list_value_length(errors).to_numpy(zero_copy_only=False).astype(np.float64)  # NaN where null
     return FacetRows(
         chat_ids=[],  # set by the caller
-        languages=[list(dict.fromkeys(v)) if v else [] for v in table.column("languages").to_pylist()],
+        languages=[], language_codes=_arrow_language_codes(table.column("languages")),
         tasks=[t or None for t in table.column("task").to_pylist()],
         concerning=floats("concerning_score"), frustration=floats("user_frustration"),
         has_errors=np.where(np.isnan(lengths), np.nan, (lengths > 0).astype(np.float64)),
@@ -142,7 +179,8 @@ def summary_facet_rows(columns: SummaryColumns, user_key: str | None = None) -> 
     Parquet/HF (no model built: the 100k-row cost is a few column reads), else from the summary models."""
     if columns._parts is not None:
         parts = [summary_facet_rows(p, None) for p in columns._parts]
-        rows = FacetRows(chat_ids=list(columns.chat_ids), languages=[x for p in parts for x in p.languages],
+        rows = FacetRows(chat_ids=list(columns.chat_ids),  # one vocabulary across partitions: lists again
+                         languages=[x for p in parts for x in p.language_lists()],
                          tasks=[x for p in parts for x in p.tasks],
                          concerning=np.concatenate([p.concerning for p in parts]) if parts else np.zeros(0),
                          frustration=np.concatenate([p.frustration for p in parts]) if parts else np.zeros(0),
@@ -245,8 +283,7 @@ def cluster_facets(clusters: Sequence[Cluster], rows: FacetRows, *, model_facets
     sizes = np.fromiter((len(c.chat_ids) for c in clusters), dtype=np.int64, count=k)
 
     # languages: one (row, language) pair per listed language
-    per_row = np.fromiter(map(len, rows.languages), dtype=np.int64, count=len(rows.languages))
-    flat, lang_names = _codes(list(itertools.chain.from_iterable(rows.languages)))
+    per_row, flat, lang_names = rows.language_pairs()
     row_start = np.concatenate([[0], np.cumsum(per_row)[:-1]]) if len(per_row) else np.zeros(0, np.int64)
     reps = per_row[member_rows]  # each member row contributes its languages
     lang_owner = np.repeat(owner, reps)
