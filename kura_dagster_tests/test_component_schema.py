@@ -87,6 +87,3 @@ def test_dg_check_yaml_names_the_typo_and_its_line(tmp_path):
         out = done.stdout + done.stderr
         assert done.returncode == 1, out
         assert needle in out and f"defs.yaml:{line}" in out, out
-    ok = subprocess.run([dg_cli, "check", "yaml"], cwd=_project(tmp_path / "ok", GOOD), env=env,
-                        capture_output=True, text=True, timeout=300)
-    assert ok.returncode == 0 and "validated successfully" in ok.stdout, ok.stdout + ok.stderr
