@@ -78,6 +78,12 @@ def test_an_emptied_or_shrunk_source_fails_and_leaves_the_checkpoint(tmp_path: P
     assert (ck / "conversations.jsonl").read_bytes() == b""
 
 
+def test_the_demo_set_may_be_made_smaller(tmp_path: Path, instance) -> None:
+    for size in (40, 10):  # demo_size is a choice, not a shrunken input
+        assert _materialize(build_kura_defs("p", checkpoint_dir=str(tmp_path / "ck"), demo_size=size), instance).success
+    assert (tmp_path / "ck" / "conversations.jsonl").read_bytes().count(b"\n") == 10
+
+
 def test_a_first_empty_read_fails_and_names_the_standalone_variable(tmp_path: Path, instance) -> None:
     src = tmp_path / "empty.jsonl"
     src.write_text("")

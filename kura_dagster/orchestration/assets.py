@@ -56,7 +56,7 @@ from kura_dagster.pipeline.models.cached import CachedEmbeddingModel, CachedNami
 from kura_dagster.pipeline.privacy import ScrubbingNamer, scrubbing_summary_model
 from kura_dagster.orchestration.privacy import private_base_clusters, private_meta_clusters, scrubbed_summaries
 from kura_dagster.pipeline.summarise import SummaryCounts, summarise_conversations
-from kura_dagster.orchestration.resources import ConversationSource, KuraPipelineResource
+from kura_dagster.orchestration.resources import DEMO_SOURCE, ConversationSource, KuraPipelineResource
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, ProjectedCluster
 from kura_dagster.orchestration.versioning import effective_settings
 from kura_dagster.orchestration.reuse import reuse_stored_output, shaping_settings
@@ -195,7 +195,8 @@ def conversations_step(
     convs = result.conversations
     context.log.info(f"Read {len(convs)} conversations from {result.source}")
     keys = run_partition_keys(context)
-    if source is not None:  # an emptied or cut-short source fails here, before any write
+    # An emptied or cut-short source fails here, before any write (the demo set's size is demo_size: not guarded).
+    if source is not None and result.source != DEMO_SOURCE:
         guard_input_size(context, source, result, {k: len(partitioned.parts.get(k, [])) for k in keys}
                          if partitioned is not None else {None: len(convs)})
     # Skipped records are never dropped silently: they go to a quarantine file beside the checkpoints.

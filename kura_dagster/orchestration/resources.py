@@ -209,6 +209,10 @@ def refit_local_embedding(checkpoint_dir: str, conversations: Sequence[Conversat
     return fit_local_embedding(checkpoint_dir, conversations, dims=dims, seed=seed, refit=True)[0].state.version
 
 
+DEMO_SOURCE = "built-in demo data"
+"""The ``source`` of the demo set's ReadResult (its size is ``demo_size``; the input guard leaves it alone)."""
+
+
 class ConversationSource(dg.ConfigurableResource):
     """Where the conversations come from: a path, glob, directory or fsspec URL (format detected from the
     content: Kura's dump or JSONL, a Claude.ai export, OpenAI-style chat records, Parquet, an HF dataset), the
@@ -239,7 +243,7 @@ class ConversationSource(dg.ConfigurableResource):
         """Read the source, or one ``location`` of it (a day's file, one file partition) with the same options."""
         location = location or self.location()
         if location is None:
-            return ReadResult(source="built-in demo data", conversations=demo_conversations(self.demo_size))
+            return ReadResult(source=DEMO_SOURCE, conversations=demo_conversations(self.demo_size))
         from kura_dagster.sources import read_source
 
         return read_source(location, column_map=self.column_map or None, on_bad_record=self.on_bad_record,
