@@ -31,11 +31,17 @@ FRAME_WORDS = frozenset("""
     user user's users assistant assistant's asked asking ask overall request requests task help respond
     followed follow ups conversation conversations mostly cluster clusters related cover covers covered together
     short message clear sent replied times once twice english
+    explain write tell give show make create describe provide suggest generate say know find get try trying
+    use work works working way ways thing things good best better new come came going go really thanks thank
 """.split())
 """Words of the frames the offline models write around the content ("The user's overall request for the
-assistant is to help with …", "Conversations about …"): never a topic."""
+assistant is to help with …", "Conversations about …"), and the generic verbs and words of any request to an
+assistant ("explain", "write", "best way"): never part of a topic."""
 MAX_NGRAM = 4
 """The longest term scored (a phrase's runs of up to this many words)."""
+MULTIWORD_BONUS = 1.0
+"""A term of several words counts this much more ("roast chicken" over "chicken" unless "chicken" is twice as
+distinctive): a phrase names a topic, a lone word is often a verb or an adjective."""
 
 
 def _stop(language: str) -> frozenset[str]:
@@ -149,7 +155,7 @@ class LocalClusterNamingModel:
         order = sorted(range(len(groups)), key=lambda i: (-len(groups[i]), i))  # big clusters choose first
         named: dict[int, GeneratedCluster] = {}
         for i in order:
-            top = diverse_top(scores[i], 6, positions=positions[i])
+            top = diverse_top(scores[i], 6, prefer_multiword=MULTIWORD_BONUS, positions=positions[i])
             shown = [_spelling(t, stores[i]) for t in top]
             if not shown:
                 shown = ["short messages"]
@@ -187,7 +193,7 @@ class LocalClusterNamingModel:
         order = sorted(range(len(groups)), key=lambda i: (-sum(len(c.chat_ids) for c in groups[i]), i))
         for i in order:
             shared = {t: s * coverage[i].get(t, 0.0) for t, s in scores[i].items()}
-            top = diverse_top(shared, 6)
+            top = diverse_top(shared, 6, prefer_multiword=MULTIWORD_BONUS)
             shown = [_spelling(t, stores[i]) for t in top] or ["short messages"]
             lead = shown[:1] if coverage[i].get(top[0] if top else "", 0.0) >= 0.5 or len(shown) == 1 else shown[:2]
             options = [lead, *([t] for t in shown[1:4]), *([shown[0], t] for t in shown[2:5])]

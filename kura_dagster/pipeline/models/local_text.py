@@ -105,7 +105,8 @@ def has_person_words(text: str) -> bool:
 
 
 FUNCTION_WORDS = frozenset("did does doing having shall let lets let's just please want wants need needs using like "
-                           "can't don't doesn't didn't isn't aren't won't wouldn't shouldn't couldn't".split())
+                           "can't don't doesn't didn't isn't aren't won't wouldn't shouldn't couldn't what's "
+                           "it's that's there's here's how's who's where's when's why's".split())
 """English auxiliaries, contractions and request verbs scikit-learn's list lacks (grammar, not topics)."""
 
 
