@@ -34,6 +34,7 @@ from kura_dagster.pipeline.taxonomy import (
 )
 from kura_dagster.pipeline.thresholds import Thresholds, base_clusters_with_thresholds
 from kura_dagster.types import Cluster, ConversationSummary, GeneratedCluster
+from kura_dagster_tests.test_kura_layout import kura_loads, kura_python  # noqa: F401 (kura_python: a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 DIM = 8
@@ -297,3 +298,149 @@ def test_state_is_pickle_free_atomic_and_pruned(tmp_path: Path) -> None:
     (Path(str(root)) / saved.version / "centroids.npy").write_bytes(b"\x93NUMPY broken")
     with pytest.raises(ArtifactCorruptError, match="centroids.npy"):
         load_taxonomy(tmp_path, BASE)
+
+
+# --- end to end: Dagster, the fake OpenAI server, Kura 0.5.4 --------------------------------------------
+
+
+def _run(tmp_path: Path, conversations, instance, **settings):
+    import dagster as dg
+
+    from kura_dagster.orchestration.factory import build_kura_defs
+
+    source = tmp_path / "conversations.jsonl"
+    source.write_text("".join(c.model_dump_json() + "\n" for c in conversations))
+    defs = build_kura_defs("t", conversations=str(source), checkpoint_dir=str(tmp_path / "ck"), **settings)
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(instance=instance)
+    assert result.success
+    md = {}
+    for stage in ("clusters", "meta_clusters", "projected_clusters"):
+        event = instance.get_latest_materialization_event(dg.AssetKey(["t", stage]))
+        md[stage] = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    return md
+
+
+def _taxonomy(tmp_path: Path) -> dict[str, tuple[str, str, str]]:
+    """chat id → (base cluster id, its name, its root's id), read from the Kura files the run wrote."""
+    rows = [json.loads(line) for line in (tmp_path / "ck" / "meta_clusters.jsonl").read_text().splitlines()]
+    by_id = {r["id"]: r for r in rows}
+    base = [json.loads(line) for line in (tmp_path / "ck" / "clusters.jsonl").read_text().splitlines()]
+
+    def root(cid: str) -> str:
+        while by_id[cid]["parent_id"] is not None:
+            cid = by_id[cid]["parent_id"]
+        return cid
+
+    return {chat: (c["id"], c["name"], root(c["id"])) for c in base for chat in c["chat_ids"]}
+
+
+@pytest.mark.slow
+def test_fifty_new_conversations_cost_their_summaries_and_new_names_only(tmp_path, fake_openai, project_instance,
+                                                                         monkeypatch):
+    from kura_dagster_tests.fake_openai import fake_conversations
+
+    llm = dict(llm="openai:fake-chat", embeddings="openai:fake-embed", base_url=fake_openai.url)
+    first = _run(tmp_path, fake_conversations(1000), project_instance, **llm)
+    assert first["clusters"]["taxonomy/rebuild"] is True
+    before = _taxonomy(tmp_path)
+    n_base = len({v[0] for v in before.values()})
+    n_meta = len([line for line in (tmp_path / "ck" / "meta_clusters.jsonl").read_text().splitlines()]) - n_base
+    chat0, emb0 = fake_openai.count("chat"), fake_openai.count("embeddings")
+
+    md = _run(tmp_path, fake_conversations(1050), project_instance, **llm)
+    chat = fake_openai.count("chat") - chat0
+    new_names = md["clusters"]["taxonomy/new_clusters"] + md["meta_clusters"]["taxonomy/new_clusters"]
+    renamed = md["clusters"]["taxonomy/renamed_clusters"] + md["meta_clusters"]["taxonomy/renamed_clusters"]
+    assert md["clusters"]["taxonomy/rebuild"] is False and md["meta_clusters"]["taxonomy/rebuild"] is False
+    assert md["clusters"]["taxonomy/new_conversations"] == 50
+    assert renamed <= 0.05 * (n_base + n_meta)
+    assert chat <= 50 + new_names + renamed, (chat, new_names, renamed)
+    after = _taxonomy(tmp_path)
+    kept = sum(after[c] == before[c] for c in before)
+    assert kept >= 0.95 * 1000, kept
+    assert set(after) == {c.chat_id for c in fake_conversations(1050)}
+
+    # nothing new: no request at all and the same ids, with the reuse of stored outputs and without it
+    files = {f: (tmp_path / "ck" / f).read_bytes() for f in ("clusters.jsonl", "meta_clusters.jsonl",
+                                                             "dimensionality.jsonl")}
+    for reuse in ("1", "0"):
+        monkeypatch.setenv("KURA_REUSE", reuse)
+        count = fake_openai.count(None)
+        _run(tmp_path, fake_conversations(1050), project_instance, **llm)
+        assert fake_openai.count(None) == count, f"KURA_REUSE={reuse}"
+        assert {f: (tmp_path / "ck" / f).read_bytes() for f in files} == files
+    assert emb0 > 0
+
+
+@pytest.mark.slow
+def test_kura_reads_every_file_after_an_incremental_run(tmp_path, project_instance, kura_python):
+    """Offline models, 300 demo conversations then 30 more (an incremental run); Kura 0.5.4 loads every stage."""
+    from kura_dagster.pipeline.demo_data import demo_conversations
+
+    convs = demo_conversations(330)
+    _run(tmp_path, convs[:300], project_instance)
+    md = _run(tmp_path, convs, project_instance)
+    assert md["clusters"]["taxonomy/rebuild"] is False and md["clusters"]["taxonomy/new_conversations"] == 30
+    got = kura_loads(kura_python, f"jsonl:{tmp_path / 'ck'}")[f"jsonl:{tmp_path / 'ck'}"]
+    assert len(got["conversations"]) == len(got["summaries"]) == 330
+    assert sum(c["count"] for c in got["clusters"]) == 330
+    roots = [c for c in got["meta_clusters"] if c["parent_id"] is None]
+    assert sum(len(c["chat_ids"]) for c in roots) == 330
+    ids = {c["id"] for c in got["meta_clusters"]}
+    assert {c["id"] for c in got["dimensionality"]} == ids
+    assert all(c["parent_id"] is None or c["parent_id"] in ids for c in got["meta_clusters"])
+
+
+@pytest.mark.slow
+def test_rebuild_on_request_makes_a_new_generation(tmp_path, project_instance):
+    from kura_dagster.pipeline.demo_data import demo_conversations
+
+    convs = demo_conversations(200)
+    _run(tmp_path, convs, project_instance)
+    md = _run(tmp_path, convs, project_instance, rebuild_taxonomy=True)
+    for stage in ("clusters", "meta_clusters", "projected_clusters"):
+        assert md[stage]["taxonomy/rebuild"] is True, stage
+        assert md[stage]["taxonomy/rebuild_reason"] == "requested (rebuild_taxonomy)"
+        assert md[stage]["taxonomy/generation"] == 2
+
+
+def _corpora():
+    try:
+        from kura_dagster_tests.quality_corpora import CORPORA
+    except ImportError:  # (the generators lived under benchmarks/ before)
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from quality_corpora import CORPORA
+    return CORPORA
+
+
+def _simulate(*args, **kwargs):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from taxonomy_days import simulate
+
+    return simulate(*args, **kwargs)
+
+
+@pytest.mark.slow
+def test_ten_incremental_days_describe_the_intents_as_well_as_a_rebuild() -> None:
+    """The generated corpora (four kinds, 1,760 conversations with intent labels): two thirds on day 0, the rest
+    over ten days (+5% a day). The incremental taxonomy's NMI against the intents is within 0.05 of a full
+    rebuild's on the same conversations, without a drift rebuild, and every day-0 cluster id is still there."""
+    convs, labels = [], []
+    for name, gen in _corpora().items():
+        c, lab = gen()
+        convs += c
+        labels += [f"{name}: {x}" for x in lab]
+    r = _simulate(convs, labels, days=10, first_share=2 / 3)
+    assert r["rebuilds"] == 0 and r["day0_ids_kept"] == 1.0
+    assert r["nmi_incremental"] >= r["nmi_rebuild"] - 0.05, r
+    assert r["assigned_share"] > 0.3 and r["new_clusters"] > 0
+
+
+def test_mtbench_ten_days_keep_the_question_ids(shared_data) -> None:
+    """MT-Bench (1,000 conversations Kura summarised): ten incremental days agree with a full rebuild at AMI >= 0.8
+    and with the question ids at NMI >= 0.95."""
+    from kura_dagster.pipeline import read_conversations
+
+    convs = read_conversations(shared_data / "conversations.jsonl").conversations
+    r = _simulate(convs, [c.metadata["question_id"] for c in convs], days=10)
+    assert r["ami_vs_rebuild"] >= 0.8 and r["nmi_incremental"] >= 0.95, r

@@ -39,7 +39,7 @@ from kura_dagster.pipeline.cluster import NAMING_FIELDS, cluster_id, naming_samp
 from kura_dagster.pipeline.kmeans import cluster_labels
 from kura_dagster.pipeline.models.base import ClusterNamingModel
 from kura_dagster.pipeline.settings import PipelineSettings
-from kura_dagster.types import Cluster, GeneratedCluster
+from kura_dagster.types import Cluster
 
 BASE_KIND = "kura-taxonomy-base-1"
 META_KIND = "kura-taxonomy-meta-1"
@@ -340,32 +340,40 @@ def update_base_clusters(
                 labels[members] = -1  # nothing left to join: they are clustered afresh below
                 leftover = np.concatenate([leftover, members])
             sizes = np.bincount(labels[labels >= 0], minlength=k)
-    # conversations that joined nothing become new clusters (Kura's rule and the thresholds on those rows)
+    # Conversations that joined nothing become new clusters (Kura's rule and the thresholds). Once "Other
+    # requests" grew by rename_fraction since it was last looked at, its members are clustered with them: what
+    # was too rare to show may now have enough company to be named (and "Other" is looked at again).
     made: list[Cluster] = []
+    other_at = next((j for j in range(k) if is_other[j] and j not in retired), None)
     if len(leftover):
-        leftover = np.sort(leftover)
+        in_other = np.flatnonzero(labels == other_at) if other_at is not None else np.zeros(0, np.int64)
+        grown = other_at is not None and (len(in_other) + len(leftover) - entries[other_at]["named_size"]) \
+            >= options.rename_fraction * max(entries[other_at]["named_size"], 1)
+        pool = np.sort(np.concatenate([leftover, in_other]) if grown else leftover)
+        labels[pool] = -1
         try:
-            made = list(new_clusters(RowsView(columns, leftover)))
+            made = list(new_clusters(RowsView(columns, pool)))
         except ThresholdError:
             made = []
-        row = {columns.chat_ids[i]: i for i in leftover.tolist()}
-        placed_rows: set[int] = set()
-        other_at = next((j for j in range(k) if is_other[j] and j not in retired), None)
+        row = {columns.chat_ids[i]: i for i in pool.tolist()}
         for c in made:
             rows = np.array([row[cid] for cid in c.chat_ids], dtype=np.int64)
-            placed_rows.update(rows.tolist())
             if c.name == OTHER_NAME and other_at is not None:
-                labels[rows] = other_at
+                labels[rows] = other_at  # the pool's "Other" is the one people know (same id)
                 continue
             entries.append({"id": c.id, "name": c.name, "description": c.description, "slug": c.slug,
                             "named_size": len(rows), "born": int(params.get("run", 0)) + 1})
             labels[rows] = len(entries) - 1
             report.new_cluster_ids.append(c.id)
-        rest = np.array([i for i in leftover.tolist() if i not in placed_rows], dtype=np.int64)
-        if len(rest):  # too few to show on their own: the nearest shown cluster takes them
+        rest = pool[labels[pool] < 0]
+        if len(rest) and other_at is not None and (grown and (labels == other_at).any() or not grown):
+            labels[rest] = other_at  # still too rare: they stay in (or join) "Other requests"
+        if grown and other_at is not None:
+            entries[other_at]["named_size"] = int((labels == other_at).sum())
+        elif len(rest):  # no "Other" to hold them: the nearest shown cluster takes them
             alive = np.bincount(labels[labels >= 0], minlength=len(entries)) > 0
             allowed = np.zeros(len(entries), dtype=bool)
-            allowed[:k] = alive[:k]
+            allowed[:k] = alive[:k] & ~is_other
             allowed[:k][retired] = False
             if not allowed.any():
                 raise ThresholdError(f"{len(rest)} conversations cannot make one cluster of {thresholds.describe()}")
@@ -530,49 +538,6 @@ def update_meta_clusters(
             dirty.add(pid)
         if cid in roots:
             roots.remove(cid)
-    new_ids = [c.id for c in base if c.id not in base_parent and c.id not in roots]
-    report.new_cluster_ids = list(new_ids)
-    if top == 0 and len(roots) + len(new_ids) > settings.max_clusters:
-        report.rebuild_reason = (f"{len(roots) + len(new_ids)} base clusters and no parents yet: more than "
-                                 f"max_clusters={settings.max_clusters} roots need a hierarchy")
-        return [], state
-    pending, height = new_ids, 0
-    while pending:
-        parents = [nid for nid, n in nodes.items() if n["height"] == height + 1]
-        if height >= top:
-            roots.extend(pending)  # at the top: new roots
-            break
-        unattached = []
-        if parents:
-            pc = np.stack([cents[p] for p in parents])
-            for cid in pending:
-                sims = pc @ vectors[cid]
-                j = int(np.argmax(sims))
-                if 1.0 - float(sims[j]) <= rad[parents[j]]:
-                    nodes[parents[j]]["children"].append(cid)
-                    _set_parent(cid, parents[j], nodes, base_parent)
-                    dirty.add(parents[j])
-                else:
-                    unattached.append(cid)
-        else:
-            unattached = list(pending)
-        made = []
-        if unattached:  # Kura's rule on the newcomers: new parents one level up
-            x = np.stack([vectors[c] for c in unattached])
-            k = max(1, math.ceil(len(unattached) / settings.clusters_per_group))
-            labels = cluster_labels(x, k, seed=settings.seed + height + 1)
-            for g in range(int(labels.max()) + 1):
-                kids = [c for c, lab in zip(unattached, labels.tolist()) if lab == g]
-                chat_ids = [x_ for c in kids for x_ in _members(c, nodes, base_by_id)]
-                pid = cluster_id(settings.seed, f"meta-{height + 1}", chat_ids)
-                nodes[pid] = {"id": pid, "name": "", "description": "", "slug": "", "parent_id": None,
-                              "height": height + 1, "children": kids}
-                for c in kids:
-                    _set_parent(c, pid, nodes, base_parent)
-                dirty.add(pid)
-                made.append(pid)
-                report.new_cluster_ids.append(pid)
-        pending, height = made, height + 1
     # parents whose children left them all are retired, up the tree
     while True:
         empty = [nid for nid, n in nodes.items() if not n["children"]]
@@ -587,6 +552,52 @@ def update_meta_clusters(
             if pid in nodes:
                 nodes[pid]["children"].remove(nid)
                 dirty.add(pid)
+    new_ids = [c.id for c in base if c.id not in base_parent and c.id not in roots]
+    report.new_cluster_ids = list(new_ids)
+    if top == 0 and len(roots) + len(new_ids) > settings.max_clusters:
+        report.rebuild_reason = (f"{len(roots) + len(new_ids)} base clusters and no parents yet: more than "
+                                 f"max_clusters={settings.max_clusters} roots need a hierarchy")
+        return [], state
+    pending, height = new_ids, 0
+    while pending:
+        parents = [nid for nid, n in nodes.items() if n["height"] == height + 1]
+        if height >= top:
+            roots.extend(pending)  # at the top: new roots
+            break
+        unattached = []
+        # new parents one level below the top are new roots: only while the roots stay within max_clusters
+        # (Kura's budget); past it, a newcomer joins the nearest parent however far
+        room = settings.max_clusters - len(roots) if height + 1 == top else len(pending)
+        if parents:
+            pc = np.stack([cents[p] for p in parents])
+            for cid in pending:
+                sims = pc @ vectors[cid]
+                j = int(np.argmax(sims))
+                if 1.0 - float(sims[j]) <= rad[parents[j]] or room <= 0:
+                    nodes[parents[j]]["children"].append(cid)
+                    _set_parent(cid, parents[j], nodes, base_parent)
+                    dirty.add(parents[j])
+                else:
+                    unattached.append(cid)
+        else:
+            unattached = list(pending)
+        made = []
+        if unattached:  # Kura's rule on the newcomers: new parents one level up
+            x = np.stack([vectors[c] for c in unattached])
+            k = max(1, min(math.ceil(len(unattached) / settings.clusters_per_group), room))
+            labels = cluster_labels(x, k, seed=settings.seed + height + 1)
+            for g in range(int(labels.max()) + 1):
+                kids = [c for c, lab in zip(unattached, labels.tolist()) if lab == g]
+                chat_ids = [x_ for c in kids for x_ in _members(c, nodes, base_by_id)]
+                pid = cluster_id(settings.seed, f"meta-{height + 1}", chat_ids)
+                nodes[pid] = {"id": pid, "name": "", "description": "", "slug": "", "parent_id": None,
+                              "height": height + 1, "children": kids}
+                for c in kids:
+                    _set_parent(c, pid, nodes, base_parent)
+                dirty.add(pid)
+                made.append(pid)
+                report.new_cluster_ids.append(pid)
+        pending, height = made, height + 1
     # vectors (size-weighted children), bottom-up, and names of the parents whose children changed
     sizes: dict[str, int] = {}
     for h in range(1, top + 2):
@@ -672,10 +683,6 @@ def place(state: FittedState, ids: Sequence[str], vectors_for: Any) -> tuple[np.
     for i, cid in enumerate(ids):
         xy[i] = state.arrays["xy"][at[cid]] if cid in at else placed[cid]
     return xy, fresh
-
-
-def generated(c: Cluster) -> GeneratedCluster:
-    return GeneratedCluster(name=c.name, summary=c.description, slug=c.slug)
 
 
 def tree_vectors(clusters: Sequence[Cluster], base_centroids: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
