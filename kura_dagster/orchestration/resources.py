@@ -91,19 +91,6 @@ class KuraPipelineResource(dg.ConfigurableResource):
     rebuild_far_share: float = Field(
         0.25, gt=0.0, le=1.0, description="Drift: rebuild the taxonomy when more than this share of the "
         "conversations is farther from its centroid than its cluster's radius.")
-    # A taxonomy that stays put (README): incremental clusters, hierarchy and map between full builds.
-    rename_fraction: float = Field(
-        0.25, gt=0.0, le=1.0, description="A cluster's name and description are asked again only when this share "
-        "of its members changed (added plus removed, over its size when named).")
-    assign_quantile: float = Field(
-        0.95, gt=0.0, le=1.0, description="A new conversation joins the nearest cluster when it is no farther from "
-        "its centroid than this quantile of the cluster's own members' distances.")
-    rebuild_new_share: float = Field(
-        0.35, gt=0.0, le=1.0, description="Drift: rebuild the taxonomy when more than this share of the "
-        "conversations sits in clusters made since the last build.")
-    rebuild_far_share: float = Field(
-        0.25, gt=0.0, le=1.0, description="Drift: rebuild the taxonomy when more than this share of the "
-        "conversations is farther from its centroid than its cluster's radius.")
     rebuild_taxonomy: bool = Field(
         False, description="Rebuild the taxonomy from scratch at this run (base clusters, meta clusters and the "
         "map: new ids and names) instead of assigning new conversations to the clusters already known. A one-off "

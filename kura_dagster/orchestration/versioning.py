@@ -44,11 +44,6 @@ SHAPES_FROM: dict[str, dict[str, str]] = {
         "assign_quantile": "clusters",
         "rebuild_new_share": "clusters",
         "rebuild_far_share": "clusters",
-        # the incremental taxonomy (pipeline/taxonomy.py): they decide what joins, is renamed or rebuilt
-        "rename_fraction": "clusters",
-        "assign_quantile": "clusters",
-        "rebuild_new_share": "clusters",
-        "rebuild_far_share": "clusters",
     },
     "source": {"path": "conversations", "on_bad_record": "conversations", "demo_size": "conversations",
                "column_map": "conversations", "format": "conversations"},
