@@ -231,3 +231,37 @@ def test_sentence_transformers_needs_its_library_for_a_non_static_model(tmp_path
     except ImportError:
         with pytest.raises(ImportError, match=r"kura-dagster\[sentence-transformers-torch\]"):
             model.embed(["hello"])
+
+
+# --- through Dagster: partitions ---------------------------------------------------------------------------
+
+
+def test_a_new_partition_leaves_the_embeddings_of_earlier_days_alone(tmp_path: Path) -> None:
+    import dagster as dg
+
+    from kura_dagster import build_kura_defs
+    from kura_dagster.orchestration.partitions import utc_day
+    from kura_dagster.types import ConversationSummary
+
+    convs = demo_conversations(160)
+    days = sorted({utc_day(c.created_at) for c in convs})
+    (tmp_path / "logs.jsonl").write_text("".join(c.model_dump_json() + "\n" for c in convs))
+    defs = build_kura_defs("e", conversations=str(tmp_path / "logs.jsonl"), partitions="daily",
+                           partition_start=days[0], checkpoint_dir=str(tmp_path / "ck"), embedding_dims=16)
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection={dg.AssetKey(["e", "conversations"]), dg.AssetKey(["e", "summaries"])})
+    day_file = tmp_path / "ck" / "summaries" / f"{days[0]}.jsonl"
+
+    def run(day: str) -> str:
+        result = job.execute_in_process(instance=instance, partition_key=day)
+        assert result.success
+        md = next(e.materialization.metadata for e in result.get_asset_materialization_events()
+                  if e.asset_key.path[-1] == "summaries")
+        return md["embedding_fit"].value
+
+    with dg.instance_for_test() as instance:
+        assert run(days[0]) == "fitted"
+        before = [s.embedding for s in map(ConversationSummary.model_validate_json, day_file.read_text().splitlines())]
+        assert run(days[1]) == "loaded" and run(days[0]) == "loaded"  # a new day, then a rerun of the first
+        after = [s.embedding for s in map(ConversationSummary.model_validate_json, day_file.read_text().splitlines())]
+    assert before and after == before and len(before[0]) == 16
