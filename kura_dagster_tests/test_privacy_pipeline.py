@@ -294,7 +294,7 @@ def test_llm_mode_scrubs_a_leaky_model_and_audits_names(fake_openai, tmp_path):
 
     fake_openai.set_leaky()  # the model copies the conversation into every text field
     result, out = _run(tmp_path, llm="openai:fake-model", embeddings="openai:fake-emb", base_url=fake_openai.url,
-                       min_conversations=4, privacy_audit=True, max_clusters=3)
+                       min_conversations=4, privacy_audit=True, max_clusters=2)  # a round of parents
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     assert _leaks(out) == {}
     _assert_thresholds(out, 4, 1)
@@ -305,10 +305,21 @@ def test_llm_mode_scrubs_a_leaky_model_and_audits_names(fake_openai, tmp_path):
     # every base cluster still named by the model passed the fake server's audit (rating >= 3)
     from kura_dagster.pipeline.audit import audit_requests
 
-    for c in _clusters(out, "clusters"):
+    base = _clusters(out, "clusters")
+    for c in base:
         if c.name != OTHER_NAME:
             request = audit_requests([GeneratedCluster(name=c.name, summary=c.description, slug=c.slug)])[0]
             assert fake_privacy_rating(request.messages[-1][1]) >= 3
+    # meta clusters: a parent rated below 3 keeps its place under the generic name
+    parents = [c for c in _clusters(out, "meta_clusters") if c.id not in {b.id for b in base}]
+    withheld = 0
+    for c in parents:
+        if c.name == OTHER_NAME:
+            withheld += 1
+        else:
+            request = audit_requests([GeneratedCluster(name=c.name, summary=c.description, slug=c.slug)])[0]
+            assert fake_privacy_rating(request.messages[-1][1]) >= 3
+    assert md["meta_clusters"]["privacy/withheld_meta_clusters"].value == withheld >= 1  # (this corpus: one)
     facets = [json.loads(line) for line in (out / "cluster_facets.jsonl").read_text().splitlines()]
     assert all(r["concerning_mean"] is not None and 1 <= r["concerning_mean"] <= 5 for r in facets)
 
