@@ -21,7 +21,8 @@ from kura_dagster.orchestration.automation import (
 from kura_dagster.definitions import build_definitions
 from kura_dagster.orchestration.resources import ConversationSource
 
-ASSETS = {"conversations", "summaries", "clusters", "meta_clusters", "projected_clusters", "cluster_facets"}
+ASSETS = {"conversations", "summaries", "clusters", "meta_clusters", "projected_clusters", "cluster_facets",
+          "cluster_growth"}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def test_kura_job_covers_every_asset_and_check(defs: dg.Definitions) -> None:
     assert {k.to_user_string() for k in job.asset_layer.selected_asset_keys} == ASSETS
     assert {k.name for k in kura_job.selection.resolve_checks(graph)} == {
         "summaries_cover_conversations", "every_summary_in_one_cluster", "meta_tree_well_formed", "projections_consistent",
-        "clusters_meet_privacy_thresholds", "meta_clusters_meet_privacy_thresholds"}
+        "clusters_meet_privacy_thresholds", "meta_clusters_meet_privacy_thresholds", "no_growth_spike"}
 
 
 def test_definitions_carry_the_schedule_and_the_sensor(defs: dg.Definitions) -> None:
