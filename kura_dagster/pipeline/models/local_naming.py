@@ -40,7 +40,7 @@ assistant ("explain", "write", "best way"): never part of a topic."""
 MAX_NGRAM = 4
 """The longest term scored (a phrase's runs of up to this many words)."""
 MULTIWORD_BONUS = 1.0
-"""A term of several words counts this much more ("roast chicken" over "chicken" unless "chicken" is twice as
+"""A term of several words counts this much more ("tyre sealant" over "sealant" unless "sealant" is twice as
 distinctive): a phrase names a topic, a lone word is often a verb or an adjective."""
 
 

@@ -39,7 +39,7 @@ _FIRST_PERSON = frozenset("i i'm i've i'd i'll my we we're we've our me".split()
 
 
 def _is_statement(sentence: str) -> bool:
-    """A sentence about the user ("I'm learning Spanish.") rather than a question or an instruction."""
+    """A sentence about the user ("I'm new to this.") rather than a question or an instruction."""
     first = sentence.split(maxsplit=1)[0].lower() if sentence.strip() else ""
     return first in _FIRST_PERSON and not sentence.rstrip().endswith("?")
 
@@ -50,7 +50,7 @@ _FENCE = re.compile(r"```.*?(?:```|\Z)", re.S)
 _SLOW_PATH = re.compile(r"[\n`#*|>\[]|https?://|www\.|:")
 """Messages without any of these are a plain sentence or two: no markup, template label or code to remove."""
 _HEAD = re.compile(r"^(?:[#>*_\s-]*)([A-Za-z][\w'&/ -]{0,40}?)\s*:(?!//)\s*")
-"""A line's label: "User Query: …", "Retrieved Information :", "Question:" (at most five words)."""
+"""A line's label: "Question: …", "Context :", "Input:" (at most five words)."""
 _SKIP_LINE = re.compile(
     r"^(?:#{1,6}\s|\||>|[-*_=]{3,}\s*$|<[a-z/!]|!\[|\[\d{1,3}\]|"  # heading, table row, quote, rule, HTML, image,
     # a numbered reference or citation ("[2] (source: …)", "[1]: https://…")
@@ -97,8 +97,8 @@ class TemplateStats:
     """What a corpus repeats around its requests, learnt from the corpus itself.
 
     A line or sentence that occurs in the user messages of at least ``threshold`` *distinct* conversations
-    is template: a prompt preamble, a "Retrieved Information" header, pasted documentation, a stock "Here is
-    my code:". A line label ("User Query:", "Question:") that starts lines in that many conversations, each
+    is template: a prompt preamble, a "Context" header, pasted documentation, a stock "Here is
+    my code:". A line label ("Question:", "Input:") that starts lines in that many conversations, each
     time followed by different text, is a template label, and what follows it is the request. Conversations
     whose user messages are identical count once, so a question that many users send word for word
     (MT-Bench repeats each of its conversations ~80 times) is never mistaken for template.
@@ -156,7 +156,7 @@ _MAX_CHARS = 20_000
 class _Candidate:
     text: str
     slot: bool
-    """It followed a template label ("User Query: <this>"): the strongest sign of the request."""
+    """It followed a template label ("Question: <this>"): the strongest sign of the request."""
     material: bool
     """It sits in pasted material (after a markdown heading, in a list) rather than in the user's own words."""
 
@@ -193,7 +193,7 @@ def message_candidates(text: str, stats: TemplateStats | None) -> list[_Candidat
         slot = False
         if not fast:
             m = _HEAD.match(line)
-            if m and _norm(m.group(1)) in heads:  # "User Query: <the request>"
+            if m and _norm(m.group(1)) in heads:  # "Question: <the request>"
                 line, slot, pasted, introduced = line[m.end():].strip(), True, False, False
                 if not line:
                     continue
@@ -318,8 +318,8 @@ _CAPITALISED = re.compile(r"[A-Z][a-z]+")
 @functools.lru_cache(maxsize=65_536)
 def _phrases_of(text: str, language: str) -> tuple[str, ...]:
     """The key phrases of one sentence; a single word that opens the sentence loses the sentence's capital
-    ("Write a …", "Tell me …" -> "write", "tell"; "Hawaii trip ideas" keeps it). Follow-ups repeat ("Can I
-    freeze it?", "continue"): a sentence's phrases are found once."""
+    ("Write a …", "Tell me …" -> "write", "tell"; "Hawaii trip ideas" keeps it). Follow-ups repeat ("Can it be
+    shorter?", "continue"): a sentence's phrases are found once."""
     found = phrases(text, stop_words(language))
     if found and " " not in found[0] and text.lstrip().startswith(found[0]) and _CAPITALISED.fullmatch(found[0]):
         found[0] = found[0][:1].lower() + found[0][1:]
