@@ -102,6 +102,35 @@ def test_a_planted_spike_warns_and_does_not_block(tmp_path):
     assert "| Billing disputes | cluster-a | 4 | 1.00 | 4.00 | 7 |" in check.metadata["spikes"].value
 
 
+def test_with_daily_partitions_a_period_is_the_summaries_partition(tmp_path):
+    """Partitioned: the period is the partition each summary was stored in (written here by hand, some on other
+    days than their created_at: a3 and b3 are stored on the 11th and the 13th), not created_at."""
+    from kura_dagster.types import ConversationSummary
+
+    ck = tmp_path / "ck"
+    _write_checkpoints(ck, CORPUS)  # clusters.jsonl (conversations.jsonl is not read with partitions)
+    days = {"2026-01-10": ["a1", "b1", "b2"], "2026-01-11": ["a2", "a3"], "2026-01-13": ["a4", "a5", "a6", "b3",
+                                                                                       "b4", "c1", "c2", "c3"]}
+    (ck / "summaries").mkdir()
+    for day, ids in days.items():
+        (ck / "summaries" / f"{day}.jsonl").write_text("".join(ConversationSummary(
+            chat_id=i, summary=f"The user asks {i}.", metadata={}, embedding=[1.0, 0.0]).model_dump_json() + "\n"
+            for i in ids))
+    defs = build_kura_defs("support", checkpoint_dir=str(ck), sensor=False, partitions="daily",
+                           partition_start="2026-01-01")
+    assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(assets, selection=dg.AssetSelection.assets(["support", "cluster_growth"]),
+                                resources=defs.resources, instance=instance)
+    assert result.success
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(ck / "cluster_growth.parquet").to_pylist()
+    assert [(r["cluster_id"], r["period"], r["conversations"]) for r in rows] == [
+        ("cluster-a", "2026-01-10", 1), ("cluster-a", "2026-01-11", 2), ("cluster-a", "2026-01-13", 3),
+        ("cluster-b", "2026-01-10", 2), ("cluster-b", "2026-01-13", 2), ("cluster-c", "2026-01-13", 3)]
+
+
 def test_a_clustered_conversation_without_a_day_is_an_error_naming_it(tmp_path):
     from kura_dagster.orchestration.growth import growth_table
 
