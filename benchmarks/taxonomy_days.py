@@ -1,6 +1,6 @@
 """A taxonomy that stays put: ten incremental days against a full rebuild on the same conversations.
 
-For each corpus the conversations arrive in a seeded random order: half on day 0 (a full build), the rest over
+For each corpus the conversations arrive in a seeded random order: two thirds on day 0 (a full build), the rest over
 ``--days`` days, each day updating the stored taxonomy (``pipeline/taxonomy.py``: nearest cluster within its
 radius, the rest clustered anew, drift → rebuild). At the end the incremental base clusters are compared with a
 full rebuild on the same conversations and embeddings (AMI), and both with the corpus' own labels (NMI).
@@ -107,8 +107,8 @@ def corpora(names):
 
 def markdown(rows: list[dict], argv) -> str:
     lines = ["# A taxonomy that stays put: incremental days vs a full rebuild", "",
-             f"`python benchmarks/taxonomy_days.py {' '.join(argv)}` (offline models; half the corpus on day 0, the "
-             "rest over the days; the machine was shared with other sessions: seconds are indicative).", "",
+             f"`python benchmarks/taxonomy_days.py {' '.join(argv)}` (offline models; two thirds of the corpus on day "
+             "0 unless --first-share says otherwise, the rest over the days; the machine was shared with other sessions: seconds are indicative).", "",
              "| corpus | labels | min_conversations | n | days | k incremental / rebuild | AMI incremental vs rebuild "
              "| AMI rebuild vs rebuild (other seed) | NMI vs labels "
              "incremental / rebuild | new conversations assigned | new clusters | renamed | drift rebuilds | "
@@ -126,6 +126,8 @@ def markdown(rows: list[dict], argv) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=10)
+    parser.add_argument("--first-share", type=float, default=2 / 3,
+                        help="share of the corpus on day 0 (2/3: +5%% a day for ten days, as 1,000 then 50 a day)")
     parser.add_argument("--corpora", nargs="+", default=["mixed", "mtbench"])
     parser.add_argument("--min-conversations", type=int, nargs="+", default=[10, 1],
                         help="the privacy threshold (10: the default; 1: Kura's own clusters, no threshold)")
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for (name, (convs, truth, label)), mc in [(item, mc) for item in corpora(args.corpora).items()
                                               for mc in args.min_conversations]:
-        r = simulate(convs, truth, days=args.days, min_conversations=mc)
+        r = simulate(convs, truth, days=args.days, min_conversations=mc, first_share=args.first_share)
         rows.append({"corpus": name, "label": label, "min_conversations": mc, **r})
         print(f"{name}: AMI vs rebuild {r['ami_vs_rebuild']:.3f}, NMI {r['nmi_incremental']:.3f} "
               f"(rebuild {r['nmi_rebuild']:.3f}), assigned {r['assigned_share']:.1%}, rebuilds {r['rebuilds']}")

@@ -553,7 +553,7 @@ def update_meta_clusters(
                 nodes[pid]["children"].remove(nid)
                 dirty.add(pid)
     new_ids = [c.id for c in base if c.id not in base_parent and c.id not in roots]
-    report.new_cluster_ids = list(new_ids)
+    report.new_cluster_ids = []  # new parents (the new base clusters are the clusters stage's)
     if top == 0 and len(roots) + len(new_ids) > settings.max_clusters:
         report.rebuild_reason = (f"{len(roots) + len(new_ids)} base clusters and no parents yet: more than "
                                  f"max_clusters={settings.max_clusters} roots need a hierarchy")
