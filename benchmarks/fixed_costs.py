@@ -83,6 +83,10 @@ def timed(cmd: list[str], env: dict[str, str], cwd: Path, what: str) -> dict:
     return {"seconds": round(seconds, 3), "load_before": before, "load_after": load()}
 
 
+TREE_ENV: dict[Path, dict[str, str]] = {}
+"""Extra environment of a tree's runs (``--tree LABEL=DIR,VAR=VALUE``)."""
+
+
 def base_env(code: Path, tmp: Path, **extra: str) -> dict[str, str]:
     home = tmp / "home"
     home.mkdir(parents=True, exist_ok=True)
@@ -90,6 +94,7 @@ def base_env(code: Path, tmp: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KURA_", "DAGSTER_", "OPENAI_"))}
     env.update({v: "2" for v in THREAD_VARS})
     env.update(DAGSTER_HOME=str(home), KURA_CHECKPOINT_DIR=str(tmp / "checkpoints"), PYTHONPATH=str(code), **extra)
+    env.update(TREE_ENV.get(code, {}))
     return env
 
 
@@ -315,7 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", choices=("imports", "rerun", "llm", "executor"),
                     default=["imports", "rerun", "llm", "executor"])
     args = ap.parse_args(argv)
-    trees = {t.partition("=")[0]: Path(t.partition("=")[2]).resolve() for t in args.tree} or {"after": ROOT}
+    trees: dict[str, Path] = {}
+    for t in args.tree:  # LABEL=DIR or LABEL=DIR,VAR=VALUE,… (environment of that tree's runs, e.g. KURA_REUSE=0)
+        label, _, rest = t.partition("=")
+        directory, *assignments = rest.split(",")
+        trees[label] = Path(directory).resolve()
+        TREE_ENV[trees[label]] = dict(a.split("=", 1) for a in assignments)
+    trees = trees or {"after": ROOT}
     results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
     load_start = load()
     for label, code in trees.items():

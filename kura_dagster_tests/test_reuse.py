@@ -43,7 +43,8 @@ def _setup(tmp_path: Path, n: int = 40) -> tuple[Path, dict, list[dg.AssetsDefin
     source.write_text("".join(c.model_dump_json() + "\n" for c in demo_conversations(n)))
     resources = {
         "io_manager": JSONLIOManager(base_dir=str(tmp_path / "checkpoints")),
-        "kura": KuraPipelineResource(checkpoint_dir=str(tmp_path / "cache"), clusters_per_group=4, max_clusters=3),
+        "kura": KuraPipelineResource(checkpoint_dir=str(tmp_path / "cache"), clusters_per_group=4, max_clusters=3,
+                                     min_conversations=1),  # every k-means group its own cluster (thresholds off)
         "source": ConversationSource(path=str(source)),
     }
     return source, resources, versioned_assets(kura_assets, resources)
@@ -94,7 +95,8 @@ def test_an_unchanged_rerun_reuses_and_a_change_recomputes_what_it_touches(tmp_p
 
     # A setting changed in the launchpad (run config, which replaces the resource's whole config): the stages it
     # shapes are computed, the others reused.
-    config = {"checkpoint_dir": str(tmp_path / "cache"), "clusters_per_group": 4, "max_clusters": 2}
+    config = {"checkpoint_dir": str(tmp_path / "cache"), "clusters_per_group": 4, "max_clusters": 2,
+              "min_conversations": 1}
     third = dg.materialize(assets, resources=resources, instance=instance,
                            run_config={"resources": {"kura": {"config": config}}})
     assert [_reused_from(instance, s) for s in STAGES] == [first.run_id, repaired.run_id, None, None]

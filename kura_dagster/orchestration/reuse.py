@@ -81,12 +81,14 @@ def checkpoint_name(metadata: Optional[Mapping[str, Any]], key: dg.AssetKey) -> 
 
 
 def inputs_fingerprint(
-    context: dg.AssetExecutionContext, settings: Mapping[str, Any], io_manager: Any
+    context: dg.AssetExecutionContext, settings: Mapping[str, Any], io_manager: Any,
+    latest: Optional[Mapping[dg.AssetKey, Any]] = None,
 ) -> Optional[str]:
     """The fingerprint of what shapes this asset's output now, or ``None`` when an input has no recorded data
     version (never materialized in this instance) or an input is partitioned. Each input counts with its data
     version and with the state of its checkpoint as stored now, so an input rewritten behind the instance's
-    back (another instance sharing the checkpoint folder) is not taken for the one the instance recorded."""
+    back (another instance sharing the checkpoint folder) is not taken for the one the instance recorded.
+    ``latest``: the inputs' last materializations, when already fetched (one query for all, see below)."""
     from kura_dagster import __version__
 
     key = context.asset_key
@@ -96,8 +98,12 @@ def inputs_fingerprint(
         node = graph.get(dep) if graph.has(dep) else None
         if node is None or node.partitions_def is not None:
             return None
-        record = context.instance.get_latest_data_version_record(dep)
-        version = _tag_value(record.event_log_entry, DATA_VERSION_TAG) if record is not None else None
+        if latest is not None:
+            entry = latest.get(dep)
+        else:
+            record = context.instance.get_latest_data_version_record(dep)
+            entry = record.event_log_entry if record is not None else None
+        version = _tag_value(entry, DATA_VERSION_TAG) if entry is not None else None
         if version is None:
             return None
         inputs[dep.to_user_string()] = [version, io_manager.stored_state(checkpoint_name(node.metadata, dep))]
@@ -148,10 +154,14 @@ def reuse_stored_output(
     if (not reuse_enabled() or context.assets_def.partitions_def is not None
             or not isinstance(io_manager, CheckpointIOManager)):
         return compute()
-    fingerprint = inputs_fingerprint(context, settings, io_manager)
+    # this asset's and its inputs' last materializations in one query (each query of the sqlite event log opens
+    # its own engine and compiles its SQL again, so they are worth counting)
+    deps = list(context.assets_def.asset_deps.get(key, ()))
+    latest = context.instance.get_latest_materialization_events([key, *deps])
+    fingerprint = inputs_fingerprint(context, settings, io_manager, latest)
     if fingerprint is None:
         return compute()
-    last = context.instance.get_latest_materialization_event(key)
+    last = latest.get(key)
     materialization = getattr(last, "asset_materialization", None)
     previous = dict(materialization.metadata) if materialization is not None else {}
     recorded = getattr(previous.get(FINGERPRINT_KEY), "value", None)
