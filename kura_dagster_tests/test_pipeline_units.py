@@ -190,6 +190,17 @@ def test_a_plain_request_is_quoted_and_a_personal_one_is_told_by_its_key_phrases
     assert key_phrases(["Write the story in June"]) == ["write", "story", "June"]
 
 
+def test_requests_in_other_scripts_are_told_by_their_phrases() -> None:
+    model = LocalSummaryModel()
+    japanese = model.summarise_one(_conversation("東京の天気はどうですか？明日は雨ですか？"))
+    assert japanese.languages == ["japanese"]
+    assert japanese.summary == "The user asked (in Japanese) about 東京の天気はどうですか and 明日は雨ですか."
+    arabic = model.summarise_one(_conversation("مرحبا، كيف يمكنني تعلم البرمجة بلغة بايثون؟"))
+    assert arabic.languages == ["arabic"] and "تعلم البرمجة بلغة بايثون" in arabic.summary
+    # a 30,000-character "word" is no phrase
+    assert model.summarise_one(_conversation("a" * 30_000)).summary.startswith("The user sent a short message")
+
+
 def test_detect_natural_and_programming_languages() -> None:
     assert detect_natural_languages(["¿Dónde está la estación? Quiero ir con los amigos a la playa.",
                                      "Where is the station? I want to go to the beach with my friends.",

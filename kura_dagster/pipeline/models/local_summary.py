@@ -30,7 +30,8 @@ from kura_dagster.pipeline.models.local_text import (
 )
 from kura_dagster.types import Conversation, GeneratedSummary
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])\s*")
+"""Where a sentence ends: ". " and the like, or a full-width 。！？ (no space follows in CJK text)."""
 _GREETING = re.compile(r"^(?:hi|hello|hey|hiya|greetings|good (?:morning|afternoon|evening)|thanks|thank you|"
                        r"quick question|dear \w+)\b", re.I)
 _QUESTION_WORDS = frozenset("how what why where when which who whom whose what's how's".split())
@@ -73,7 +74,8 @@ _VAGUE = re.compile(r"^(?:(?:i|we) (?:have|got|had) (?:a|an|some|one more|anothe
                     r"(?:i|we) need (?:some )?help|can (?:you|someone|anyone) help(?: me| us)?|"
                     r"(?:is )?anyone (?:there|around)|i'?m stuck)[.!?]*$", re.I)
 _NORM_STRIP = "#>*-|:_=` \t"
-_CONTENT = re.compile(r"[A-Za-z][A-Za-z0-9&+#.-]{2,}")
+_CONTENT = re.compile(r"[^\W\d_][\w&+#.-]{2,}")
+"""A content-bearing word in any script (three or more characters; a CJK run counts as one)."""
 
 
 def _norm(line: str) -> str:

@@ -129,9 +129,11 @@ def stop_words(language: str = "english") -> frozenset[str]:
 
 _TOKEN = re.compile(r"[^\W_](?:[\w'.+#&-]*[\w+#])?")
 """A word as a person reads it: "must-see", "C++", "node.js", "O'Brien", "3.5"."""
-_BREAK = re.compile(r"[,;:!?()\[\]{}\"“”«»<>|/\\=*`~]|(?<=\w)\.(?=\s|$)|\s[-–—]\s|\n")
+_BREAK = re.compile(r"[,;:!?()\[\]{}\"“”«»<>|/\\=*`~、。，！？：；（）「」『』【】،؟]|(?<=\w)\.(?=\s|$)|\s[-–—]\s|\n")
 
 
+MAX_WORD = 40
+"""A longer "word" (a hash, a key, base64, a minified line) is never part of a phrase."""
 _TOKEN_OR_BREAK = re.compile(f"({_TOKEN.pattern})|{_BREAK.pattern}")
 
 
@@ -144,7 +146,7 @@ def phrases(text: str, stop: frozenset[str], max_words: int = 4) -> list[str]:
     run: list[re.Match[str]] = []
     for m in _TOKEN_OR_BREAK.finditer(text):
         word = m.group(1)
-        if word is not None:
+        if word is not None and len(word) <= MAX_WORD:
             lowered = word.lower()
             if lowered not in stop and lowered.strip("'") not in stop:
                 run.append(m)
