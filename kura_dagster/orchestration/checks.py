@@ -262,27 +262,26 @@ def build_kura_checks(
 
     @dg.asset_check(
         asset=key("meta_clusters"),
-        additional_ins={"summaries": dg.AssetIn(key("summaries"), metadata=summaries_in_metadata or {},
-                                                dagster_type=summary_columns_type())},
         blocking=True,
         required_resource_keys={names.kura},
-        description="Privacy: every cluster of the tree (the map shows them all) meets min_conversations and, "
-        "with user_key, min_users.",
+        description="Privacy: every cluster of the tree (the map shows them all) meets min_conversations. (Users: "
+        "a parent holds its children's conversations, checked by meta_tree_well_formed, so it has at least the "
+        "users of each base cluster, checked on clusters; the summaries are not read a third time.)",
     )
-    def meta_clusters_meet_privacy_thresholds(context, meta_clusters: list[Cluster],
-                                              summaries: Any) -> dg.AssetCheckResult:
-        return _threshold_result(getattr(context.resources, names.kura).thresholds(), meta_clusters, summaries)
+    def meta_clusters_meet_privacy_thresholds(context, meta_clusters: list[Cluster]) -> dg.AssetCheckResult:
+        return _threshold_result(getattr(context.resources, names.kura).thresholds(), meta_clusters, None)
 
     return [summaries_cover_conversations, every_summary_in_one_cluster, meta_tree_well_formed, projections_consistent,
             clusters_meet_privacy_thresholds, meta_clusters_meet_privacy_thresholds]
 
 
 def _threshold_result(thresholds: Any, clusters: Sequence[Cluster], summaries: Any) -> dg.AssetCheckResult:
-    """The privacy thresholds over ``clusters``; user counts from the summaries' ``metadata[user_key]``."""
+    """The privacy thresholds over ``clusters``; user counts from the summaries' ``metadata[user_key]`` (none
+    without ``summaries``)."""
     from kura_dagster.pipeline.thresholds import threshold_problems, user_ids
 
     users_by_chat = None
-    if thresholds.user_key:
+    if thresholds.user_key and summaries is not None:
         parts = [summaries[k] for k in sorted(summaries)] if isinstance(summaries, dict) else [summaries]
         users_by_chat = {}
         for part in parts:
