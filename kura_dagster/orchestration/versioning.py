@@ -60,6 +60,9 @@ NOT_SHAPING: dict[str, frozenset[str]] = {
                        # A one-off request to rebuild the taxonomy (the rebuild job): what it builds is recorded
                        # in taxonomy/* metadata; the flag must not mark assets stale or change a cache key.
                        "rebuild_taxonomy",
+                       # A one-off request to fit the offline embedding again: the fit's version is in the
+                       # summaries' embedding_model metadata, and new vectors change the summaries' data version.
+                       "refit_embedding",
                        # when cluster_growth's check warns; the growth table itself does not depend on them
                        "growth_alert_factor", "growth_window", "growth_alert_min_conversations"}),
     "source": frozenset({"fs_options",  # where to read, and credentials: never hashed or shown
