@@ -40,15 +40,29 @@ def facet_rows(summaries: Any, user_key: Optional[str]) -> FacetRows:
 
 
 def table_jsonl(table: pa.Table) -> bytes:
-    """One JSON object per row; the map columns as objects."""
-    maps = [f.name for f in table.schema if pa.types.is_map(f.type)]
-    lines = []
-    for row in table.to_pylist():
-        for col in maps:
-            if row[col] is not None:
-                row[col] = dict(row[col])
-        lines.append(json.dumps(row, ensure_ascii=False))
-    return ("\n".join(lines) + "\n").encode("utf-8") if lines else b""
+    """One JSON object per row (``json.dumps`` of the row); the map columns as objects. Encoded column by column,
+    each distinct value once (a cluster's name repeats on every row of the growth table)."""
+    if not table.num_rows:
+        return b""
+    encoded = []
+    for field, column in zip(table.schema, table.columns):
+        values = column.to_pylist()
+        if pa.types.is_map(field.type):
+            encoded.append([json.dumps(None if v is None else dict(v), ensure_ascii=False) for v in values])
+            continue
+        memo: dict[Any, str] = {}  # one arrow type per column: no 1 / True / 1.0 mix-up
+        out = []
+        for v in values:
+            try:
+                out.append(memo[v])
+            except KeyError:
+                out.append(memo.setdefault(v, json.dumps(v, ensure_ascii=False)))
+            except TypeError:  # unhashable (lists)
+                out.append(json.dumps(v, ensure_ascii=False))
+        encoded.append(out)
+    keys = [json.dumps(name, ensure_ascii=False) + ": " for name in table.column_names]
+    lines = ["{" + ", ".join(k + v for k, v in zip(keys, row)) + "}" for row in zip(*encoded)]
+    return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 def write_table_files(checkpoint_dir: str, name: str, table: pa.Table) -> tuple[Any, Any]:

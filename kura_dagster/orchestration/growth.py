@@ -20,14 +20,15 @@ never warns.
 
 import math
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import dagster as dg
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from kura_dagster.orchestration.names import KuraNames
 from kura_dagster.types import Cluster
@@ -44,26 +45,35 @@ def growth_key(names: KuraNames) -> dg.AssetKey:
     return dg.AssetKey([names.prefix, GROWTH_NAME]) if names.prefix else dg.AssetKey(GROWTH_NAME)
 
 
-def growth_table(clusters: Sequence[Cluster], period_of: Mapping[str, str]) -> pa.Table:
-    """Per base cluster and period, the number of its conversations (``period_of``: chat_id → period). A member
-    without a period is an error naming it: nothing is dropped silently."""
-    rows: list[tuple[str, str, str, int]] = []
-    missing: list[str] = []
-    for c in sorted(clusters, key=lambda c: c.id):
-        counts = Counter()
-        for chat_id in c.chat_ids:
-            period = period_of.get(chat_id)
-            if period is None:
-                missing.append(chat_id)
-            else:
-                counts[period] += 1
-        rows += [(c.id, c.name, p, n) for p, n in sorted(counts.items())]
+def period_table(chat_ids: Sequence[str], periods: Sequence[str]) -> pa.Table:
+    """``chat_id`` → ``period`` as a table (what :func:`growth_table` joins the clusters' members with)."""
+    return pa.table({"chat_id": pa.array(chat_ids, pa.string()), "period": pa.array(periods, pa.string())})
+
+
+def growth_table(clusters: Sequence[Cluster], periods: Union[pa.Table, Mapping[str, str]]) -> pa.Table:
+    """Per base cluster and period, the number of its conversations (``periods``: a :func:`period_table` or a
+    mapping chat_id → period; a conversation in several periods counts in the earliest). A member without a
+    period is an error naming it: nothing is dropped silently. Joined and counted by Arrow."""
+    if not isinstance(periods, pa.Table):
+        periods = period_table(list(periods.keys()), list(periods.values()))
+    if periods.num_rows and pc.count_distinct(periods.column("chat_id")).as_py() < periods.num_rows:
+        periods = periods.group_by("chat_id").aggregate([("period", "min")]).rename_columns(["chat_id", "period"])
+    ordered = sorted(clusters, key=lambda c: c.id)
+    sizes = np.fromiter((len(c.chat_ids) for c in ordered), dtype=np.int64, count=len(ordered))
+    members = pa.table({"chat_id": pa.array([cid for c in ordered for cid in c.chat_ids], pa.string()),
+                        "cluster": pa.array(np.repeat(np.arange(len(ordered), dtype=np.int32), sizes))})
+    joined = members.join(periods, keys="chat_id", join_type="left outer")
+    missing = joined.filter(pc.is_null(joined.column("period"))).column("chat_id").to_pylist()
     if missing:
         shown = ", ".join(repr(m) for m in missing[:5]) + (f" … (+{len(missing) - 5} more)" if len(missing) > 5 else "")
         raise ValueError(f"{len(missing)} clustered conversation(s) have no period (not in the conversations or "
                          f"summaries read for cluster_growth): {shown}")
-    columns = list(zip(*rows)) if rows else [[], [], [], []]
-    return pa.Table.from_arrays([pa.array(list(col), type=f.type) for col, f in zip(columns, SCHEMA)], schema=SCHEMA)
+    counts = joined.group_by(["cluster", "period"]).aggregate([("chat_id", "count")])
+    counts = counts.sort_by([("cluster", "ascending"), ("period", "ascending")])
+    index = counts.column("cluster")
+    return pa.table([pa.array([c.id for c in ordered], pa.string()).take(index),
+                     pa.array([c.name for c in ordered], pa.string()).take(index),
+                     counts.column("period"), counts.column("chat_id_count").cast(pa.int64())], schema=SCHEMA)
 
 
 def period_sequence(periods: Sequence[str]) -> list[str]:
@@ -103,24 +113,23 @@ class Growth:
 def cluster_growth(table: pa.Table, window: int) -> tuple[Optional[str], int, list[Growth]]:
     """``(latest period, periods of history before it in the window, growth of every cluster)`` from a
     :func:`growth_table`."""
-    rows = table.to_pylist()
-    sequence = period_sequence([r["period"] for r in rows])
+    sequence = period_sequence(pc.unique(table.column("period")).to_pylist())
     if not sequence:
         return None, 0, []
-    latest, before = sequence[-1], set(sequence[-1 - window:-1])
-    span = len(sequence[-1 - window:-1])
-    by_cluster: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        g = by_cluster.setdefault(r["cluster_id"], {"name": r["cluster_name"], "latest": 0, "window": 0, "total": 0,
-                                                    "first": r["period"]})
-        g["total"] += r["conversations"]
-        g["first"] = min(g["first"], r["period"])
-        if r["period"] == latest:
-            g["latest"] += r["conversations"]
-        elif r["period"] in before:
-            g["window"] += r["conversations"]
-    return latest, span, [Growth(cid, g["name"], g["latest"], g["window"] / span if span else 0.0, g["total"], g["first"])
-                    for cid, g in sorted(by_cluster.items())]
+    latest, before = sequence[-1], sequence[-1 - window:-1]
+    periods, conversations = table.column("period"), table.column("conversations")
+    parts = pa.table({
+        "cluster_id": table.column("cluster_id"), "cluster_name": table.column("cluster_name"), "period": periods,
+        "latest": pc.if_else(pc.equal(periods, latest), conversations, 0),
+        "window": pc.if_else(pc.is_in(periods, value_set=pa.array(before, pa.string())), conversations, 0),
+        "total": conversations,
+    })
+    per_cluster = parts.group_by(["cluster_id", "cluster_name"]).aggregate(
+        [("latest", "sum"), ("window", "sum"), ("total", "sum"), ("period", "min")]).sort_by("cluster_id")
+    span = len(before)
+    return latest, span, [Growth(r["cluster_id"], r["cluster_name"], r["latest_sum"],
+                                 r["window_sum"] / span if span else 0.0, r["total_sum"], r["period_min"])
+                          for r in per_cluster.to_pylist()]
 
 
 def spikes(growth: Sequence[Growth], factor: float, min_conversations: int) -> list[Growth]:
@@ -162,7 +171,8 @@ def _clusters_taxonomy(context: dg.AssetExecutionContext, clusters_key: dg.Asset
     event = context.instance.get_latest_materialization_event(clusters_key)
     materialization = getattr(event, "asset_materialization", None)
     metadata = dict(materialization.metadata) if materialization is not None else {}
-    return {k: getattr(v, "value", v) for k, v in metadata.items() if k.startswith("taxonomy/")}
+    return {k: getattr(v, "value", v) for k, v in metadata.items()
+            if k.startswith("taxonomy/") or k == "kura/reused_from_run"}
 
 
 def new_clusters(growth: Sequence[Growth], latest: Optional[str], taxonomy: Mapping[str, Any]
@@ -170,34 +180,37 @@ def new_clusters(growth: Sequence[Growth], latest: Optional[str], taxonomy: Mapp
     """The clusters the clusters run made (its ``taxonomy/new_cluster_ids``), or, without that record, those
     whose first conversations are in the latest period; and a note (a rebuild makes every cluster new)."""
     ids = taxonomy.get("taxonomy/new_cluster_ids")
+    if taxonomy.get("kura/reused_from_run"):  # its metadata is that run's: nothing was made this time
+        return [], f"The clusters are unchanged since run {taxonomy['kura/reused_from_run']}: no new clusters."
     if taxonomy.get("taxonomy/rebuild"):
         reason = taxonomy.get("taxonomy/rebuild_reason") or "rebuild"
-        return [], f"The taxonomy was built anew ({reason}): all {len(growth)} clusters are new."
+        return list(growth), f"The taxonomy was built anew ({reason}): all {len(growth)} clusters are new."
     if ids is not None:
         wanted = set(ids)
         return [g for g in growth if g.cluster_id in wanted], ""
     return [g for g in growth if latest is not None and g.first_period == latest], ""
 
 
-def periods_from_conversations(conversations: Sequence[Any]) -> dict[str, str]:
+def periods_from_conversations(conversations: Sequence[Any]) -> pa.Table:
+    """Each conversation's UTC day of ``created_at``."""
     from kura_dagster.orchestration.partitions import utc_day
 
-    return {c.chat_id: utc_day(c.created_at) for c in conversations}
+    return period_table([c.chat_id for c in conversations], [utc_day(c.created_at) for c in conversations])
 
 
-def periods_from_partitions(summaries: Mapping[str, Any]) -> dict[str, str]:
-    """chat_id → the partition key of the summaries partition it is in."""
+def periods_from_partitions(summaries: Mapping[str, Any]) -> pa.Table:
+    """Each summary's partition key (the summaries partition it is stored in)."""
     from kura_dagster.checkpoints.columnar import SummaryColumns
 
-    out: dict[str, str] = {}
-    for key in sorted(summaries):
-        for chat_id in SummaryColumns.coerce(summaries[key]).chat_ids:
-            out[chat_id] = key
-    return out
+    keys = sorted(summaries)
+    ids = [SummaryColumns.coerce(summaries[k]).chat_ids for k in keys]
+    index = np.repeat(np.arange(len(keys), dtype=np.int32), [len(i) for i in ids])
+    return pa.table({"chat_id": pa.array([c for part in ids for c in part], pa.string()),
+                     "period": pa.array(keys, pa.string()).take(pa.array(index))})
 
 
 def cluster_growth_step(context: dg.AssetExecutionContext, kura: Any, clusters: Sequence[Cluster],
-                        period_of: Mapping[str, str], periods: str, clusters_key: dg.AssetKey
+                        period_of: pa.Table, periods: str, clusters_key: dg.AssetKey
                         ) -> dg.MaterializeResult:
     from kura_dagster.orchestration.facets import write_table_files
 
@@ -232,7 +245,7 @@ def cluster_growth_step(context: dg.AssetExecutionContext, kura: Any, clusters: 
             "clusters": len(growth),
             "periods": periods,
             "latest_period": latest or "",
-            "new_clusters": len(new) if not note else len(growth),
+            "new_clusters": len(new),
             "new_clusters_table": dg.MetadataValue.md(new_markdown(new, note)),
             "fastest_growing": dg.MetadataValue.md(growth_markdown(fastest_growing(growth), window)),
             "parquet_path": dg.MetadataValue.path(str(parquet_path)),
