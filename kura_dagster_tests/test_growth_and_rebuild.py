@@ -118,6 +118,7 @@ def test_with_daily_partitions_a_period_is_the_summaries_partition(tmp_path):
             for i in ids))
     defs = build_kura_defs("support", checkpoint_dir=str(ck), sensor=False, partitions="daily",
                            partition_start="2026-01-01")
+    assert defs.resolve_job_def("support_rebuild_taxonomy").partitions_def is None  # runs without a partition
     assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
     with dg.instance_for_test() as instance:
         result = dg.materialize(assets, selection=dg.AssetSelection.assets(["support", "cluster_growth"]),
