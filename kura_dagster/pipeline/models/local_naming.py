@@ -7,7 +7,8 @@
   relevance choice) make the name ("Tubeless tyre sealant"), the description and the slug.
 * **Meta clusters.** The same over the children's names and descriptions, against the sibling groups, with
   each term weighted by the share of children that mention it: a parent is named by what its children
-  share. When no term is shared by half of them the name says so with the two best terms ("A and B").
+  share. When no term is shared by children holding 60% of the conversations the name says so with the two
+  best terms ("A and B").
 * Names are unique among the clusters of one call, and siblings never open with the same three words.
 """
 
@@ -39,6 +40,8 @@ assistant is to help with …", "Conversations about …"), and the generic verb
 assistant ("explain", "write", "best way"): never part of a topic."""
 MAX_NGRAM = 4
 """The longest term scored (a phrase's runs of up to this many words)."""
+SHARED = 0.6
+"""A parent is named by one term when children holding this share of its conversations mention it; else by two."""
 MULTIWORD_BONUS = 1.0
 """A term of several words counts this much more ("tyre sealant" over "sealant" unless "sealant" is twice as
 distinctive): a phrase names a topic, a lone word is often a verb or an adjective."""
@@ -195,7 +198,7 @@ class LocalClusterNamingModel:
             shared = {t: s * coverage[i].get(t, 0.0) for t, s in scores[i].items()}
             top = diverse_top(shared, 6, prefer_multiword=MULTIWORD_BONUS)
             shown = [_spelling(t, stores[i]) for t in top] or ["short messages"]
-            lead = shown[:1] if coverage[i].get(top[0] if top else "", 0.0) >= 0.5 or len(shown) == 1 else shown[:2]
+            lead = shown[:1] if coverage[i].get(top[0] if top else "", 0.0) >= SHARED or len(shown) == 1 else shown[:2]
             options = [lead, *([t] for t in shown[1:4]), *([shown[0], t] for t in shown[2:5])]
             terms = _unique(options, taken, opening_words=3)
             group = groups[i]
