@@ -132,6 +132,21 @@ def test_with_daily_partitions_a_period_is_the_summaries_partition(tmp_path):
         ("cluster-b", "2026-01-10", 2), ("cluster-b", "2026-01-13", 2), ("cluster-c", "2026-01-13", 3)]
 
 
+def test_new_clusters_follow_the_clusters_run_record():
+    """New = what the clusters run made (taxonomy/new_cluster_ids); a reused clusters run made nothing; after a
+    rebuild every cluster is new."""
+    from kura_dagster.orchestration.growth import Growth, new_clusters
+
+    growth = [Growth("k1", "Old", 5, 4.0, 40, "2026-01-01"), Growth("k2", "Born today", 3, 0.0, 3, "2026-01-13"),
+              Growth("k3", "Born earlier", 2, 1.0, 9, "2026-01-09")]
+    made = {"taxonomy/rebuild": False, "taxonomy/new_cluster_ids": ["k3"]}
+    assert [g.cluster_id for g in new_clusters(growth, "2026-01-13", made)[0]] == ["k3"]
+    assert new_clusters(growth, "2026-01-13", {**made, "kura/reused_from_run": "r1"})[0] == []
+    rebuilt, note = new_clusters(growth, "2026-01-13", {"taxonomy/rebuild": True, "taxonomy/rebuild_reason": "drift"})
+    assert len(rebuilt) == 3 and "built anew (drift)" in note
+    assert [g.cluster_id for g in new_clusters(growth, "2026-01-13", {})[0]] == ["k2"]  # no record: first seen today
+
+
 def test_a_clustered_conversation_without_a_day_is_an_error_naming_it(tmp_path):
     from kura_dagster.orchestration.growth import growth_table
 
