@@ -9,6 +9,7 @@
   each term weighted by the share of children that mention it: a parent is named by what its children
   share. When no term is shared by children holding 60% of the conversations the name says so with the two
   best terms ("A and B").
+* A parent of a single child takes the child's name (and slug) when no sibling opens the same way.
 * Names are unique among the clusters of one call, and siblings never open with the same three words.
 """
 
@@ -200,13 +201,17 @@ class LocalClusterNamingModel:
             shown = [_spelling(t, stores[i]) for t in top] or ["short messages"]
             lead = shown[:1] if coverage[i].get(top[0] if top else "", 0.0) >= SHARED or len(shown) == 1 else shown[:2]
             options = [lead, *([t] for t in shown[1:4]), *([shown[0], t] for t in shown[2:5])]
-            terms = _unique(options, taken, opening_words=3)
             group = groups[i]
+            if len(group) == 1:  # one child: its own name says what the parent holds
+                options = [[group[0].name[:1].lower() + group[0].name[1:]], *options]
+            terms = _unique(options, taken, opening_words=3)
             n_chats = len({cid for c in group for cid in c.chat_ids})
             biggest = sorted(group, key=lambda c: (-len(c.chat_ids), c.name))[:2]
             examples = " and ".join(f"“{c.name}”" for c in biggest)
             kids = f"{len(group)} related clusters" if len(group) != 1 else "One cluster"
             description = (f"{kids} about {join_phrases(shown[:3])}, such as {examples}. "
                            f"Together they cover {n_chats} conversation{'s' if n_chats != 1 else ''}.")
-            named[i] = GeneratedCluster(name=_capital(join_phrases(terms)), summary=description, slug=_slug(shown))
+            own = len(group) == 1 and _capital(join_phrases(terms)) == group[0].name
+            named[i] = GeneratedCluster(name=_capital(join_phrases(terms)), summary=description,
+                                        slug=group[0].slug if own else _slug(shown))
         return [named[i] for i in range(len(groups))]
