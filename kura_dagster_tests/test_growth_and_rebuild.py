@@ -212,5 +212,11 @@ def test_component_settings_carry_rebuild_and_growth(tmp_path, monkeypatch):
     monkeypatch.setenv("KURA_CHECKPOINT_DIR", str(tmp_path / "ck"))
     text = GOOD.replace("    max_clusters: 3", "    max_clusters: 3\n    rebuild_taxonomy: true\n"
                         "    growth_alert_factor: 2.5\n    growth_window: 14")
-    kura = _load(_project(tmp_path, text), monkeypatch).resources["sales_kura"]
+    try:
+        kura = _load(_project(tmp_path, text), monkeypatch).resources["sales_kura"]
+    finally:  # the temporary project's package must not stand in for the sample project's in later tests
+        import sys
+
+        for name in [m for m in sys.modules if m == "chat_analytics" or m.startswith("chat_analytics.")]:
+            del sys.modules[name]
     assert (kura.rebuild_taxonomy, kura.growth_alert_factor, kura.growth_window) == (True, 2.5, 14)
