@@ -250,6 +250,30 @@ def test_a_far_base_cluster_starts_a_new_group_and_an_emptied_parent_retires() -
     assert report.renamed_cluster_ids == []
 
 
+def test_a_far_base_cluster_under_two_levels_gets_a_new_parent_and_a_new_root() -> None:
+    """Two levels (r1 above p1 and p2): a base cluster far from everything gets a new parent q, and q, far from
+    r1 too, a new root z (max_clusters=2 leaves room for one more root)."""
+    base, cent, _ = _tree()
+    a, b, c = (x.chat_ids for x in base)
+    r1 = Cluster(id="r1", name="r1", description="d", slug="r1", chat_ids=a + b + c, parent_id=None)
+    tree = [r1, Cluster(id="p1", name="p1", description="d", slug="p1", chat_ids=a + b, parent_id="r1"),
+            base[0].model_copy(update={"parent_id": "p1"}), base[1].model_copy(update={"parent_id": "p1"}),
+            Cluster(id="p2", name="p2", description="d", slug="p2", chat_ids=c, parent_id="r1"),
+            base[2].model_copy(update={"parent_id": "p2"})]
+    state = meta_state(tree, {"a", "b", "c"}, tree_vectors(tree, cent), 1, 1, TaxonomyOptions())
+    e = Cluster(id="e", name="e", description="d", slug="e", chat_ids=["e0", "e1"], parent_id=None)
+    namer = RecordingNamer()
+    report = TaxonomyReport()
+    out, _ = update_meta_clusters([*base, e], {**cent, "e": _axis(5)}, state, namer, SETTINGS, report=report)
+    parent = {c.id: c.parent_id for c in out}
+    q = parent["e"]
+    z = parent[q]
+    assert q not in ("p1", "p2") and z not in ("r1", None) and parent[z] is None
+    assert [c.id for c in out if c.parent_id is None] == ["r1", z]
+    assert namer.meta_asked == [["e"], [q]] and report.new_cluster_ids == [q, z]
+    assert next(c for c in out if c.id == z).chat_ids == ["e0", "e1"]
+
+
 def test_reduce_clusters_output_round_trips_through_the_meta_state() -> None:
     """A full build's hierarchy (Kura's rule) rendered from its state has the same tree and members."""
     day0 = _day0()

@@ -594,6 +594,8 @@ def update_meta_clusters(
                               "height": height + 1, "children": kids}
                 for c in kids:
                     _set_parent(c, pid, nodes, base_parent)
+                w = np.array([[len(_members(c, nodes, base_by_id))] for c in kids], dtype=np.float32)
+                vectors[pid] = _unit((np.stack([vectors[c] for c in kids]) * w).sum(axis=0))  # placed one level up
                 dirty.add(pid)
                 made.append(pid)
                 report.new_cluster_ids.append(pid)
