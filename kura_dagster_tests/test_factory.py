@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -185,6 +186,8 @@ def test_settings_shape_code_versions_per_pipeline(tmp_path):
 def test_component_project_loads_and_materializes(tmp_path, monkeypatch):
     monkeypatch.setenv("KURA_CHECKPOINT_DIR", str(tmp_path / "ck"))
     monkeypatch.syspath_prepend(str(SAMPLE_PROJECT))
+    for name in [m for m in sys.modules if m == "chat_analytics" or m.startswith("chat_analytics.")]:
+        monkeypatch.delitem(sys.modules, name)  # an earlier test's temporary project of the same package name
     defs = dg.load_from_defs_folder(path_within_project=SAMPLE_PROJECT)
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
