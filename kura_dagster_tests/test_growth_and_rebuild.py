@@ -168,6 +168,12 @@ def test_rebuild_job_selection_config_and_versions(tmp_path):
     # the pipeline's own settings are kept (run config replaces a resource's whole config)
     assert kura_config == {"rebuild_taxonomy": True, "clusters_per_group": 5, "checkpoint_dir": str(tmp_path / "s"),
                            "llm": "local", "embeddings": "local"}
+    from kura_dagster.orchestration.rebuild import rebuild_config
+    from kura_dagster.orchestration.resources import KuraPipelineResource
+
+    from_env = KuraPipelineResource(checkpoint_dir=dg.EnvVar("CK"), max_concurrency=dg.EnvVar.int("CONCURRENCY"))
+    assert rebuild_config(from_env) == {"checkpoint_dir": {"env": "CK"}, "max_concurrency": {"env": "CONCURRENCY"},
+                                        "rebuild_taxonomy": True}  # still read from the environment at run time
     standalone = build_kura_defs(None, checkpoint_dir=str(tmp_path / "k"), sensor=False)
     assert _keys(standalone, "kura_rebuild_taxonomy") == {
         "clusters", "meta_clusters", "projected_clusters", "cluster_facets", "cluster_growth"}

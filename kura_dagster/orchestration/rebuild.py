@@ -33,9 +33,9 @@ def rebuild_selection(names: KuraNames) -> dg.AssetSelection:
 def rebuild_config(kura: Optional[Any]) -> dict[str, Any]:
     """The ``kura`` resource's config with ``rebuild_taxonomy`` set. Run config replaces a resource's whole
     config (fields left out fall back to their defaults, not to the Definitions' values), so every setting the
-    pipeline was given is repeated; an ``EnvVar`` stays one (``{"env": NAME}``)."""
+    pipeline was given is repeated; an ``EnvVar`` or ``EnvVar.int`` stays one (``{"env": NAME}``)."""
     given = kura.model_dump(exclude_unset=True) if kura is not None else {}
-    config = {name: ({"env": raw.env_var_name} if isinstance(raw := getattr(kura, name), dg.EnvVar) else value)
+    config = {name: ({"env": env} if (env := getattr(getattr(kura, name), "env_var_name", None)) else value)
               for name, value in given.items()}
     return {**config, "rebuild_taxonomy": True}
 
