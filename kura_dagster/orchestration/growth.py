@@ -223,7 +223,7 @@ def cluster_growth_step(context: dg.AssetExecutionContext, kura: Any, clusters: 
     # judged only over a whole window of history: the first days of a pipeline would otherwise warn on noise
     judged = history >= window
     alerts = spikes(growth, kura.growth_alert_factor, kura.growth_alert_min_conversations) if judged else []
-    context.log.info(f"Growth of {len(growth)} clusters over {len(set(table.column('period').to_pylist()))} "
+    context.log.info(f"Growth of {len(growth)} clusters over {pc.count_distinct(table.column('period')).as_py()} "
                      f"period(s) ({periods}); latest {latest}: {len(new)} new, {len(alerts)} past "
                      f"{kura.growth_alert_factor}× their trailing mean: {parquet_path}")
     check = dg.AssetCheckResult(
