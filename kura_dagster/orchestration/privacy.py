@@ -68,12 +68,14 @@ def private_base_clusters(
     auditor = privacy_auditor(context, kura, cache)
     report = FoldReport()
     out = base_clusters_with_thresholds(columns, scrubbing, kura.settings(), thresholds, auditor=auditor,
-                                        min_rating=kura.audit_min_rating, report=report)
+                                        min_rating=kura.audit_min_rating, report=report,
+                                        join_quantile=getattr(kura, "assign_quantile", 0.95))
     context.log.info(
         f"Thresholds ({thresholds.describe()}): {report.shown} cluster(s) shown of {report.groups} k-means groups; "
-        f"{report.small_groups} too small, {report.withheld_groups} withheld by the auditor; "
-        f"{report.conversations_in_other} conversation(s) in '{'Other requests'}', "
-        f"{report.conversations_folded} folded into the nearest shown cluster")
+        f"{report.small_groups} too small, {report.withheld_groups} withheld by the auditor; of their members "
+        f"{report.conversations_joined} joined the nearest shown cluster (within its spread), "
+        f"{report.conversations_in_other} went to {report.other_clusters} 'Other requests' cluster(s), "
+        f"{report.conversations_folded} were folded into the nearest shown cluster (their 'Other' too small)")
     return out, {**report.as_metadata(), "privacy/min_conversations": thresholds.min_conversations,
                  **({"privacy/user_key": thresholds.user_key, "privacy/min_users": thresholds.min_users}
                     if thresholds.user_key else {}),

@@ -323,7 +323,9 @@ class ScrubbingNamer:
         return [scrub_generated(g, self.scrubbed) for g in self.inner.name_clusters(groups)]
 
     def name_meta_clusters(self, groups: Sequence[Sequence[Cluster]]) -> list[GeneratedCluster]:
-        return [scrub_generated(g, self.scrubbed) for g in self.inner.name_meta_clusters(groups)]
+        from kura_dagster.pipeline.thresholds import name_parents  # "Other requests" children are never named from
+
+        return [scrub_generated(g, self.scrubbed) for g in name_parents(self.inner.name_meta_clusters, groups)]
 
 
 def scrub_metadata(counts: Counter, prefix: str = "privacy/scrubbed") -> dict[str, int]:

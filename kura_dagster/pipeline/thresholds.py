@@ -2,16 +2,23 @@
 
 A base cluster is *shown* (named from its members) only when it holds at least ``min_conversations``
 conversations and, with a ``user_key`` (a conversation metadata field such as ``user_id``), at least
-``min_users`` distinct users. The k-means groups below the thresholds are never given to the naming model:
+``min_users`` distinct users. The k-means groups below the thresholds are never given to the naming model; each
+of their members (:func:`place_small_members`):
 
-1. their members go to one **"Other requests"** cluster, named and described generically (never from its
-   members), when that cluster itself meets the thresholds;
-2. otherwise (too few of them even together) each of them is folded into the shown cluster whose centroid is
-   nearest to it. The shown cluster's name was made from its own members only.
+1. **joins the nearest shown cluster when it is close enough to it**: within that cluster's own spread, the
+   ``join_quantile`` (the taxonomy's ``assign_quantile``, 0.95) of its members' cosine distances to its
+   centroid, the rule by which a new conversation joins an existing cluster (:mod:`kura_dagster.pipeline.taxonomy`);
+2. otherwise goes to the **"Other requests"** cluster of its neighbourhood: the shown clusters are grouped as the
+   meta step's first round groups them (k-means of their centroids, ``groups_for_round``; one neighbourhood when
+   there is no round), so there is about one "Other" per parent, or a single one when the shown clusters are
+   the roots. An "Other" is named and described generically, never from its members;
+3. an "Other" below the thresholds is not shown: each of its members is folded into its nearest shown cluster.
 
-Groups the privacy auditor withholds (LLM mode, :mod:`kura_dagster.pipeline.audit`) are treated as small ones.
-Meta clusters are unions of shown clusters, so they meet the thresholds whenever their children do; a meta
-cluster the auditor withholds keeps its place in the tree with the generic name.
+A shown cluster's name was made from its own members only (before anyone joined it). Groups the privacy auditor
+withholds (LLM mode, :mod:`kura_dagster.pipeline.audit`) are treated as small ones. Meta clusters are unions of
+shown clusters, so they meet the thresholds whenever their children do; they are named from their children's
+names without the "Other" pools (:func:`name_parents`), and a parent of pools only is an "Other requests" itself.
+A meta cluster the auditor withholds keeps its place in the tree with the generic name.
 
 Every output is an ordinary Kura ``Cluster``: Kura and its UI read the checkpoints as before.
 """
@@ -30,8 +37,8 @@ from kura_dagster.pipeline.settings import PipelineSettings
 from kura_dagster.types import Cluster, ConversationSummary, GeneratedCluster
 
 OTHER_NAME = "Other requests"
-OTHER_DESCRIPTION = ("Conversations from groups too small or too specific to describe without revealing who they "
-                     "came from. They are counted here, and no name or description was drawn from them.")
+OTHER_DESCRIPTION = ("Conversations unlike every named cluster, from groups too small or too specific to describe "
+                     "without revealing who they came from. No name or description was drawn from them.")
 OTHER_SLUG = "other_requests"
 OTHER = GeneratedCluster(name=OTHER_NAME, summary=OTHER_DESCRIPTION, slug=OTHER_SLUG)
 
@@ -66,9 +73,15 @@ class FoldReport:
     small_groups: int = 0
     withheld_groups: int = 0
     """Groups the privacy auditor withheld (treated as small ones)."""
+    small_groups_merged: int = 0
+    """Merges of two small groups into one as tight as a shown cluster (see :func:`merge_small_groups`)."""
+    conversations_joined: int = 0
+    """Members of small groups close enough to the nearest shown cluster (within its spread) to join it."""
+    other_clusters: int = 0
     conversations_in_other: int = 0
     conversations_folded: int = 0
-    """Members of small groups folded into the nearest shown cluster (too few for an "Other" cluster)."""
+    """Members of small groups far from every shown cluster whose "Other" was below the thresholds: folded into
+    their nearest shown cluster."""
     without_user: int = 0
     """Conversations without ``user_key`` in their metadata (counted as no user)."""
     ratings: dict[int, int] = field(default_factory=dict)
@@ -76,6 +89,9 @@ class FoldReport:
     def as_metadata(self) -> dict[str, int]:
         return {"privacy/kmeans_groups": self.groups, "privacy/clusters_shown": self.shown,
                 "privacy/small_groups": self.small_groups, "privacy/withheld_groups": self.withheld_groups,
+                "privacy/small_groups_merged": self.small_groups_merged,
+                "privacy/conversations_joined_nearest": self.conversations_joined,
+                "privacy/other_clusters": self.other_clusters,
                 "privacy/conversations_in_other": self.conversations_in_other,
                 "privacy/conversations_folded_into_nearest": self.conversations_folded,
                 **({"privacy/conversations_without_user": self.without_user} if self.without_user else {})}
@@ -100,11 +116,161 @@ def meets(members: Sequence[int] | np.ndarray, users: Sequence[str | None] | Non
     return len(distinct) >= t.min_users
 
 
-def _nearest(x: np.ndarray, rows: np.ndarray, groups: Sequence[np.ndarray]) -> np.ndarray:
-    """For each of ``rows``, the index of the group whose (normalised) centroid is nearest by cosine."""
-    centroids = np.stack([x[g].mean(axis=0) for g in groups]).astype(np.float32)
-    centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
-    return np.asarray((x[rows] @ centroids.T).argmax(axis=1)).reshape(-1)
+def _unit_centroids(x: np.ndarray, groups: Sequence[np.ndarray]) -> np.ndarray:
+    centroids = np.stack([np.asarray(x[g], dtype=np.float32).mean(axis=0) for g in groups])
+    return centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+
+
+def _neighbourhoods(centroids: np.ndarray, settings: PipelineSettings) -> np.ndarray:
+    """The meta step's first round over the shown clusters (:func:`reduce_clusters`: k-means of their centroids,
+    ``groups_for_round`` groups, seed + 1), or one neighbourhood when the shown clusters will be the roots."""
+    from kura_dagster.pipeline.kmeans import cluster_labels
+    from kura_dagster.pipeline.meta_cluster import groups_for_round
+
+    if len(centroids) <= settings.max_clusters:
+        return np.zeros(len(centroids), dtype=np.int64)
+    return np.asarray(cluster_labels(centroids, groups_for_round(len(centroids), settings), seed=settings.seed + 1))
+
+
+def _spread(x: np.ndarray, rows: np.ndarray, quantile: float) -> float:
+    """The ``quantile`` of the rows' cosine distances to their (normalised) mean."""
+    v = np.asarray(x[rows], dtype=np.float32)
+    v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    c = v.mean(axis=0)
+    c /= max(float(np.linalg.norm(c)), 1e-12)
+    return float(np.quantile(1.0 - v @ c, quantile))
+
+
+def merge_small_groups(x: np.ndarray, groups: list[np.ndarray], users: Sequence[str | None] | None,
+                       thresholds: Thresholds, quantile: float, report: FoldReport) -> list[np.ndarray]:
+    """Small k-means groups that together are as tight as a cluster already shown become one group (Kura's
+    ``k = n / clusters_per_group`` often cuts a topic into pieces just under ``min_conversations``).
+
+    Greedy, closest pair first (cosine of centroids): a piece and its nearest piece are merged when their union's
+    spread (``quantile`` of the members' distances to their centroid) is no larger than that of the loosest group
+    that meets the thresholds (no cluster looser than one already shown is made); when it is larger, the piece
+    stops looking (a farther piece would make a looser union). A merged group that meets the thresholds is
+    shown, named from its own members like any other, and takes no more pieces; one that does not stays small.
+    Memory is linear in the number of pieces (nearest neighbours are found in blocks, never a full matrix)."""
+    small_at = [i for i, g in enumerate(groups) if not meets(g, users, thresholds)]
+    big = [g for g in groups if meets(g, users, thresholds)]
+    if len(small_at) < 2 or not big:
+        return groups
+    limit = max(_spread(x, g, quantile) for g in big)
+    pieces = [groups[i] for i in small_at]
+    m = len(pieces)
+    cents = _unit_centroids(x, pieces)
+    partner = np.ones(m, dtype=bool)  # may still be merged with (alive and below the thresholds)
+    looking = np.ones(m, dtype=bool)  # may still look for a partner
+    alive = np.ones(m, dtype=bool)
+    refused: dict[int, set[int]] = {}
+    best_val = np.full(m, -np.inf, dtype=np.float32)
+    best_col = np.full(m, -1, dtype=np.int64)
+
+    def refresh(rows: np.ndarray) -> None:
+        rows = rows[looking[rows]]
+        for at in range(0, len(rows), 1024):
+            block = rows[at:at + 1024]
+            sims = cents[block] @ cents.T
+            sims[:, ~partner] = -np.inf
+            sims[np.arange(len(block)), block] = -np.inf
+            for k, r in enumerate(block.tolist()):
+                sims[k, list(refused.get(r, ()))] = -np.inf
+            best_col[block] = sims.argmax(axis=1)
+            best_val[block] = sims[np.arange(len(block)), best_col[block]]
+
+    refresh(np.arange(m))
+    while True:
+        r = int(np.argmax(best_val))
+        if not np.isfinite(best_val[r]):
+            break
+        c = int(best_col[r])
+        union = np.sort(np.concatenate([pieces[r], pieces[c]]))
+        if _spread(x, union, quantile) > limit:
+            looking[r], best_val[r] = False, -np.inf
+            refused.setdefault(r, set()).add(c)
+            refused.setdefault(c, set()).add(r)
+            if best_col[c] == r:
+                refresh(np.array([c]))
+            continue
+        i, j = min(r, c), max(r, c)
+        pieces[i], alive[j], partner[j], looking[j], best_val[j] = union, False, False, False, -np.inf
+        refused.pop(i, None)  # a new piece: what the old one refused says nothing about it
+        report.small_groups_merged += 1
+        if meets(union, users, thresholds):  # shown from now on: it takes no more pieces
+            partner[i], looking[i], best_val[i] = False, False, -np.inf
+        else:
+            cents[i] = _unit_centroids(x, [union])[0]
+            looking[i] = True
+        stale = np.flatnonzero(looking & np.isin(best_col, [i, j]))
+        refresh(np.union1d(stale, [i]))
+        if partner[i]:  # the new piece may now be someone's nearest
+            others = np.flatnonzero(looking)
+            sims = cents[others] @ cents[i]
+            closer = (sims > best_val[others]) & (others != i)
+            best_val[others[closer]], best_col[others[closer]] = sims[closer], i
+    at = {g: p for p, g in enumerate(small_at)}  # k-means' order kept: a merged group where its first piece was
+    return [groups[g] if g not in at else pieces[at[g]] for g in range(len(groups)) if g not in at or alive[at[g]]]
+
+
+def place_small_members(
+    x: np.ndarray, shown: Sequence[np.ndarray], rest: np.ndarray, users: Sequence[str | None] | None,
+    thresholds: Thresholds, settings: PipelineSettings, join_quantile: float, report: FoldReport,
+) -> tuple[list[list[int]], list[np.ndarray]]:
+    """Where the members ``rest`` (rows of ``x``) of the small groups go: ``(shown groups with the members that
+    joined or were folded into them, "Other" pools)``. See the module's docstring."""
+    from kura_dagster.pipeline.taxonomy import radii
+
+    if not 0 < join_quantile <= 1:
+        raise ValueError(f"join_quantile must be in (0, 1], got {join_quantile}")
+    final = [list(g.tolist()) for g in shown]
+    if not len(rest):
+        return final, []
+    centroids = _unit_centroids(x, shown)
+    own = np.concatenate(shown)
+    labels = np.concatenate([np.full(len(g), j, dtype=np.int64) for j, g in enumerate(shown)])
+    rows = np.asarray(x[own], dtype=np.float32)
+    rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    spread = radii(1.0 - np.einsum("ij,ij->i", rows, centroids[labels]), labels, len(shown), join_quantile)
+    r = np.asarray(x[rest], dtype=np.float32)
+    sims = (r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12)) @ centroids.T
+    nearest = sims.argmax(axis=1)
+    near = 1.0 - sims[np.arange(len(rest)), nearest] <= spread[nearest]
+    for row, j in zip(rest[near].tolist(), nearest[near].tolist()):
+        final[j].append(row)
+    report.conversations_joined += int(near.sum())
+    far, far_nearest = rest[~near], nearest[~near]
+    hood = _neighbourhoods(centroids, settings)[far_nearest]
+    pools = []
+    for h in np.unique(hood).tolist():
+        pool = far[hood == h]
+        if meets(pool, users, thresholds):
+            pools.append(np.sort(pool))
+            report.conversations_in_other += len(pool)
+        else:  # too few even together: each one into its nearest shown cluster
+            for row, j in zip(pool.tolist(), far_nearest[hood == h].tolist()):
+                final[j].append(row)
+            report.conversations_folded += len(pool)
+    report.other_clusters += len(pools)
+    return final, pools
+
+
+def is_other(cluster: Cluster) -> bool:
+    """An "Other requests" cluster (a pool of small groups' members, or a withheld meta cluster)."""
+    return cluster.name == OTHER_NAME and cluster.slug == OTHER_SLUG
+
+
+def name_parents(name_meta_clusters: Callable[[list[list[Cluster]]], Sequence[GeneratedCluster]],
+                 groups: Sequence[Sequence[Cluster]]) -> list[GeneratedCluster]:
+    """Parents named from their children without the "Other requests" ones (the model never sees a pool, not
+    even its generic text: a parent of a pool alone was once named 'Counted' after its description); a parent of
+    pools only is an "Other requests" itself."""
+    kept = [[c for c in g if not is_other(c)] for g in groups]
+    named = iter(name_meta_clusters([g for g in kept if g]) if any(kept) else [])
+    out = [next(named) if g else OTHER for g in kept]
+    if next(named, None) is not None:
+        raise ValueError("the naming model returned more names than meta clusters")
+    return out
 
 
 Auditor = Callable[[Sequence[GeneratedCluster]], list[int]]
@@ -120,9 +286,11 @@ def base_clusters_with_thresholds(
     auditor: Auditor | None = None,
     min_rating: int = 3,
     report: FoldReport | None = None,
+    join_quantile: float = 0.95,
 ) -> list[Cluster]:
     """Kura's base clusters (``pipeline.cluster``'s k-means and naming sample), with the thresholds applied
-    before any naming: only groups that meet them are given to ``namer``. See the module's docstring."""
+    before any naming: only groups that meet them are given to ``namer``; the small groups' members join a
+    shown cluster within its ``join_quantile`` spread, or an "Other requests". See the module's docstring."""
     report = report if report is not None else FoldReport()
     n = len(columns)
     if not n:
@@ -135,6 +303,7 @@ def base_clusters_with_thresholds(
         report.without_user = sum(u is None for u in users)
     groups = _groups(x, settings)
     report.groups = len(groups)
+    groups = merge_small_groups(x, groups, users, thresholds, join_quantile, report)
     shown = [g for g in groups if meets(g, users, thresholds)]
     small = [g for g in groups if not meets(g, users, thresholds)]
     report.small_groups = len(small)
@@ -158,18 +327,18 @@ def base_clusters_with_thresholds(
             small += [g for g, k in zip(shown, keep) if not k]
             shown, names = [g for g, k in zip(shown, keep) if k], [nm for nm, k in zip(names, keep) if k]
 
-    final = [list(g.tolist()) for g in shown]
+    final: list[list[int]] = [list(g.tolist()) for g in shown]
     final_names = list(names)
     if small:
         rest = np.sort(np.concatenate(small))
-        if meets(rest, users, thresholds):
+        if shown:
+            final, pools = place_small_members(x, shown, rest, users, thresholds, settings, join_quantile, report)
+            final += [p.tolist() for p in pools]
+            final_names += [OTHER] * len(pools)
+        elif meets(rest, users, thresholds):
             final.append(rest.tolist())
             final_names.append(OTHER)
-            report.conversations_in_other = len(rest)
-        elif shown:
-            for row, g in zip(rest.tolist(), _nearest(x, rest, shown).tolist()):
-                final[g].append(row)
-            report.conversations_folded = len(rest)
+            report.conversations_in_other, report.other_clusters = len(rest), 1
         else:
             count = f"{n} conversations" + (f" from {len({u for u in users if u})} users" if users else "")
             raise ThresholdError(f"{count} cannot make one cluster of {thresholds.describe()}: nothing can be "
