@@ -155,9 +155,10 @@ def measure_imports(trees: dict[str, Path], runs: int) -> dict[str, dict]:
     return out
 
 
-def measure_rerun(trees: dict[str, Path], runs: int, server: Server) -> dict[str, dict]:
+def measure_rerun(trees: dict[str, Path], runs: int, server: Server,
+                  kinds: tuple[str, ...] = ("offline", "llm")) -> dict[str, dict]:
     out: dict[str, dict] = {label: {} for label in trees}
-    for kind in ("offline", "llm"):
+    for kind in kinds:
         with tempfile.TemporaryDirectory() as tmp:
             envs, firsts, rows = {}, {}, {label: [] for label in trees}
             for label, code in trees.items():
@@ -317,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--llm-runs", type=int, default=3)
     ap.add_argument("--executor-runs", type=int, default=1)
+    ap.add_argument("--rerun-kinds", nargs="+", choices=("offline", "llm"), default=["offline", "llm"])
     ap.add_argument("--only", nargs="+", choices=("imports", "rerun", "llm", "executor"),
                     default=["imports", "rerun", "llm", "executor"])
     args = ap.parse_args(argv)
@@ -355,7 +357,9 @@ def main(argv: list[str] | None = None) -> int:
                 save("imports", measure_imports(trees, args.runs))
             if "rerun" in args.only:
                 print("reruns …", file=sys.stderr)
-                save("rerun", measure_rerun(trees, args.runs, server))
+                measured = measure_rerun(trees, args.runs, server, tuple(args.rerun_kinds))
+                save("rerun", {label: {**results.get(label, {}).get("rerun", {}), **value}
+                               for label, value in measured.items()})
             if "llm" in args.only:
                 print("LLM end to end …", file=sys.stderr)
                 save("llm", measure_llm(trees, args.llm_runs, server, conversations))

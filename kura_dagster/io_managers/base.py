@@ -238,7 +238,12 @@ class CheckpointIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
     def add_stored_state(self, context: dg.OutputContext) -> None:
         """Record :data:`~kura_dagster.io_managers.stored.STORED_STATE_KEY` after an unpartitioned save."""
         if context.has_asset_key and not context.has_asset_partitions:
-            state = self.stored_state(asset_checkpoint_name(context))
+            try:
+                state = self.stored_state(asset_checkpoint_name(context))
+            except Exception as exc:  # the save succeeded; without a state the next run computes instead of reusing
+                context.log.warning(f"Saved {context.asset_key.to_user_string()}, but could not read back its stored "
+                                    f"state ({type(exc).__name__}: {exc}); the next run will compute it again")
+                return
             if state is not None:
                 context.add_output_metadata({STORED_STATE_KEY: dg.MetadataValue.text(state)})
 

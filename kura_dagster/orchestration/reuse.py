@@ -6,6 +6,7 @@ every checkpoint with the same bytes. :func:`reuse_stored_output` wraps a stage:
 fingerprints what shapes the output, that is
 
 * the data version of every input, as the instance recorded it (content hashes: ``assets.content_version``),
+  and the state of the input's checkpoint as stored now,
 * the asset's code version (the hand-kept version plus the hash of the Definitions' settings) and the package
   version,
 * the settings the run actually uses (launchpad overrides included),
@@ -13,7 +14,8 @@ fingerprints what shapes the output, that is
 and compares that with the fingerprint recorded by the asset's last materialization. When they are equal, and
 the checkpoint is still the one that materialization wrote (its ``kura/stored_state``: rows, bytes and checksum
 of every copy, and the IO manager's settings), the step returns a
-:class:`~kura_dagster.io_managers.stored.StoredOutput`: the IO manager writes nothing, the materialization keeps
+:class:`~kura_dagster.io_managers.stored.StoredOutput` (the stored rows, read back and verified as every load is,
+so the step's value is what it was): the IO manager writes nothing, the materialization keeps
 the last data version (so nothing downstream becomes stale) and copies the last materialization's metadata,
 with this run's work counters (requests, cache hits, tokens, elapsed seconds) at 0 and ``kura/reused_from_run``
 naming the run that computed it. Anything else (a first run, another input, other settings, a checkpoint
