@@ -377,6 +377,9 @@ def test_fifty_new_conversations_cost_their_summaries_and_new_names_only(tmp_pat
     renamed = md["clusters"]["taxonomy/renamed_clusters"] + md["meta_clusters"]["taxonomy/renamed_clusters"]
     assert md["clusters"]["taxonomy/rebuild"] is False and md["meta_clusters"]["taxonomy/rebuild"] is False
     assert md["clusters"]["taxonomy/new_conversations"] == 50
+    for stage in ("meta_clusters", "projected_clusters"):  # the clusters run's figures, on every stage
+        assert md[stage]["taxonomy/assigned_to_existing"] == md["clusters"]["taxonomy/assigned_to_existing"]
+        assert md[stage]["taxonomy/drift/far_share"] == md["clusters"]["taxonomy/drift/far_share"]
     assert renamed <= 0.05 * (n_base + n_meta)
     assert chat <= 50 + new_names + renamed, (chat, new_names, renamed)
     after = _taxonomy(tmp_path)

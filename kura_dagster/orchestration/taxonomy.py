@@ -46,6 +46,20 @@ def taxonomy_metadata(report: TaxonomyReport) -> dict[str, Any]:
             for k, v in report.as_metadata().items()}
 
 
+CARRIED = ("taxonomy/new_conversations", "taxonomy/removed_conversations", "taxonomy/assigned_to_existing",
+           "taxonomy/drift/unassigned_share", "taxonomy/drift/new_cluster_share", "taxonomy/drift/far_share")
+"""The conversation-level figures of the clusters run, repeated on meta_clusters and projected_clusters."""
+
+
+def carried_figures(context: dg.AssetExecutionContext, upstream: str) -> dict[str, Any]:
+    """:data:`CARRIED` from the latest materialization of the asset's upstream ``upstream`` (``clusters`` for
+    meta_clusters, ``meta_clusters`` for projected_clusters), so every stage of the taxonomy shows them."""
+    deps = [k for k in context.assets_def.asset_deps.get(context.asset_key, ()) if k.path[-1] == upstream]
+    event = context.instance.get_latest_materialization_event(deps[0]) if deps else None
+    md = event.asset_materialization.metadata if event is not None and event.asset_materialization else {}
+    return {k: md[k].value for k in CARRIED if k in md}
+
+
 def _full(report: TaxonomyReport, state: Any, reason: str) -> None:
     report.rebuild, report.rebuild_reason = True, reason
     report.generation = int(state.params["generation"]) + 1 if state is not None else 1
@@ -54,6 +68,9 @@ def _full(report: TaxonomyReport, state: Any, reason: str) -> None:
 def _log(context: dg.AssetExecutionContext, stage: str, report: TaxonomyReport) -> None:
     if report.rebuild:
         context.log.info(f"{stage}: full taxonomy build (generation {report.generation}): {report.rebuild_reason}")
+    elif stage != "clusters":
+        context.log.info(f"{stage}: incremental: {len(report.new_cluster_ids)} new, {len(report.renamed_cluster_ids)} "
+                         f"renamed, {len(report.retired_cluster_ids)} retired cluster(s)")
     else:
         context.log.info(
             f"{stage}: incremental: {report.assigned_to_existing} new conversation(s) joined existing clusters, "
@@ -125,7 +142,7 @@ def taxonomy_meta_clusters(context: dg.AssetExecutionContext, kura: Any, cluster
         if not report.rebuild_reason:
             save_taxonomy(kura.checkpoint_dir, META, _with_settings(new_state, settings))
             _log(context, "meta_clusters", report)
-            return out, taxonomy_metadata(report)
+            return out, {**taxonomy_metadata(report), **carried_figures(context, "clusters")}
         reason = report.rebuild_reason
     report = TaxonomyReport()
     _full(report, state, reason)
@@ -137,7 +154,7 @@ def taxonomy_meta_clusters(context: dg.AssetExecutionContext, kura: Any, cluster
     save_taxonomy(kura.checkpoint_dir, META, _with_settings(new_state, settings))
     _log(context, "meta_clusters", report)
     return render_meta(new_state, [c.model_copy(update={"parent_id": None}) for c in clusters]), \
-        taxonomy_metadata(report)
+        {**taxonomy_metadata(report), **carried_figures(context, "clusters")}
 
 
 def _with_settings(state: Any, settings: Any) -> Any:
@@ -173,7 +190,7 @@ def taxonomy_projection(context: dg.AssetExecutionContext, kura: Any, meta_clust
                                      state.arrays["sign"], meta_generation)
         save_taxonomy(kura.checkpoint_dir, PROJECTION, _generation(new_state, report.generation))
         _log(context, "projected_clusters", report)
-        return xy, taxonomy_metadata(report)
+        return xy, {**taxonomy_metadata(report), **carried_figures(context, "meta_clusters")}
     report.rebuild, report.rebuild_reason = True, reason or "nothing stored to place clusters with"
     report.generation = int(state.params.get("generation", 0)) + 1 if state is not None else 1
     x = embed(list(meta_clusters)) if meta_clusters else np.zeros((0, 0))
@@ -182,7 +199,7 @@ def taxonomy_projection(context: dg.AssetExecutionContext, kura: Any, meta_clust
     save_taxonomy(kura.checkpoint_dir, PROJECTION,
                   _generation(projection_state(ids, xy, mean, components, sign, meta_generation), report.generation))
     _log(context, "projected_clusters", report)
-    return xy, taxonomy_metadata(report)
+    return xy, {**taxonomy_metadata(report), **carried_figures(context, "meta_clusters")}
 
 
 def _generation(state: Any, generation: int) -> Any:

@@ -340,15 +340,15 @@ def update_base_clusters(
                 labels[members] = -1  # nothing left to join: they are clustered afresh below
                 leftover = np.concatenate([leftover, members])
             sizes = np.bincount(labels[labels >= 0], minlength=k)
-    # Conversations that joined nothing become new clusters (Kura's rule and the thresholds). Once "Other
-    # requests" grew by rename_fraction since it was last looked at, its members are clustered with them: what
-    # was too rare to show may now have enough company to be named (and "Other" is looked at again).
+    # Conversations that joined nothing become new clusters (Kura's rule and the thresholds). Once the "Other
+    # requests" pools grew by rename_fraction since they were last looked at, their members are clustered with
+    # them: what was too rare to show may now have enough company to be named.
     made: list[Cluster] = []
-    other_at = next((j for j in range(k) if is_other[j] and j not in retired), None)
+    others = np.array([j for j in range(k) if is_other[j] and j not in retired and sizes[j] > 0], dtype=np.int64)
     if len(leftover):
-        in_other = np.flatnonzero(labels == other_at) if other_at is not None else np.zeros(0, np.int64)
-        grown = other_at is not None and (len(in_other) + len(leftover) - entries[other_at]["named_size"]) \
-            >= options.rename_fraction * max(entries[other_at]["named_size"], 1)
+        in_other = np.flatnonzero(np.isin(labels, others)) if len(others) else np.zeros(0, np.int64)
+        looked_at = sum(entries[j]["named_size"] for j in others.tolist())
+        grown = len(others) > 0 and len(in_other) + len(leftover) - looked_at >= options.rename_fraction * max(looked_at, 1)
         pool = np.sort(np.concatenate([leftover, in_other]) if grown else leftover)
         labels[pool] = -1
         try:
@@ -356,20 +356,26 @@ def update_base_clusters(
         except ThresholdError:
             made = []
         row = {columns.chat_ids[i]: i for i in pool.tolist()}
+        known = {e["id"] for e in entries}
+        run = int(params.get("run", 0)) + 1
         for c in made:
             rows = np.array([row[cid] for cid in c.chat_ids], dtype=np.int64)
-            if c.name == OTHER_NAME and other_at is not None:
-                labels[rows] = other_at  # the pool's "Other" is the one people know (same id)
-                continue
-            entries.append({"id": c.id, "name": c.name, "description": c.description, "slug": c.slug,
-                            "named_size": len(rows), "born": int(params.get("run", 0)) + 1})
+            if c.name == OTHER_NAME and len(others):
+                continue  # the pools people know hold them (below)
+            members = [columns.chat_ids[i] for i in rows.tolist()]
+            cid = c.id if c.id not in known else cluster_id(settings.seed, f"base-{run}", members)  # (a pool's
+            known.add(cid)  # members can regroup exactly as a cluster that exists: ids stay unique)
+            entries.append({"id": cid, "name": c.name, "description": c.description, "slug": c.slug,
+                            "named_size": len(rows), "born": run})
             labels[rows] = len(entries) - 1
-            report.new_cluster_ids.append(c.id)
+            report.new_cluster_ids.append(cid)
         rest = pool[labels[pool] < 0]
-        if len(rest) and other_at is not None and (grown and (labels == other_at).any() or not grown):
-            labels[rest] = other_at  # still too rare: they stay in (or join) "Other requests"
-        if grown and other_at is not None:
-            entries[other_at]["named_size"] = int((labels == other_at).sum())
+        if len(rest) and len(others):  # still too rare to show: the nearest "Other requests" (same ids)
+            best, _ = _nearest(x[rest], cents[others], np.ones(len(others), dtype=bool))
+            labels[rest] = others[best]
+            if grown:
+                for j in others.tolist():
+                    entries[j]["named_size"] = int((labels == j).sum())
         elif len(rest):  # no "Other" to hold them: the nearest shown cluster takes them
             alive = np.bincount(labels[labels >= 0], minlength=len(entries)) > 0
             allowed = np.zeros(len(entries), dtype=bool)
