@@ -177,6 +177,36 @@ def test_removed_conversations_leave_and_emptied_or_too_small_clusters_retire() 
     assert namer.asked == [] and out[0].name == before["a"].name
 
 
+def test_other_requests_graduate_once_the_pool_grew_and_ids_stay_unique() -> None:
+    """An "Other requests" pool of 3 (o*) and 3 new conversations (n*) far from every cluster: the pool grew by
+    100% (>= 25%), so pool and newcomers are clustered together (k = ceil(6 / 3) = 2): o* regroup exactly as the
+    pool's members, a shown cluster whose member hash is the pool's id, so it gets a fresh one; n* make another;
+    the emptied pool is retired."""
+    from kura_dagster.pipeline.cluster import cluster_id
+    from kura_dagster.pipeline.thresholds import OTHER_DESCRIPTION, OTHER_NAME, OTHER_SLUG
+
+    settings = PipelineSettings(clusters_per_group=3, max_clusters=2, seed=0)
+    key = settings_key(settings, THRESHOLDS, DIM)
+    a, o, n = _points("a", 0, 12, seed=1), _points("o", 3, 3, seed=2), _points("n", 5, 3, seed=3)
+    pool_id = cluster_id(0, "base", [s.chat_id for s in o])
+    day0 = [Cluster(id="A", name="a", description="d", slug="a", chat_ids=[s.chat_id for s in a], parent_id=None),
+            Cluster(id=pool_id, name=OTHER_NAME, description=OTHER_DESCRIPTION, slug=OTHER_SLUG,
+                    chat_ids=[s.chat_id for s in o], parent_id=None)]
+    state = base_state(SummaryColumns.coerce(a + o), day0, key, TaxonomyOptions(), generation=1)
+    namer = RecordingNamer()
+    report = TaxonomyReport()
+    out, _ = update_base_clusters(
+        SummaryColumns.coerce(a + o + n), state, namer, settings, THRESHOLDS, key,
+        TaxonomyOptions(rebuild_new_share=0.9), report=report,
+        new_clusters=lambda view: base_clusters_with_thresholds(view, namer, settings, THRESHOLDS))
+    by_members = {tuple(sorted(c.chat_ids)): c for c in out}
+    os_, ns = ("o00", "o01", "o02"), ("n00", "n01", "n02")
+    assert os_ in by_members and by_members[os_].id == cluster_id(0, "base-1", list(os_)) != pool_id
+    assert ns in by_members and len({c.id for c in out}) == len(out) == 3
+    assert report.retired_cluster_ids == [pool_id] and len(report.new_cluster_ids) == 2
+    assert sorted(namer.asked) == [list(ns), list(os_)]
+
+
 def test_drift_asks_for_a_rebuild_before_any_request() -> None:
     day0 = _day0()
     state = _built(day0)

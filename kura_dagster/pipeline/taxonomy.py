@@ -259,7 +259,7 @@ def update_base_clusters(
 
     ``new_clusters(columns_view) -> list[Cluster]``: how the conversations that joined no cluster become new
     clusters (the full build's k-means + thresholds + naming, on those rows only)."""
-    from kura_dagster.pipeline.thresholds import OTHER_NAME, ThresholdError, user_ids
+    from kura_dagster.pipeline.thresholds import OTHER_NAME, OTHER_SLUG, ThresholdError, user_ids
 
     report = report if report is not None else TaxonomyReport()
     params = state.params
@@ -386,6 +386,19 @@ def update_base_clusters(
             best, _ = _nearest(x[rest], np.concatenate([cents, np.zeros((len(entries) - k, cents.shape[1]),
                                                                          np.float32)]), allowed)
             labels[rest] = best
+    # an "Other requests" left below the thresholds is not shown: its members join their nearest shown cluster
+    small_pools = [j for j in range(len(entries)) if entries[j]["name"] == OTHER_NAME
+                   and entries[j]["slug"] == OTHER_SLUG and (labels == j).any()
+                   and not _users_ok(np.flatnonzero(labels == j), users, thresholds)]
+    if small_pools:
+        now = centroids_of(x, labels, len(entries))
+        shown = np.bincount(labels, minlength=len(entries)) > 0
+        shown[[j for j in range(len(entries)) if entries[j]["slug"] == OTHER_SLUG]] = False
+        if not shown.any():
+            raise ThresholdError(f"{n} conversations cannot make one cluster of {thresholds.describe()}")
+        for j in small_pools:
+            members = np.flatnonzero(labels == j)
+            labels[members] = _nearest(x[members], now, shown)[0]
     # renames: only where the membership changed materially since the cluster was named
     sizes = np.bincount(labels, minlength=len(entries))
     added = np.zeros(len(entries), dtype=np.int64)
