@@ -2,6 +2,8 @@
 
     python benchmarks/quality.py                 # every corpus; writes benchmarks/results/quality.md
     python benchmarks/quality.py --corpora rag   # some of them
+    python benchmarks/quality.py --min-conversations 10 --out benchmarks/results/quality_thresholds.md
+                                                 # with the privacy thresholds, as the clusters asset applies them
 
 Runs the real stage functions with the offline models (summaries -> base clusters -> meta clusters) on:
 
@@ -55,8 +57,10 @@ def mtbench_category(question_id: int) -> str:
     return MTBENCH_CATEGORIES[(int(question_id) - 81) // 10]
 
 
-def run_offline(conversations, settings):
-    """The offline pipeline, stage by stage, as the assets run it: (summaries, base clusters, all clusters)."""
+def run_offline(conversations, settings, min_conversations: int = 0):
+    """The offline pipeline, stage by stage, as the assets run it: (summaries, base clusters, all clusters).
+    ``min_conversations``: the privacy thresholds (``pipeline/thresholds.py``) as the clusters asset applies them
+    (0: off, Kura's plain k-means and naming)."""
     import numpy as np
 
     from kura_dagster.pipeline import generate_base_clusters, reduce_clusters, summarise_conversations
@@ -65,7 +69,16 @@ def run_offline(conversations, settings):
     embedder = LocalEmbeddingModel(dims=settings.embedding_dims, seed=settings.seed)  # fits on what it embeds first
     namer = LocalClusterNamingModel(seed=settings.seed)
     summaries = summarise_conversations(conversations, LocalSummaryModel(), embedder)
-    clusters = generate_base_clusters(summaries, namer, settings)
+    if min_conversations:
+        from kura_dagster.checkpoints.columnar import SummaryColumns
+        from kura_dagster.pipeline.privacy import ScrubbingNamer
+        from kura_dagster.pipeline.thresholds import Thresholds, base_clusters_with_thresholds
+
+        namer = ScrubbingNamer(namer)  # as the assets: parents named without their "Other requests" children
+        clusters = base_clusters_with_thresholds(SummaryColumns.coerce(summaries), namer, settings,
+                                                 Thresholds(min_conversations=min_conversations))
+    else:
+        clusters = generate_base_clusters(summaries, namer, settings)
     try:  # as the meta_clusters asset does: group in the base clusters' own embedding space
         from kura_dagster.pipeline.meta_cluster import cluster_centroids
     except ImportError:
@@ -94,12 +107,13 @@ def scores(truth: Sequence, pred: Sequence) -> dict[str, float]:
             "ari": adjusted_rand_score(truth, pred)}
 
 
-def evaluate(name: str, conversations, labelings: dict[str, list], seed: int = 0) -> dict:
+def evaluate(name: str, conversations, labelings: dict[str, list], seed: int = 0, min_conversations: int = 0
+             ) -> dict:
     from kura_dagster.pipeline import PipelineSettings
 
     settings = PipelineSettings(seed=seed)
     t0 = time.perf_counter()
-    summaries, clusters, meta = run_offline(conversations, settings)
+    summaries, clusters, meta = run_offline(conversations, settings, min_conversations)
     seconds = time.perf_counter() - t0
     of = {cid: i for i, c in enumerate(clusters) for cid in c.chat_ids}
     pred = [of[c.chat_id] for c in conversations]
@@ -115,6 +129,7 @@ def evaluate(name: str, conversations, labelings: dict[str, list], seed: int = 0
         "person_summaries": len(person_summaries) / n, "person_names": len(person_names) / max(len(clusters), 1),
         "largest_root": max((len(r.chat_ids) for r in roots), default=0) / n,
         "largest_root_name": max(roots, key=lambda r: len(r.chat_ids)).name if roots else "",
+        "in_other": sum(len(c.chat_ids) for c in clusters if c.name == "Other requests") / n,
         "examples": {
             "summaries": [s.summary for s in summaries[:: max(1, n // 4)][:4]],
             "person_summaries": [s.summary for s in person_summaries[:3]],
@@ -187,6 +202,8 @@ def markdown(results: list[dict], argv: Sequence[str]) -> str:
                 f"| {r['corpus']} | {lab} ({s['n_labels']}) | {r['n']:,} | {r['k']} | **{_f(o['ami'])}** | {_f(o['nmi'])} "
                 f"| {_f(o['ari'])} | {_f(b['ami'])} | {_f(b['nmi'])} | {_f(b['ari'])} | {r['person_summaries']:.1%} "
                 f"| {r['person_names']:.1%} | {r['largest_root']:.1%} | {r['seconds']:.1f} |")
+    lines += ["", "Share of the conversations in \"Other requests\" base clusters (the privacy thresholds' pools; "
+              "0 when they are off): " + ", ".join(f"{r['corpus']} {r.get('in_other', 0):.1%}" for r in results)]
     lines += ["", "## Examples", ""]
     for r in results:
         ex = r["examples"]
@@ -212,16 +229,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--json", type=Path, help="also write the raw results here")
+    ap.add_argument("--min-conversations", type=int, default=0,
+                    help="apply the privacy thresholds as the clusters asset does (its default: 10); 0: off")
     args = ap.parse_args(argv)
     results = []
     for name, (convs, labelings) in load_corpora(args.corpora).items():
         print(f"{name}: {len(convs):,} conversations …", file=sys.stderr, flush=True)
-        r = evaluate(name, convs, labelings, args.seed)
+        r = evaluate(name, convs, labelings, args.seed, args.min_conversations)
         results.append(r)
         for lab, s in r["labels"].items():
             print(f"  {lab}: ours AMI {s['ours']['ami']:.3f} NMI {s['ours']['nmi']:.3f} | baseline AMI "
                   f"{s['baseline']['ami']:.3f} | 1st/2nd person: summaries {r['person_summaries']:.1%} names "
-                  f"{r['person_names']:.1%} | largest root {r['largest_root']:.1%}", file=sys.stderr, flush=True)
+                  f"{r['person_names']:.1%} | largest root {r['largest_root']:.1%} | in Other "
+                  f"{r['in_other']:.1%}", file=sys.stderr, flush=True)
     md = markdown(results, argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(md + "\n")
