@@ -57,6 +57,51 @@ def test_the_text_is_the_user_turns_and_a_short_request_gets_the_replies_start()
     assert len(text) <= USER_CHARS + 1 and text.endswith("Now explain the stack trace above please")
 
 
+PREAMBLE = "You are the help desk of a garden shop. Answer only from the passages below."
+PASSAGES = ["Roses need six hours of sun.", "Water tomatoes at the base in the morning.", "Compost feeds the soil."]
+QUESTIONS = ["when should I prune an apple tree", "How deep do I plant tulip bulbs?", "why are my basil leaves yellow",
+             "Can lavender survive a frost?", "what eats holes in hosta leaves", "How often to feed lemon trees?"]
+
+
+def templated(i: int, question: str, passage: str = "") -> str:
+    """A retrieval prompt: a fixed preamble and passages the corpus repeats around the user's question."""
+    docs = "\n".join([*PASSAGES, passage] if passage else PASSAGES)
+    return f"{PREAMBLE}\n\nPassages:\n{docs}\n\nQuestion: {question}\nAnswer:"
+
+
+def test_the_corpus_template_is_left_out_and_the_request_outweighs_the_rest(tmp_path: Path) -> None:
+    corpus = [conv(f"t{i}", templated(i, q)) for i, q in enumerate(QUESTIONS * 3)]
+    unique = "My greenhouse in Oslo stays at 4 degrees overnight."
+    corpus.append(conv("extra", templated(99, "Which vegetables grow in winter?", unique)))
+    model, how = fit_local_embedding(str(tmp_path), corpus, dims=8)
+    assert how == "fitted"
+    # every line the corpus repeats (preamble, passages, labels) is gone; the question after the label stays
+    assert model.conversation_text(corpus[1]) == "How deep do I plant tulip bulbs?"
+    assert conversation_text(corpus[1]) != "How deep do I plant tulip bulbs?"  # (without the corpus's template)
+    # context that is the user's own (not template) stays, and the request is weighted above it
+    q = "Which vegetables grow in winter?"
+    assert model.conversation_text(corpus[-1]) == f"{q}\n{q}\n{unique}\n{q}"
+    # a later run loads the stored template with the vocabulary and reads new conversations the same way
+    later, how = fit_local_embedding(str(tmp_path), corpus[:2], dims=8)
+    assert how == "loaded" and later.conversation_text(corpus[-1]) == model.conversation_text(corpus[-1])
+    # the stored template is digests: no line of it is kept as text
+    stored = (tmp_path / ARTIFACTS_DIR / ARTIFACT_NAME / later.state.version / "params.json").read_text()
+    assert "garden shop" not in stored and "Roses" not in stored and "tomatoes" not in stored
+    assert json.loads(stored)["params"]["template"]["heads"] == ["question"]
+
+
+def test_embeddings_of_templated_conversations_do_not_change_when_a_new_partition_arrives(tmp_path: Path) -> None:
+    day1 = [conv(f"a{i}", templated(i, q)) for i, q in enumerate(QUESTIONS * 2)]
+    day2 = [conv(f"b{i}", f"Preface line {i}\n" + templated(i, q.upper())) for i, q in enumerate(QUESTIONS)]
+    model1, _ = fit_local_embedding(str(tmp_path), day1, dims=8)
+    before = model1.embed([model1.conversation_text(c) for c in day1])
+    model2, how = fit_local_embedding(str(tmp_path), day2, dims=8)  # a new process on the next day
+    assert how == "loaded"
+    model2.embed([model2.conversation_text(c) for c in day2])
+    after = model2.embed([model2.conversation_text(c) for c in day1])
+    assert np.array_equal(after, before)
+
+
 # --- stable across partitions, stored without pickle ----------------------------------------------------
 
 
@@ -103,7 +148,8 @@ def test_the_artifact_is_arrays_and_json_and_loads_without_pickle(tmp_path: Path
     model, _ = fit_local_embedding(str(tmp_path), demo_conversations(50, seed=4), dims=8)
     root = tmp_path / ARTIFACTS_DIR / ARTIFACT_NAME
     pointer = json.loads((root / "current.json").read_text())
-    assert sorted(pointer["files"]) == ["components.npy", "idf.npy", "params.json"]
+    assert sorted(pointer["files"]) == ["components.npy", "idf.npy", "params.json", "template_counts.npy",
+                                        "template_digests.npy"]
     for name in ("components", "idf"):
         arr = np.load(root / pointer["version"] / f"{name}.npy", allow_pickle=False)
         assert arr.dtype == np.float32

@@ -196,7 +196,7 @@ def fit_local_embedding(checkpoint_dir: str, conversations: Sequence[Conversatio
 
     local = LocalEmbeddingModel(dims=dims, seed=seed)
     state, how = load_or_fit(checkpoint_dir, ARTIFACT_NAME,
-                             lambda: local.fit([local.conversation_text(c) for c in conversations]),
+                             lambda: local.fit_conversations(conversations),  # template, vocabulary, LSA
                              matches=local.matches, refit=refit)
     return local.load(state), how
 

@@ -1,23 +1,34 @@
 """The offline embedding: TF-IDF over what a conversation is about, reduced with LSA (scikit-learn).
 
-* **What is embedded** (:func:`conversation_text`): the user turns (up to :data:`USER_CHARS` characters in all,
-  each turn's share bounded so that one pasted document cannot crowd out the rest; fenced code in a message cut
-  to ``max(CODE_CHARS, CODE_SHARE x its prose)``), plus a bounded share of the rest: when the user wrote fewer
-  than :data:`MIN_TEXT` characters, the start of the replies (:data:`REPLY_CHARS` each) fills up to that. The
-  topic lives in the user's words and the context around them (a summary keeps only the extracted request); a
-  terse request gets its context from the replies' first lines, while conversations that ask the same at length
+* **What is embedded** (:func:`conversation_text`): the user's own words first. The corpus's template is
+  learnt once, when the state is fitted (:class:`~kura_dagster.pipeline.models.local_summary.TemplateStats`, the
+  summary model's corpus pass: lines and sentences that the user turns of many distinct conversations repeat,
+  such as a RAG prompt's preamble, retrieved passages that recur, "Answer:"; and labels followed by varied text,
+  such as "User Query:"), and every user turn is read without it. Of what is left, the requests (each user
+  message's request sentence and the sentences after it, as the summary model finds them; at most
+  :data:`REQUEST_CHARS`) are embedded :data:`REQUEST_WEIGHT` times before the rest of the user turns (pasted
+  code cut to ``max(CODE_CHARS, CODE_SHARE x its prose)``, the whole rest bounded to ``max(CONTEXT_MIN,
+  CONTEXT_SHARE x the requests)`` characters), so context counts but cannot outweigh the ask; a conversation
+  that is all request (no context beyond it) is embedded as written. When the user wrote fewer than
+  :data:`MIN_TEXT` characters, the start of the replies (:data:`REPLY_CHARS` each) fills up to that: a terse
+  request gets its context from the replies' first lines, while conversations that ask the same at length
   get the same vector whatever was answered (measured: longer reply shares split MT-Bench's questions by the
-  answering model and gained nothing on the generated corpora).
+  answering model and gained nothing on the generated corpora). Before this (state v1) a templated RAG
+  message was embedded whole: its template and pasted passages outweighed the short request, and a question
+  at the end of a long prompt was cut off (``benchmarks/results/quality.md``).
 * **How** (:class:`LocalEmbeddingModel`): TF-IDF with sublinear tf over words (English stop
   words out, a term must occur in at least ``min_df=2`` conversations, so one user's rare tokens never enter
   the vocabulary), then LSA: scikit-learn's ``TruncatedSVD`` to ``dims`` dimensions, L2-normalised float32.
-* **Stable**: the vocabulary, idf weights and SVD components are fitted once (:meth:`LocalEmbeddingModel.fit`,
-  on a seeded sample of at most :data:`FIT_SAMPLE` texts) and kept as a :class:`FittedState` (arrays + JSON,
+* **Stable**: the template, vocabulary, idf weights and SVD components are fitted once
+  (:meth:`LocalEmbeddingModel.fit_conversations`, the TF-IDF and LSA on a seeded sample of at most
+  :data:`FIT_SAMPLE` texts) and kept as a :class:`FittedState` (arrays + JSON; the template's lines as 64-bit
+  digests with their counts, so no line a user wrote is stored as text;
   stored beside the checkpoints by ``kura_dagster.checkpoints.artifacts``). A text's vector depends only on the
-  text and that state, so embeddings of existing conversations do not change when others arrive. The state's
-  version is part of :attr:`LocalEmbeddingModel.identity`, so no cache serves vectors of another fit.
-* An unfitted model fits itself on the first texts it embeds (convenient in notebooks and tests; the pipeline
-  fits explicitly and stores the state).
+  conversation and that state, so embeddings of existing conversations do not change when others arrive. The
+  state's version is part of :attr:`LocalEmbeddingModel.identity`, so no cache serves vectors of another fit.
+* An unfitted model fits itself on the conversations the summaries stage gives it (:meth:`prepare`), or on the
+  first texts it embeds (then without a template; convenient in notebooks and tests). The pipeline fits
+  explicitly and stores the state.
 
 The texts the state is fitted on are scrubbed of personal data first (``kura_dagster.pipeline.privacy.scrub``,
 when that module exists), and with ``min_df=2`` a term enters the vocabulary only if two conversations use it.
@@ -36,9 +47,17 @@ import numpy as np
 
 from kura_dagster.checkpoints.artifacts import FittedState
 from kura_dagster.pipeline.models.base import Progress
+from kura_dagster.pipeline.models.local_summary import (
+    _HEAD,
+    _SENTENCE,
+    TemplateStats,
+    _norm,
+    message_candidates,
+    request_context,
+)
 from kura_dagster.types import Conversation
 
-KIND = "local-tfidf-lsa/v1"
+KIND = "local-tfidf-lsa/v2"
 """Model and state format version (part of the identity and of the artifact's version)."""
 ARTIFACT_NAME = "local-embedding"
 """Name of the stored state under the checkpoint directory's artifacts."""
@@ -52,7 +71,22 @@ a request this long or longer stands on its own, so conversations that ask the s
 CODE_CHARS = 200
 CODE_SHARE = 0.25
 """Fenced code in a user message: at most ``max(CODE_CHARS, CODE_SHARE x the message's prose)`` characters."""
-"""At most this share of the embedded text comes from the replies."""
+REQUEST_CHARS = 1_000
+"""Characters of the requests (each user message's request sentence and the sentences after it)."""
+REQUEST_WEIGHT = 2
+"""How many times the requests are embedded when the user turns hold more than them (sublinear tf: a request
+term then counts ``1 + ln 3`` against a context term's 1, as the rest repeats the request once more)."""
+CONTEXT_SHARE = 2.0
+CONTEXT_MIN = 400
+"""The de-templated rest of the user turns: at most ``max(CONTEXT_MIN, CONTEXT_SHARE x the requests)``
+characters, so pasted material cannot outweigh what the user asked."""
+CONTEXT_SLACK = 1.2
+"""The requests are weighted only when the rest is longer than this many times the requests (there is
+context to outweigh); a conversation that is all request is embedded as written."""
+LONG_MESSAGE = 10_000
+"""A longer user message is read at its first and last this many characters (far more than is embedded)."""
+TEMPLATE_UNITS = 50_000
+"""The most template lines and sentences the fitted state keeps (the most repeated first)."""
 FIT_SAMPLE = 20_000
 """The most texts the vocabulary and reduction are fitted on (a seeded sample of a larger corpus)."""
 MAX_FEATURES = 32_768
@@ -111,14 +145,107 @@ def _prose_first(text: str) -> str:
     return f"{prose.strip()}\n{code}" if code else prose.strip()
 
 
-def conversation_text(conversation: Conversation) -> str:
-    """What the offline embedding reads of a conversation: the user turns (pasted code cut to a bounded share)
-    plus a bounded share of the replies' starts (see the module's docstring)."""
-    user = _bounded([_prose_first(m.content) for m in conversation.messages if m.role == "user"], USER_CHARS)
+def _digest(unit: str) -> int:
+    return int.from_bytes(hashlib.blake2b(unit.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+
+
+class _DigestCounts:
+    """Template lines and sentences by their 64-bit digest: what the fitted state stores instead of the text
+    (so no line a user wrote is kept verbatim), looked up by text (``in``, ``get``) as :class:`TemplateStats`
+    does with its ``counts``."""
+
+    def __init__(self, digests: np.ndarray, counts: np.ndarray) -> None:
+        self._counts = dict(zip(digests.tolist(), counts.tolist()))
+
+    def __contains__(self, unit: object) -> bool:
+        return isinstance(unit, str) and _digest(unit) in self._counts
+
+    def get(self, unit: str, default: int = 0) -> int:
+        return self._counts.get(_digest(unit), default)
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+
+def template_arrays(stats: TemplateStats) -> tuple[dict, dict[str, np.ndarray]]:
+    """``(params, arrays)`` that store ``stats`` in a fitted state: labels and thresholds as JSON, the template
+    lines and sentences as digests with their counts (at most :data:`TEMPLATE_UNITS`, the most repeated)."""
+    units = sorted(stats.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:TEMPLATE_UNITS]
+    digests = np.array([_digest(u) for u, _ in units], dtype=np.int64)
+    order = np.argsort(digests, kind="stable")
+    counts = np.array([n for _, n in units], dtype=np.int32)
+    return ({"heads": sorted(stats.heads), "threshold": stats.threshold, "messages": stats.messages},
+            {"template_digests": digests[order], "template_counts": counts[order]})
+
+
+def template_of(state: FittedState) -> TemplateStats | None:
+    """The corpus's template as the state stores it (``None`` for a state fitted on texts alone)."""
+    meta = state.params.get("template")
+    return None if meta is None else _template_from(meta, state.arrays)
+
+
+def _template_from(meta: dict, arrays: dict[str, np.ndarray]) -> TemplateStats:
+    counts = _DigestCounts(arrays["template_digests"], arrays["template_counts"])
+    return TemplateStats(counts, frozenset(meta["heads"]), int(meta["threshold"]), int(meta["messages"]),
+                         units=counts)  # type: ignore[arg-type]
+
+
+def _without_template(text: str, stats: TemplateStats) -> str:
+    """``text`` without the lines and sentences the corpus's template repeats; a template label's text kept
+    ("User Query: how do I …" -> "how do I …")."""
+    if len(text) > 2 * LONG_MESSAGE:  # a long paste: read at its start and its end, as the request finder does
+        text = f"{text[:LONG_MESSAGE]}\n{text[-LONG_MESSAGE:]}"
+    kept = []
+    for line in text.split("\n"):
+        n = _norm(line)
+        if not n or n in stats.units:
+            continue
+        if stats.heads and (m := _HEAD.match(line.strip())) and _norm(m.group(1)) in stats.heads:
+            line = line.strip()[m.end():]
+        if _SENTENCE.search(line):
+            line = " ".join(p for p in _SENTENCE.split(line) if _norm(p) not in stats.units)
+        kept.append(line)
+    return "\n".join(kept)
+
+
+def _read_message(text: str, template: TemplateStats | None) -> tuple[str, str]:
+    request, context = request_context(message_candidates(text, template))
+    return (" ".join([request, *context]) if request else "",
+            _prose_first(_without_template(text, template) if template is not None else text))
+
+
+_read_short_message = functools.lru_cache(maxsize=16_384)(_read_message)
+"""Short messages repeat across conversations (follow-ups, stock questions): each is read once (a few MB)."""
+
+
+def _message_parts(text: str, template: TemplateStats | None) -> tuple[str, str]:
+    """``(request and the sentences after it, the message without template)`` of one user message."""
+    return _read_short_message(text, template) if len(text) <= 1_000 else _read_message(text, template)
+
+
+def conversation_text(conversation: Conversation, template: TemplateStats | None = None) -> str:
+    """What the offline embedding reads of a conversation (see the module's docstring): the user's requests
+    (:data:`REQUEST_WEIGHT` times), then the rest of the user turns without the corpus's ``template`` and
+    with pasted code cut to a bounded share, within ``max(CONTEXT_MIN, CONTEXT_SHARE x the requests)``
+    characters; a short text is filled with the replies' starts."""
+    asks, rest = [], []
+    for m in conversation.messages:
+        if m.role == "user":
+            ask, other = _message_parts(m.content, template)
+            if ask:
+                asks.append(ask)
+            rest.append(other)
+    requests = _bounded(asks, REQUEST_CHARS)
+    others = _bounded(rest, min(USER_CHARS - REQUEST_WEIGHT * (len(requests) + 1),
+                                max(CONTEXT_MIN, int(CONTEXT_SHARE * len(requests)))))
+    if requests and len(others) > CONTEXT_SLACK * len(requests):
+        user = "\n".join([requests] * REQUEST_WEIGHT + [others])
+    else:  # all request (or the request is all that the template leaves): as written
+        user = others if len(others) >= len(requests) else requests
     rest_budget = max(0, MIN_TEXT - len(user))
     replies = [m.content[:REPLY_CHARS] for m in conversation.messages if m.role != "user"]
-    rest = _bounded(replies, rest_budget)
-    return f"{user}\n{rest}" if rest else user
+    filler = _bounded(replies, rest_budget)
+    return f"{user}\n{filler}" if filler else user
 
 
 def _vectorizer_params() -> dict:
@@ -144,6 +271,8 @@ class LocalEmbeddingModel:
                  fit_sample: int = FIT_SAMPLE) -> None:
         self.dims, self.seed, self.fit_sample = dims, seed, fit_sample
         self._vectorizer = None
+        self._template: TemplateStats | None = None
+        self._prepared: dict[int, tuple[Conversation, str]] = {}
         self.state: FittedState | None = None
         if state is not None:
             self.load(state)
@@ -168,6 +297,8 @@ class LocalEmbeddingModel:
 
         if state.kind != KIND:
             raise ValueError(f"the stored embedding state is {state.kind!r}; this model reads {KIND!r}")
+        if self.state is not None and state.version and state.version == self.state.version:
+            return self  # already loaded (texts read by fit_conversations stay handed out)
         vocabulary = list(state.params["vocabulary"])
         idf, components = state.arrays["idf"], state.arrays["components"]
         if idf.shape != (len(vocabulary),) or components.ndim != 2 or components.shape[1] != len(vocabulary):
@@ -180,21 +311,46 @@ class LocalEmbeddingModel:
             strip_accents=params["strip_accents"], dtype=np.float32)
         self._idf = idf.astype(np.float32, copy=False)
         self._components_t = np.ascontiguousarray(components.T, dtype=np.float32)
+        self._template = template_of(state)
+        self._prepared = {}
         self.state = state
         return self
 
     # --- text -------------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def conversation_text(conversation: Conversation) -> str:
-        """The text the summaries stage embeds for ``conversation`` (instead of its summary)."""
-        return conversation_text(conversation)
+    def conversation_text(self, conversation: Conversation) -> str:
+        """The text the summaries stage embeds for ``conversation`` (instead of its summary), with the template
+        the state was fitted with (none before a fit: :meth:`prepare` or :meth:`fit_conversations` first)."""
+        prepared = self._prepared.pop(id(conversation), None)
+        if prepared is not None and prepared[0] is conversation:
+            return prepared[1]
+        return conversation_text(conversation, self._template)
+
+    def prepare(self, conversations: Sequence[Conversation]) -> None:
+        """Fit on ``conversations`` unless fitted already (the summaries stage calls this before it asks for
+        texts, so an unfitted model learns the corpus's template before it reads a conversation)."""
+        if self.state is None:
+            self.fit_conversations(conversations)
+
+    def fit_conversations(self, conversations: Sequence[Conversation]) -> FittedState:
+        """Learn the corpus's template (:class:`TemplateStats`: lines and sentences the user turns of many
+        distinct conversations repeat, labels followed by varied text), then fit on the texts it leaves."""
+        template = TemplateStats.fit(conversations)
+        params, arrays = template_arrays(template)
+        stored = _template_from(params, arrays)  # read the texts exactly as later runs will, from the stored form
+        texts = [conversation_text(c, stored) for c in conversations]
+        state = self.fit(texts, template=template)
+        self._template = stored  # (the same template as the state's)
+        # the summaries stage asks for these texts next: each is handed out once instead of being read again
+        self._prepared = {id(c): (c, t) for c, t in zip(conversations, texts)}
+        return state
 
     # --- fit and embed ----------------------------------------------------------------------------------------
 
-    def fit(self, texts: Sequence[str]) -> FittedState:
+    def fit(self, texts: Sequence[str], template: TemplateStats | None = None) -> FittedState:
         """Fit the vocabulary, idf and LSA reduction on (a seeded sample of) ``texts`` and use them from now
-        on. The state's version is set when it is stored (``checkpoints.artifacts.save_state``)."""
+        on; ``template`` (what ``texts`` were made with) is stored with them, so later conversations are read
+        the same way. The state's version is derived from its contents."""
         from sklearn.decomposition import TruncatedSVD
         from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -242,12 +398,15 @@ class LocalEmbeddingModel:
                 # fit gives vectors of ``dims`` values (the checkpoints' fixed width)
                 components = np.vstack([components, np.zeros((self.dims - len(components), len(vocabulary)),
                                                               dtype=np.float32)])
+        template_params, template_arrays_ = template_arrays(template) if template is not None else (None, {})
         state = FittedState(kind=KIND, params={
             "vectorizer": params, "vocabulary": vocabulary, "dims_requested": self.dims, "seed": self.seed,
             "fitted_on": len(picked), "distinct_texts": len(distinct), "text": {
                 "user_chars": USER_CHARS, "reply_chars": REPLY_CHARS, "min_text": MIN_TEXT,
-                "code_chars": CODE_CHARS, "code_share": CODE_SHARE}},
-            arrays={"idf": idf, "components": components})
+                "code_chars": CODE_CHARS, "code_share": CODE_SHARE, "request_chars": REQUEST_CHARS,
+                "request_weight": REQUEST_WEIGHT, "context_share": CONTEXT_SHARE, "context_min": CONTEXT_MIN},
+            **({"template": template_params} if template_params is not None else {})},
+            arrays={"idf": idf, "components": components, **template_arrays_})
         version, _ = encode_state(state)
         state = FittedState(kind=state.kind, params=state.params, arrays=state.arrays, version=version)
         self.load(state)

@@ -15,7 +15,7 @@ import functools
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 
 from kura_dagster.pipeline.models.base import Progress
@@ -106,10 +106,12 @@ class TemplateStats:
     (MT-Bench repeats each of its conversations ~80 times) is never mistaken for template.
     """
 
-    def __init__(self, counts: dict[str, int], heads: frozenset[str], threshold: int, messages: int) -> None:
+    def __init__(self, counts: Mapping[str, int], heads: frozenset[str], threshold: int, messages: int,
+                 units: Container[str] | None = None) -> None:
         self.counts = counts
         """Template line or sentence -> in how many distinct user messages it occurs."""
-        self.units = frozenset(counts)
+        self.units = frozenset(counts) if units is None else units
+        """What ``counts`` holds (given when ``counts`` is keyed by digests: the offline embedding's stored copy)."""
         self.heads, self.threshold, self.messages = heads, threshold, messages
         """``messages``: how many distinct conversations were counted."""
 

@@ -167,7 +167,10 @@ def _flush(text: str, run: list[re.Match[str]], out: list[str], max_words: int) 
         return
     if all(m.group(0).replace(".", "").isdigit() for m in run):
         return
-    run = run[-max_words:]
+    if len(run) > max_words:  # its last words, not opening with a number from inside the run
+        run = run[-max_words:]  # ("keras TensorFlow 2 models wandb callback" -> "models wandb callback")
+        while len(run) > 1 and run[0].group(0).replace(".", "").isdigit():
+            run = run[1:]
     out.append(" ".join(text[run[0].start():run[-1].end()].split()))
 
 
