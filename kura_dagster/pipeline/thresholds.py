@@ -179,36 +179,39 @@ def merge_small_groups(x: np.ndarray, groups: list[np.ndarray], users: Sequence[
             best_col[block] = sims.argmax(axis=1)
             best_val[block] = sims[np.arange(len(block)), best_col[block]]
 
-    refresh(np.arange(m))
-    while True:
-        r = int(np.argmax(best_val))
-        if not np.isfinite(best_val[r]):
-            break
-        c = int(best_col[r])
-        union = np.sort(np.concatenate([pieces[r], pieces[c]]))
-        if _spread(x, union, quantile) > limit:
-            looking[r], best_val[r] = False, -np.inf
-            refused.setdefault(r, set()).add(c)
-            refused.setdefault(c, set()).add(r)
-            if best_col[c] == r:
-                refresh(np.array([c]))
-            continue
-        i, j = min(r, c), max(r, c)
-        pieces[i], alive[j], partner[j], looking[j], best_val[j] = union, False, False, False, -np.inf
-        refused.pop(i, None)  # a new piece: what the old one refused says nothing about it
-        report.small_groups_merged += 1
-        if meets(union, users, thresholds):  # shown from now on: it takes no more pieces
-            partner[i], looking[i], best_val[i] = False, False, -np.inf
-        else:
-            cents[i] = _unit_centroids(x, [union])[0]
-            looking[i] = True
-        stale = np.flatnonzero(looking & np.isin(best_col, [i, j]))
-        refresh(np.union1d(stale, [i]))
-        if partner[i]:  # the new piece may now be someone's nearest
-            others = np.flatnonzero(looking)
-            sims = cents[others] @ cents[i]
-            closer = (sims > best_val[others]) & (others != i)
-            best_val[others[closer]], best_col[others[closer]] = sims[closer], i
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # many small products: faster single-threaded on busy cores (as kmeans.py)
+        refresh(np.arange(m))
+        while True:
+            r = int(np.argmax(best_val))
+            if not np.isfinite(best_val[r]):
+                break
+            c = int(best_col[r])
+            union = np.sort(np.concatenate([pieces[r], pieces[c]]))
+            if _spread(x, union, quantile) > limit:
+                looking[r], best_val[r] = False, -np.inf
+                refused.setdefault(r, set()).add(c)
+                refused.setdefault(c, set()).add(r)
+                if best_col[c] == r:
+                    refresh(np.array([c]))
+                continue
+            i, j = min(r, c), max(r, c)
+            pieces[i], alive[j], partner[j], looking[j], best_val[j] = union, False, False, False, -np.inf
+            refused.pop(i, None)  # a new piece: what the old one refused says nothing about it
+            report.small_groups_merged += 1
+            if meets(union, users, thresholds):  # shown from now on: it takes no more pieces
+                partner[i], looking[i], best_val[i] = False, False, -np.inf
+            else:
+                cents[i] = _unit_centroids(x, [union])[0]
+                looking[i] = True
+            stale = np.flatnonzero(looking & np.isin(best_col, [i, j]))
+            refresh(np.union1d(stale, [i]))
+            if partner[i]:  # the new piece may now be someone's nearest
+                others = np.flatnonzero(looking)
+                sims = cents[others] @ cents[i]
+                closer = (sims > best_val[others]) & (others != i)
+                best_val[others[closer]], best_col[others[closer]] = sims[closer], i
     at = {g: p for p, g in enumerate(small_at)}  # k-means' order kept: a merged group where its first piece was
     return [groups[g] if g not in at else pieces[at[g]] for g in range(len(groups)) if g not in at or alive[at[g]]]
 
@@ -232,10 +235,14 @@ def place_small_members(
     rows = np.asarray(x[own], dtype=np.float32)
     rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
     spread = radii(1.0 - np.einsum("ij,ij->i", rows, centroids[labels]), labels, len(shown), join_quantile)
-    r = np.asarray(x[rest], dtype=np.float32)
-    sims = (r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12)) @ centroids.T
-    nearest = sims.argmax(axis=1)
-    near = 1.0 - sims[np.arange(len(rest)), nearest] <= spread[nearest]
+    nearest = np.empty(len(rest), dtype=np.int64)
+    distance = np.empty(len(rest), dtype=np.float32)
+    for at in range(0, len(rest), 4096):  # in blocks: never a (members × clusters) matrix at once
+        r = np.asarray(x[rest[at:at + 4096]], dtype=np.float32)
+        sims = (r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12)) @ centroids.T
+        nearest[at:at + 4096] = sims.argmax(axis=1)
+        distance[at:at + 4096] = 1.0 - sims[np.arange(len(r)), nearest[at:at + 4096]]
+    near = distance <= spread[nearest]
     for row, j in zip(rest[near].tolist(), nearest[near].tolist()):
         final[j].append(row)
     report.conversations_joined += int(near.sum())
