@@ -482,8 +482,8 @@ def test_ten_incremental_days_describe_the_intents_as_well_as_a_rebuild() -> Non
     """The generated corpora (four kinds, 1,760 conversations with intent labels): two thirds on day 0, the rest
     over ten days (+5% a day), offline models and the default thresholds. No drift rebuild, every day-0 cluster id
     is still there, new clusters were made, and the incremental taxonomy keeps at least 80% of a full rebuild's
-    NMI against the intents (measured: 0.565 vs 0.655; its AMI against the rebuild is 0.41 where two rebuilds
-    with different seeds agree at 0.73: see benchmarks/results/taxonomy.md)."""
+    NMI against the intents (the measured figures, and the AMI against the rebuild beside two rebuilds with
+    different seeds: benchmarks/results/taxonomy.md)."""
     convs, labels = [], []
     for name, gen in _corpora().items():
         c, lab = gen()
