@@ -134,7 +134,8 @@ def test_pipeline_through_parquet_and_hf_uses_the_columnar_path(
         result = _run(io, source, tmp_path / fmt)
         assert result.success
         results[fmt] = result
-    assert calls == ["jsonl", "parquet", "hf"]  # the clusters asset took its summaries as columns each time
+    # clusters and meta_clusters (which groups on base-cluster centroids) each took the summaries as columns
+    assert calls == ["jsonl", "jsonl", "parquet", "parquet", "hf", "hf"]
     clusters = {fmt: r.output_for_node("clusters") for fmt, r in results.items()}
     assert [c.model_dump() for c in clusters["parquet"]] == [c.model_dump() for c in clusters["jsonl"]]
     assert [c.model_dump() for c in clusters["hf"]] == [c.model_dump() for c in clusters["jsonl"]]
