@@ -2,8 +2,11 @@
 
 A base cluster is *shown* (named from its members) only when it holds at least ``min_conversations``
 conversations and, with a ``user_key`` (a conversation metadata field such as ``user_id``), at least
-``min_users`` distinct users. The k-means groups below the thresholds are never given to the naming model; each
-of their members (:func:`place_small_members`):
+``min_users`` distinct users. The k-means groups below the thresholds are never given to the naming model.
+Kura's rule (``k = n / clusters_per_group``) often cuts a topic into pieces just under ``min_conversations``, so
+first the small groups that together are as tight as the loosest group already shown are merged
+(:func:`merge_small_groups`); a merged group that meets the thresholds is shown, named from its own members. Then
+each member of the groups still small (:func:`place_small_members`):
 
 1. **joins the nearest shown cluster when it is close enough to it**: within that cluster's own spread, the
    ``join_quantile`` (the taxonomy's ``assign_quantile``, 0.95) of its members' cosine distances to its
@@ -247,7 +250,7 @@ def place_small_members(
         final[j].append(row)
     report.conversations_joined += int(near.sum())
     far, far_nearest = rest[~near], nearest[~near]
-    hood = _neighbourhoods(centroids, settings)[far_nearest]
+    hood = _neighbourhoods(centroids, settings)[far_nearest] if len(far) else far_nearest
     pools = []
     for h in np.unique(hood).tolist():
         pool = far[hood == h]
