@@ -442,7 +442,8 @@ def test_an_other_below_the_thresholds_folds_into_the_nearest_shown_cluster():
 def test_one_other_per_neighbourhood_of_the_meta_steps_first_round():
     # four shown clusters, two by two: A (e1) and A' (20° towards e2); B (e3) and B' (20° towards e4). With
     # max_clusters=2 the meta step makes a round of groups_for_round(4) = 2 parents: {A, A'} and {B, B'}
-    shown = [[_at(c + d, 0, 1) for d in SPREAD] for c in (0, 20)] + [[_at(c + d, 2, 3) for d in SPREAD] for c in (0, 20)]
+    shown = [[_at(c + d, 0, 1) for d in SPREAD] for c in (0, 20)] + \
+        [[_at(c + d, 2, 3) for d in SPREAD] for c in (0, 20)]
     near_a = [_at(-40, 0, 1), _at(-45, 0, 1), _at(-50, 0, 1)]  # rows 40-42: far, nearest A
     near_b = [_at(-40, 2, 3), _at(-45, 2, 3), _at(-50, 2, 3)]  # rows 43-45: far, nearest B
     rows = [v for s in shown for v in s] + near_a + near_b
@@ -467,7 +468,7 @@ def test_with_a_user_key_an_other_of_one_user_folds_and_joining_needs_no_users()
     assert pools == [[21, 22, 23]] and final == [list(range(10)), [*range(10, 20), 20]]
 
 
-def test_small_groups_as_tight_as_a_shown_cluster_merge_and_are_named_from_their_own_members():
+def test_small_groups_as_tight_together_as_the_loosest_shown_cluster_merge_and_looser_ones_do_not():
     from kura_dagster.pipeline.thresholds import merge_small_groups
 
     a = [_at(d, 0, 1) for d in SPREAD]  # rows 0-9: the loosest shown spread, 1 - cos 10° = 0.0152
@@ -507,7 +508,8 @@ def test_parents_are_named_without_their_other_children_and_a_parent_of_others_i
 
     other = cluster(OTHER_NAME, "other_requests")
     inner = RecordingMetaNamer()
-    names = ScrubbingNamer(inner).name_meta_clusters([[cluster("Soup"), other, cluster("Bread")], [other], [other, other]])
+    groups = [[cluster("Soup"), other, cluster("Bread")], [other], [other, other]]
+    names = ScrubbingNamer(inner).name_meta_clusters(groups)
     assert [(g.name, g.slug) for g in names] == [("Soup and Bread", "p"), (OTHER_NAME, "other_requests"),
                                                  (OTHER_NAME, "other_requests")]
     assert inner.seen == [["Soup", "Bread"]]  # the model never saw a pool
@@ -517,8 +519,9 @@ def test_parents_are_named_without_their_other_children_and_a_parent_of_others_i
 def test_demo_taxonomy_no_root_over_35_percent_and_a_small_other(tmp_path):
     """The README's demo (320 conversations, defaults: min_conversations=10, clusters_per_group=10). Before the
     follow-up, 140 conversations (43.8%) were one "Other requests" root named 'Counted'. Now small pieces of a
-    topic merge (8 merges: 32 k-means groups -> 24), 3 members join a shown cluster, the 10 far ones are too few for an "Other" and fold:
-    0% in "Other requests", the largest root 20.6% (measured; asserted with room: <= 35%, <= 15%)."""
+    topic merge (8 merges: 32 k-means groups -> 24), 3 members join a shown cluster, the 10 far ones are too few
+    for an "Other" and fold: 0% in "Other requests", the largest root 20.6% (measured; asserted with room:
+    <= 35%, <= 15%)."""
     import os
 
     import dagster as dg
