@@ -176,7 +176,8 @@ def summarise_conversations(
         # others embed the summary, as Kura does.
         of_conversation = getattr(embedder, "conversation_text", None)
         if callable(of_conversation) and callable(prepare_embedder := getattr(embedder, "prepare", None)):
-            prepare_embedder(conversations)  # an unfitted offline embedder learns the corpus (and its template) first
+            # an unfitted offline embedder learns the corpus first, with the template the summary model learnt
+            prepare_embedder(conversations, template=getattr(model, "template", None))
         texts = ([of_conversation(c) for c in conversations] if callable(of_conversation)
                  else [embedding_text(g) for g in generated])
         embeddings = cached_embed(texts, embedder, cache,

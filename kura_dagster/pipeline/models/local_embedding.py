@@ -52,8 +52,7 @@ from kura_dagster.pipeline.models.local_summary import (
     _SENTENCE,
     TemplateStats,
     _norm,
-    message_candidates,
-    request_context,
+    read_request,
 )
 from kura_dagster.types import Conversation
 
@@ -208,19 +207,12 @@ def _without_template(text: str, stats: TemplateStats) -> str:
     return "\n".join(kept)
 
 
-def _read_message(text: str, template: TemplateStats | None) -> tuple[str, str]:
-    request, context = request_context(message_candidates(text, template))
+def _message_parts(text: str, template: TemplateStats | None) -> tuple[str, str]:
+    """``(request and the sentences after it, the message without template)`` of one user message (the request
+    as the summary model reads it, shared with it when both read with the same template)."""
+    request, context = read_request(text, template)
     return (" ".join([request, *context]) if request else "",
             _prose_first(_without_template(text, template) if template is not None else text))
-
-
-_read_short_message = functools.lru_cache(maxsize=16_384)(_read_message)
-"""Short messages repeat across conversations (follow-ups, stock questions): each is read once (a few MB)."""
-
-
-def _message_parts(text: str, template: TemplateStats | None) -> tuple[str, str]:
-    """``(request and the sentences after it, the message without template)`` of one user message."""
-    return _read_short_message(text, template) if len(text) <= 1_000 else _read_message(text, template)
 
 
 def conversation_text(conversation: Conversation, template: TemplateStats | None = None) -> str:
@@ -326,21 +318,27 @@ class LocalEmbeddingModel:
             return prepared[1]
         return conversation_text(conversation, self._template)
 
-    def prepare(self, conversations: Sequence[Conversation]) -> None:
+    def prepare(self, conversations: Sequence[Conversation], template: TemplateStats | None = None) -> None:
         """Fit on ``conversations`` unless fitted already (the summaries stage calls this before it asks for
-        texts, so an unfitted model learns the corpus's template before it reads a conversation)."""
+        texts, so an unfitted model learns the corpus's template before it reads a conversation; ``template``:
+        the summary model's, learnt from the same conversations, saves learning it again)."""
         if self.state is None:
-            self.fit_conversations(conversations)
+            self.fit_conversations(conversations, template)
 
-    def fit_conversations(self, conversations: Sequence[Conversation]) -> FittedState:
+    def fit_conversations(self, conversations: Sequence[Conversation],
+                          template: TemplateStats | None = None) -> FittedState:
         """Learn the corpus's template (:class:`TemplateStats`: lines and sentences the user turns of many
-        distinct conversations repeat, labels followed by varied text), then fit on the texts it leaves."""
-        template = TemplateStats.fit(conversations)
+        distinct conversations repeat, labels followed by varied text; ``template`` when it was learnt from
+        ``conversations`` already), then fit on the texts it leaves."""
+        template = template if template is not None else TemplateStats.fit(conversations)
         params, arrays = template_arrays(template)
-        stored = _template_from(params, arrays)  # read the texts exactly as later runs will, from the stored form
-        texts = [conversation_text(c, stored) for c in conversations]
+        # read the texts as later runs will, with the stored template: the same as ``template`` unless that was
+        # cut to TEMPLATE_UNITS (then the stored form itself); reading with ``template`` shares the summary
+        # model's reading of each message
+        reader = template if len(template.counts) <= TEMPLATE_UNITS else _template_from(params, arrays)
+        texts = [conversation_text(c, reader) for c in conversations]
         state = self.fit(texts, template=template)
-        self._template = stored  # (the same template as the state's)
+        self._template = reader  # (equivalent to the state's)
         # the summaries stage asks for these texts next: each is handed out once instead of being read again
         self._prepared = {id(c): (c, t) for c, t in zip(conversations, texts)}
         return state

@@ -296,6 +296,34 @@ def request_context(candidates: Sequence[_Candidate], limit: int = 3) -> tuple[s
     return content[i], [s for s in content[i + 1:i + 1 + limit] if not _ACKNOWLEDGEMENT.match(s)]
 
 
+def _read_request(text: str, stats: TemplateStats | None) -> tuple[str, tuple[str, ...]]:
+    request, context = request_context(message_candidates(text, stats))
+    return request, tuple(context)
+
+
+_READ: dict[str, tuple[str, tuple[str, ...]]] = {}
+"""Short messages read with :data:`_READ_STATS` (at most :data:`_READ_LIMIT`; cleared when full or when
+another template is read with)."""
+_READ_STATS: list[TemplateStats | None] = [None]
+_READ_LIMIT = 200_000
+
+
+def read_request(text: str, stats: TemplateStats | None) -> tuple[str, tuple[str, ...]]:
+    """:func:`request_context` of a user message read with ``stats``. Short messages (1,000 characters at most)
+    are remembered for the latest ``stats`` object: the summary model and then the offline embedding read every
+    message of a corpus with the same template (an LRU cache would have dropped the first ones by the time the
+    second pass reads them), and follow-ups repeat across conversations."""
+    if len(text) > 1_000:
+        return _read_request(text, stats)
+    if _READ_STATS[0] is not stats or len(_READ) >= _READ_LIMIT:
+        _READ.clear()
+        _READ_STATS[0] = stats
+    found = _READ.get(text)
+    if found is None:
+        found = _READ[text] = _read_request(text, stats)
+    return found
+
+
 def _substantive(sentence: str) -> bool:
     """Whether a chosen sentence states a request (not "I have a question", "thanks", "ok")."""
     if not sentence or _VAGUE.match(sentence) or _ACKNOWLEDGEMENT.match(sentence):
@@ -372,10 +400,16 @@ class LocalSummaryModel:
         """Learn the corpus's template text (lines and labels many distinct user messages repeat)."""
         self._stats = TemplateStats.fit(conversations)
 
+    @property
+    def template(self) -> TemplateStats | None:
+        """The template learnt by :meth:`prepare` (the offline embedding reads the turns with the same one)."""
+        return self._stats
+
     def _request_of(self, text: str, stats: TemplateStats | None) -> tuple[str, list[str]]:
         found = self._memo.get(text) if stats is self._memo_stats else None
         if found is None:
-            found = request_context(message_candidates(text, stats))
+            request, context = read_request(text, stats)
+            found = (request, list(context))
             if stats is self._memo_stats:
                 if len(self._memo) >= 100_000:
                     self._memo.clear()
