@@ -157,3 +157,51 @@ def test_warm_imports_imports_once_and_reports_a_failure(tmp_path: Path, monkeyp
     assert "kura_warm_ok" in sys.modules and "kura_warm_absent_module" not in sys.modules
     assert "kura_warm_broken" in caplog.text and "broken on purpose" in caplog.text
     assert warm_imports(("kura_warm_ok",)) is None, "started once per process"
+
+
+@pytest.mark.slow
+def test_the_facets_and_growth_tables_are_reused_like_the_stages(tmp_path: Path, instance) -> None:
+    from kura_dagster.orchestration.facets import build_facets_asset
+    from kura_dagster.orchestration.growth import CHECK_NAME, build_growth_asset
+    from kura_dagster.orchestration.names import KuraNames
+
+    _, resources, assets = _setup(tmp_path)
+    names = KuraNames(None)
+    tables = [build_facets_asset(names), build_growth_asset(names, False)]
+    assets = versioned_assets([*kura_assets, *tables], resources)
+    cache = tmp_path / "cache"
+    table_files = ["cluster_facets.parquet", "cluster_facets.jsonl", "cluster_growth.parquet", "cluster_growth.jsonl"]
+
+    def stamps() -> dict[str, tuple[bytes, int]]:
+        return {f: ((cache / f).read_bytes(), (cache / f).stat().st_mtime_ns) for f in table_files}
+
+    first = dg.materialize(assets, resources=resources, instance=instance)
+    assert [_reused_from(instance, t) for t in ("cluster_facets", "cluster_growth")] == [None, None]
+    written = stamps()
+    facets_md = _latest(instance, "cluster_facets")[0]
+
+    # Unchanged: both tables are kept (not rewritten), their metadata is the first run's, and the growth check
+    # is judged again on the stored table.
+    second = dg.materialize(assets, resources=resources, instance=instance)
+    assert [_reused_from(instance, t) for t in ("cluster_facets", "cluster_growth")] == [first.run_id] * 2
+    assert stamps() == written
+    reused_md = _latest(instance, "cluster_facets")[0]
+    assert reused_md["clusters"].value == facets_md["clusters"].value > 0
+    checks = [e for e in second.get_asset_check_evaluations() if e.check_name == CHECK_NAME]
+    assert len(checks) == 1 and checks[0].passed and checks[0].metadata["growth_alert_factor"].value == 3.0
+
+    # Another alert factor (it shapes no table): the tables are still reused, the check is judged with it.
+    config = {"checkpoint_dir": str(cache), "clusters_per_group": 4, "max_clusters": 3, "min_conversations": 1,
+              "growth_alert_factor": 5.5}
+    third = dg.materialize(assets, resources=resources, instance=instance,
+                           run_config={"resources": {"kura": {"config": config}}})
+    assert [_reused_from(instance, t) for t in ("cluster_facets", "cluster_growth")] == [first.run_id] * 2
+    checks = [e for e in third.get_asset_check_evaluations() if e.check_name == CHECK_NAME]
+    assert len(checks) == 1 and checks[0].metadata["growth_alert_factor"].value == 5.5
+    assert stamps() == written
+
+    # A table file deleted behind the pipeline's back: that table is computed and written again, same bytes.
+    (cache / "cluster_facets.jsonl").unlink()
+    dg.materialize(assets, resources=resources, instance=instance)
+    assert [_reused_from(instance, t) for t in ("cluster_facets", "cluster_growth")] == [None, first.run_id]
+    assert {f: v[0] for f, v in stamps().items()} == {f: v[0] for f, v in written.items()}

@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 
 from kura_dagster.checkpoints.columnar import SummaryColumns
 from kura_dagster.checkpoints.storage import atomic_write_bytes, to_upath
-from kura_dagster.io_managers.base import summary_columns_type
+from kura_dagster.io_managers.base import SUMMARY_COLUMNS_KEY, summary_columns_type
 from kura_dagster.orchestration.names import KuraNames
-from kura_dagster.pipeline.facets import FacetRows, cluster_facets, summary_facet_rows, top_clusters
+from kura_dagster.pipeline.facets import FACET_FIELDS, FacetRows, cluster_facets, summary_facet_rows, top_clusters
 from kura_dagster.types import Cluster
 
 FACETS_NAME = "cluster_facets"
@@ -77,6 +77,23 @@ def write_table_files(checkpoint_dir: str, name: str, table: pa.Table) -> tuple[
     return parquet_path, jsonl_path
 
 
+def table_files_state(checkpoint_dir: str, name: str) -> Optional[str]:
+    """A short hash of ``<name>.parquet`` and ``<name>.jsonl`` beside the checkpoints as stored now (their
+    bytes), or ``None`` when either is absent: what :func:`~kura_dagster.orchestration.reuse.reuse_stored_output`
+    compares before it keeps the tables of an unchanged run."""
+    import hashlib
+
+    root = to_upath(checkpoint_dir)
+    digest = hashlib.sha256()
+    for path in (root / f"{name}.parquet", root / f"{name}.jsonl"):
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        digest.update(len(data).to_bytes(8, "big") + data)
+    return digest.hexdigest()[:24]
+
+
 def _md_table(rows: list[dict], column: str) -> str:
     if not rows:
         return "(no cluster has this facet: the offline models do not judge it)"
@@ -113,9 +130,14 @@ def cluster_facets_step(context: dg.AssetExecutionContext, kura: Any, summaries:
     })
 
 
-def build_facets_asset(names: KuraNames, summaries_in_metadata: Optional[dict[str, Any]] = None
-                       ) -> dg.AssetsDefinition:
-    """The ``cluster_facets`` asset of one pipeline (its own key prefix, group and ``kura`` resource)."""
+def build_facets_asset(names: KuraNames, summaries_in_metadata: Optional[dict[str, Any]] = None,
+                       user_key: Optional[str] = None) -> dg.AssetsDefinition:
+    """The ``cluster_facets`` asset of one pipeline (its own key prefix, group and ``kura`` resource). Its
+    summaries input reads only the facet fields (and ``metadata.<user_key>``), never the embeddings
+    (:data:`~kura_dagster.io_managers.base.SUMMARY_COLUMNS_KEY`); a ``user_key`` set only at run time is read then,
+    in a second pass."""
+    user_key = (user_key or "").strip() or None
+    selection = [*FACET_FIELDS, *([f"metadata.{user_key}"] if user_key else [])]
 
     @dg.asset(
         key=facets_key(names),
@@ -126,12 +148,20 @@ def build_facets_asset(names: KuraNames, summaries_in_metadata: Optional[dict[st
         "frustration, assistant errors, conversation and user counts. Written beside the checkpoints as "
         "cluster_facets.parquet and cluster_facets.jsonl (DuckDB/pandas).",
         ins={"summaries": dg.AssetIn(key=names.key("summaries"), dagster_type=summary_columns_type(),
-                                     metadata=summaries_in_metadata or {}),
+                                     metadata={**(summaries_in_metadata or {}), SUMMARY_COLUMNS_KEY: selection}),
              "meta_clusters": dg.AssetIn(key=names.key("meta_clusters"))},
-        required_resource_keys={names.kura},
+        required_resource_keys={names.kura, names.io_manager},  # the IO manager: its inputs' stored states (reuse)
     )
     def cluster_facets_asset(context: dg.AssetExecutionContext, summaries: Any,
                              meta_clusters: list[Cluster]) -> dg.MaterializeResult:
-        return cluster_facets_step(context, getattr(context.resources, names.kura), summaries, meta_clusters)
+        from kura_dagster.orchestration.reuse import reuse_stored_output, shaping_settings
+
+        kura = getattr(context.resources, names.kura)
+        if kura.rebuild_taxonomy:  # a requested rebuild computes every stage (assets.py), and so the tables
+            return cluster_facets_step(context, kura, summaries, meta_clusters)
+        return reuse_stored_output(
+            context, names.io_manager, shaping_settings(kura, FACETS_NAME),
+            lambda: cluster_facets_step(context, kura, summaries, meta_clusters),
+            own_state=lambda: table_files_state(kura.checkpoint_dir, FACETS_NAME))
 
     return cluster_facets_asset

@@ -220,25 +220,10 @@ def cluster_growth_step(context: dg.AssetExecutionContext, kura: Any, clusters: 
     window = kura.growth_window
     latest, history, growth = cluster_growth(table, window)
     new, note = new_clusters(growth, latest, _clusters_taxonomy(context, clusters_key))
-    # judged only over a whole window of history: the first days of a pipeline would otherwise warn on noise
-    judged = history >= window
-    alerts = spikes(growth, kura.growth_alert_factor, kura.growth_alert_min_conversations) if judged else []
+    check, alerts = growth_check(kura, latest, history, growth)
     context.log.info(f"Growth of {len(growth)} clusters over {pc.count_distinct(table.column('period')).as_py()} "
                      f"period(s) ({periods}); latest {latest}: {len(new)} new, {len(alerts)} past "
                      f"{kura.growth_alert_factor}× their trailing mean: {parquet_path}")
-    check = dg.AssetCheckResult(
-        check_name=CHECK_NAME,
-        passed=not alerts,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=(f"{len(alerts)} cluster(s) grew past {kura.growth_alert_factor}× their trailing mean in "
-                     f"{latest}" if alerts else f"no cluster grew past {kura.growth_alert_factor}× its trailing mean"
-                     if judged else f"not judged yet: {history} of the {window} periods before {latest} exist"),
-        metadata={"latest_period": latest or "", "history_periods": history,
-                  "growth_alert_factor": kura.growth_alert_factor,
-                  "growth_window": window, "growth_alert_min_conversations": kura.growth_alert_min_conversations,
-                  "spiking_clusters": dg.MetadataValue.json([g.cluster_id for g in alerts]),
-                  **({"spikes": dg.MetadataValue.md(growth_markdown(alerts, window))} if alerts else {})},
-    )
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": table.num_rows,
@@ -256,16 +241,75 @@ def cluster_growth_step(context: dg.AssetExecutionContext, kura: Any, clusters: 
     )
 
 
+ALERT_SETTINGS = ("growth_alert_factor", "growth_window", "growth_alert_min_conversations")
+
+
+def stored_growth_check(context: dg.AssetExecutionContext, kura: Any) -> dg.AssetCheckResult:
+    """The ``no_growth_spike`` check of the stored ``cluster_growth.parquet`` (a reused table). The alert
+    settings shape no output, so the check is judged again when they changed; with the same settings as the last
+    completed evaluation (which judged this same table: a reused table is the one the last materialization
+    kept or wrote, and its check came with it), that evaluation is repeated without reading the table (reading
+    it converts Python values to Arrow, and pyarrow imports pandas for that: 0.3 s of an unchanged rerun)."""
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus as Status
+
+    check_key = dg.AssetCheckKey(context.asset_key, CHECK_NAME)
+    done = context.instance.event_log_storage.get_asset_check_execution_history(
+        check_key, limit=1, status={Status.SUCCEEDED, Status.FAILED})
+    evaluation = done[0].event.asset_check_evaluation if done and done[0].event is not None else None
+    if evaluation is not None:
+        judged = {k: getattr(v, "value", v) for k, v in evaluation.metadata.items()}
+        if all(k in judged and judged[k] == getattr(kura, k) for k in ALERT_SETTINGS):
+            return dg.AssetCheckResult(check_name=CHECK_NAME, passed=evaluation.passed,
+                                       severity=evaluation.severity, description=evaluation.description,
+                                       metadata=dict(evaluation.metadata))
+    return judged_growth_check(kura)
+
+
+def judged_growth_check(kura: Any) -> dg.AssetCheckResult:
+    """The ``no_growth_spike`` check judged on the stored ``cluster_growth.parquet`` with this run's settings."""
+    import pyarrow.parquet as pq
+
+    from kura_dagster.checkpoints.storage import to_upath
+
+    with (to_upath(kura.checkpoint_dir) / f"{GROWTH_NAME}.parquet").open("rb") as f:
+        table = pq.ParquetFile(f).read()  # not pq.read_table: its pyarrow.dataset imports pandas (0.3 s)
+    latest, history, growth = cluster_growth(table, kura.growth_window)
+    return growth_check(kura, latest, history, growth)[0]
+
+
+def growth_check(kura: Any, latest: Optional[str], history: int, growth: list[Growth]
+                 ) -> tuple[dg.AssetCheckResult, list[Growth]]:
+    window = kura.growth_window
+    # judged only over a whole window of history: the first days of a pipeline would otherwise warn on noise
+    judged = history >= window
+    alerts = spikes(growth, kura.growth_alert_factor, kura.growth_alert_min_conversations) if judged else []
+    check = dg.AssetCheckResult(
+        check_name=CHECK_NAME,
+        passed=not alerts,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=(f"{len(alerts)} cluster(s) grew past {kura.growth_alert_factor}× their trailing mean in "
+                     f"{latest}" if alerts else f"no cluster grew past {kura.growth_alert_factor}× its trailing mean"
+                     if judged else f"not judged yet: {history} of the {window} periods before {latest} exist"),
+        metadata={"latest_period": latest or "", "history_periods": history,
+                  "growth_alert_factor": kura.growth_alert_factor,
+                  "growth_window": window, "growth_alert_min_conversations": kura.growth_alert_min_conversations,
+                  "spiking_clusters": dg.MetadataValue.json([g.cluster_id for g in alerts]),
+                  **({"spikes": dg.MetadataValue.md(growth_markdown(alerts, window))} if alerts else {})},
+    )
+    return check, alerts
+
+
 def build_growth_asset(names: KuraNames, partitioned: bool,
                        summaries_in_metadata: Optional[dict[str, Any]] = None) -> dg.AssetsDefinition:
     """The ``cluster_growth`` asset of one pipeline, with its ``no_growth_spike`` check. A partitioned pipeline
     counts by the summaries' partitions; an unpartitioned one by the UTC day of the conversations' created_at."""
-    from kura_dagster.io_managers.base import summary_columns_type
+    from kura_dagster.io_managers.base import SUMMARY_COLUMNS_KEY, summary_columns_type
 
     key, clusters_key = growth_key(names), names.key("clusters")
     if partitioned:
         ins = {"periods_from": dg.AssetIn(key=names.key("summaries"), dagster_type=summary_columns_type(),
-                                          metadata=summaries_in_metadata or {})}
+                                          # the chat ids only: no embedding decoded, no other field read
+                                          metadata={**(summaries_in_metadata or {}), SUMMARY_COLUMNS_KEY: []})}
         periods = "partitions of summaries"
     else:
         ins = {"periods_from": dg.AssetIn(key=names.key("conversations"))}
@@ -285,17 +329,29 @@ def build_growth_asset(names: KuraNames, partitioned: bool,
             description="Warns (WARN, blocks nothing) when a cluster's latest period exceeds growth_alert_factor "
             "× its trailing mean over growth_window periods (clusters below growth_alert_min_conversations "
             "are ignored).")],
-        required_resource_keys={names.kura},
+        required_resource_keys={names.kura, names.io_manager},  # the IO manager: its inputs' stored states (reuse)
     )
     def cluster_growth_asset(context: dg.AssetExecutionContext, clusters: list[Cluster],
                              periods_from: Any) -> dg.MaterializeResult:
-        if partitioned:  # one partition in all comes as its rows, several as {partition key: rows}
-            by_key = periods_from if isinstance(periods_from, dict) else \
-                dict(zip(context.asset_partition_keys_for_input("periods_from"), [periods_from]))
-            period_of = periods_from_partitions(by_key)
-        else:
-            period_of = periods_from_conversations(periods_from)
-        return cluster_growth_step(context, getattr(context.resources, names.kura), clusters, period_of, periods,
-                                   clusters_key)
+        from kura_dagster.orchestration.facets import table_files_state
+        from kura_dagster.orchestration.reuse import reuse_stored_output, shaping_settings
+
+        kura = getattr(context.resources, names.kura)
+
+        def computed() -> dg.MaterializeResult:
+            if partitioned:  # one partition in all comes as its rows, several as {partition key: rows}
+                by_key = periods_from if isinstance(periods_from, dict) else \
+                    dict(zip(context.asset_partition_keys_for_input("periods_from"), [periods_from]))
+                period_of = periods_from_partitions(by_key)
+            else:
+                period_of = periods_from_conversations(periods_from)
+            return cluster_growth_step(context, kura, clusters, period_of, periods, clusters_key)
+
+        if kura.rebuild_taxonomy:  # a requested rebuild computes every stage (assets.py), and so the tables
+            return computed()
+        return reuse_stored_output(
+            context, names.io_manager, shaping_settings(kura, GROWTH_NAME), computed,
+            own_state=lambda: table_files_state(kura.checkpoint_dir, GROWTH_NAME),
+            reused=lambda result: result._replace(check_results=[stored_growth_check(context, kura)]))
 
     return cluster_growth_asset

@@ -145,10 +145,17 @@ def reuse_stored_output(
     io_manager_key: str,
     settings: Mapping[str, Any],
     compute: Callable[[], dg.MaterializeResult],
+    own_state: Optional[Callable[[], Optional[str]]] = None,
+    reused: Optional[Callable[[dg.MaterializeResult], dg.MaterializeResult]] = None,
 ) -> dg.MaterializeResult:
     """``compute()``'s result with :data:`FINGERPRINT_KEY` recorded, or, when the inputs, code version and
     ``settings`` are those of the last materialization and its checkpoint is intact, that stored output
-    (see the module docstring)."""
+    (see the module docstring).
+
+    An asset that stores its output itself, beside the checkpoints rather than through the IO manager
+    (``cluster_facets``, ``cluster_growth``), passes ``own_state``: the state of what it stored, now (``None``
+    when absent). It is recorded as :data:`STORED_STATE_KEY` after ``compute()``, and a reused result carries
+    no value (nothing to store); ``reused`` may complete it (the asset's check results, say)."""
     from kura_dagster.io_managers.base import CheckpointIOManager
 
     key = context.asset_key
@@ -169,7 +176,15 @@ def reuse_stored_output(
     recorded = getattr(previous.get(FINGERPRINT_KEY), "value", None)
     stored_state = getattr(previous.get(STORED_STATE_KEY), "value", None)
     data_version = _tag_value(last, DATA_VERSION_TAG) if last is not None else None
-    if recorded == fingerprint and stored_state and data_version:
+    if recorded == fingerprint and stored_state and data_version and own_state is not None:
+        if own_state() == stored_state:
+            run_id = getattr(previous.get(REUSED_FROM_KEY), "value", None) or last.run_id
+            context.log.info(f"{key.to_user_string()}: inputs, code version and settings unchanged since run "
+                             f"{run_id}, and its files are intact: reusing them (set {REUSE_ENV}=0 to recompute)")
+            result = dg.MaterializeResult(data_version=dg.DataVersion(data_version),
+                                          metadata=_reused_metadata(previous, fingerprint, run_id))
+            return reused(result) if reused is not None else result
+    elif recorded == fingerprint and stored_state and data_version:
         metadata = context.assets_def.metadata_by_key.get(key) or {}
         name = checkpoint_name(metadata, key)
         rows = _stored_rows(context, io_manager, name, metadata) if io_manager.stored_state(name) == stored_state else None
@@ -181,4 +196,8 @@ def reuse_stored_output(
                                         data_version=dg.DataVersion(data_version),
                                         metadata=_reused_metadata(previous, fingerprint, run_id))
     result = compute()
-    return result._replace(metadata={**(result.metadata or {}), FINGERPRINT_KEY: dg.MetadataValue.text(fingerprint)})
+    recorded_now = {FINGERPRINT_KEY: dg.MetadataValue.text(fingerprint)}
+    state_now = own_state() if own_state is not None else None
+    if state_now is not None:
+        recorded_now[STORED_STATE_KEY] = dg.MetadataValue.text(state_now)
+    return result._replace(metadata={**(result.metadata or {}), **recorded_now})
