@@ -75,6 +75,17 @@ def summary_columns_type() -> dg.DagsterType:
                           description="Summaries as Arrow-backed columns (chat_ids + float32 embedding matrix).")
 
 
+SUMMARY_COLUMNS_KEY = "kura/summary_columns"
+"""Input metadata of a :func:`summary_columns_type` input: read only these summary fields (``"metadata.<key>"``
+for one metadata key), without the embeddings (``load_summary_columns(columns=…)``); ``[]``: chat ids only."""
+
+
+def summary_columns_selection(context: dg.InputContext) -> Optional[list[str]]:
+    """The fields the input asks for (:data:`SUMMARY_COLUMNS_KEY`), or ``None``: every column, embeddings too."""
+    selected = (context.definition_metadata or {}).get(SUMMARY_COLUMNS_KEY)
+    return None if selected is None else list(selected)
+
+
 WINDOW_DAYS_KEY = "kura/window_days"
 """Input metadata: load only the partitions of the last N days (daily keys) or the last N partitions."""
 
@@ -291,7 +302,9 @@ class CheckpointIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
         if wants_summary_columns(context):  # the columnar fast path (e.g. the clusters asset)
             from kura_dagster.checkpoints.columnar import load_summary_columns
 
-            result = load_summary_columns(manager, name)
+            columns = summary_columns_selection(context)
+            result = load_summary_columns(manager, name) if columns is None else \
+                load_summary_columns(manager, name, columns=columns)
         else:
             result = manager.load_checkpoint(name, input_model(context))
         if result is None:
@@ -301,7 +314,13 @@ class CheckpointIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
                 f"`dagster asset materialize --select {context.asset_key.to_user_string()} -m kura_dagster.definitions`)."
             )
         rows = len(result) if hasattr(result, "__len__") else "streamed"
-        context.log.info(f"Loaded {rows} rows of {context.asset_key.to_user_string()} from {path}")
+        if not context.has_asset_partitions or len(context.asset_partition_keys) == 1:
+            # on Dagster's own LOADED_INPUT event rather than an event of its own: each event is a write to the
+            # instance's event log, and an unchanged rerun loads ~20 inputs (issue 17 item 10)
+            context.add_input_metadata({"rows": rows, "path": dg.MetadataValue.path(str(path))},
+                                       description=f"Loaded {rows} rows from {path}")
+        else:  # (Dagster attaches input metadata to one partition at most)
+            context.log.info(f"Loaded {rows} rows of {context.asset_key.to_user_string()} from {path}")
         return result
 
     def path_exists(self, path: UPath) -> bool:
