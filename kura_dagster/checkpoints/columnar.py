@@ -18,6 +18,7 @@ cluster), reading the columns it is asked for one partition at a time.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import mmap
 import os
@@ -69,14 +70,21 @@ class SummaryColumns:
     _load_table: Any = field(default=None, repr=False)
     _parts: list[SummaryColumns] | None = field(default=None, repr=False)
     _models_without_embeddings: bool = field(default=False, repr=False)
+    selected: tuple[str, ...] | None = None
+    """The columns a selective load read (``None``: every column can be read); ``embeddings`` is then ``(n, 0)``."""
 
     def read_columns(self, names: Sequence[str] | None = None) -> pa.Table:
-        """The other columns, or only ``names`` of them (read for this call and not kept)."""
+        """The other columns, or only ``names`` of them (read for this call and not kept). ``"metadata.<key>"``
+        asks for one metadata key: the ``metadata`` column (all of it from Parquet/HF; from a selective JSONL
+        load, a struct of the keys read). Columns that a selective load (:func:`load_summary_columns` with
+        ``columns=``) did not read are read now, from the checkpoint."""
         if names is None:
             return self.columns()
         names = [n for n in names if n != EMBEDDING]
-        if self.table is not None:
-            return self.table.select([n for n in names if n in self.table.column_names])
+        wanted = list(dict.fromkeys(_column_of(n) for n in names))
+        if self.table is not None and (self.selected is None or self._load_table is None
+                                       or all(_was_read(n, self.selected) for n in names)):
+            return self.table.select([n for n in wanted if n in self.table.column_names])
         if self._load_table is not None:
             return self._load_table(names)
         return self.columns().select([n for n in names if n == "chat_id"])
@@ -279,7 +287,8 @@ def _from_parquet(manager: Any, path: Any) -> SummaryColumns:
     # The text columns are only read when a stage asks for them (to_models / columns()), from the same open file.
     return SummaryColumns(chat_ids, matrix, None, meta, str(path), "parquet", False,
                           _load_table=lambda names=None: manager._read_table(  # noqa: SLF001
-                              pf, path, others if names is None else [n for n in names if n in others]))
+                              pf, path, others if names is None else
+                              [n for n in dict.fromkeys(map(_column_of, names)) if n in others]))
 
 
 class _HashingReader(io.RawIOBase):
@@ -400,22 +409,30 @@ def _from_hf(manager: Any, path: Any) -> SummaryColumns:
     return SummaryColumns(others.column("chat_id").to_pylist(), matrix, others, meta, str(path), "hf", False)
 
 
-def load_summary_columns(manager: BaseCheckpointManager, filename: str) -> SummaryColumns | None:
+def load_summary_columns(manager: BaseCheckpointManager, filename: str, columns: Sequence[str] | None = None
+                         ) -> SummaryColumns | None:
     """Load summaries checkpoint ``filename`` as :class:`SummaryColumns`; ``None`` when it is absent. A
     :class:`~kura_dagster.checkpoints.multi.MultiCheckpointManager` serves it from the child its load strategy
-    picks, through that child's own fast path."""
+    picks, through that child's own fast path.
+
+    ``columns``: read only ``chat_id`` and these fields (``"metadata.<key>"`` for one metadata key), without the
+    embeddings (``embeddings`` is then an ``(n, 0)`` matrix): see :func:`_load_selected`. Columns asked for later
+    (:meth:`SummaryColumns.read_columns`) are read then."""
     if not manager.enabled:
         return None
     from kura_dagster.checkpoints.multi import MultiCheckpointManager
 
     if isinstance(manager, MultiCheckpointManager):
-        loaded = manager.load_with_source(filename, loader=load_summary_columns)
+        loader = load_summary_columns if columns is None else functools.partial(load_summary_columns, columns=columns)
+        loaded = manager.load_with_source(filename, loader=loader)
         return None if loaded is None else loaded.data
     path = manager.get_checkpoint_path(filename)
     if not manager.has_checkpoint(filename):
         return None
     from kura_dagster.checkpoints.arrow import read_consistently
 
+    if columns is not None and EMBEDDING not in columns:
+        return _load_selected(manager, path, tuple(dict.fromkeys(c for c in columns if c != "chat_id")))
     if manager.format_name == "parquet":
         return read_consistently(path, lambda: _from_parquet(manager, path))
     if manager.format_name == "hf":
@@ -429,3 +446,204 @@ def load_summary_columns(manager: BaseCheckpointManager, filename: str) -> Summa
     columns._models_without_embeddings = True
     columns.source, columns.format = str(path), manager.format_name
     return columns
+
+
+# --- selective loads: some columns, no embeddings ---------------------------------------------------------------
+
+JSONL_COLUMN_TYPES: dict[str, pa.DataType] = {
+    "chat_id": pa.string(), "summary": pa.string(), "request": pa.string(), "topic": pa.string(),
+    "languages": pa.list_(pa.string()), "task": pa.string(), "concerning_score": pa.int64(),
+    "user_frustration": pa.int64(), "assistant_errors": pa.list_(pa.string()),
+}
+"""The summary fields a selective JSONL load reads as Arrow (plus ``metadata.<key>``), with their types."""
+_SCORES = ("concerning_score", "user_frustration")  # 1-5, as ConversationSummary validates them
+_KEY_TYPES = (pa.string(), pa.int64(), pa.bool_())
+"""A metadata key's value types read by pyarrow (tried in this order per batch of lines); any other (floats,
+objects, a mix within a batch) is read by the models, so a value is always exactly what a model load gives."""
+ARROW_BATCH_BYTES = 4 << 20
+"""Bytes of JSONL lines handed to one ``pyarrow.json.read_json`` call."""
+
+
+def _column_of(name: str) -> str:
+    """``"metadata.<key>"`` → ``"metadata"``; any other name as it is."""
+    return "metadata" if name.startswith("metadata.") else name
+
+
+def _was_read(name: str, selected: Sequence[str]) -> bool:
+    return name == "chat_id" or name in selected or (name.startswith("metadata.") and "metadata" in selected)
+
+
+def _load_selected(manager: BaseCheckpointManager, path: Any, selected: tuple[str, ...]) -> SummaryColumns:
+    """``chat_id`` and the ``selected`` fields of the summaries at ``path``, without embeddings: Parquet reads only
+    those columns (their pages' CRC32s checked as they are decoded, as the columnar path does); HF selects them from
+    the verified memory-mapped dataset; JSONL is read by ``pyarrow.json`` inside the JSONL backend's own verified
+    read (:func:`_jsonl_table`); any other format loads the models."""
+    from kura_dagster.checkpoints.arrow import read_consistently
+
+    fmt, meta = manager.format_name, None
+    if fmt == "parquet":
+        def read_parquet() -> tuple[pa.Table, Any]:
+            pf, found = manager.open_verified(path, verify=False)
+            present = set(pf.schema_arrow.names)
+            names = [n for n in dict.fromkeys(["chat_id", *map(_column_of, selected)]) if n in present]
+            return manager._read_table(pf, path, names), found  # noqa: SLF001 - same package
+
+        table, meta = read_consistently(path, read_parquet)
+        stored: tuple[str, ...] = tuple(dict.fromkeys(map(_column_of, selected)))
+    elif fmt == "hf":
+        whole, meta = read_consistently(path, lambda: manager.open_verified(path))
+        names = [n for n in dict.fromkeys(["chat_id", *map(_column_of, selected)]) if n in whole.column_names]
+        table, stored = whole.select(names), tuple(dict.fromkeys(map(_column_of, selected)))
+    elif fmt == "jsonl":
+        table, stored = _jsonl_table(manager, path, selected), selected
+    else:
+        models = manager.load_checkpoint(path.name[: -len(manager.suffix)] if manager.suffix else path.name,
+                                         ConversationSummary) or []
+        table, stored = _models_table(models, ["chat_id", *(c for c in selected if not c.startswith("metadata."))],
+                                      [c.split(".", 1)[1] for c in selected if c.startswith("metadata.")]), selected
+    if "chat_id" not in table.column_names:
+        raise CheckpointCorruptError(path, "has no chat_id column")
+    chat_ids = table.column("chat_id").to_pylist()
+    return SummaryColumns(chat_ids, np.empty((len(chat_ids), 0), dtype=np.float32), table, meta, str(path), fmt,
+                          selected=stored,
+                          _load_table=lambda names: _load_selected(manager, path, tuple(names)).table)
+
+
+def _key_values(values: list[Any]) -> pa.Array | list[Any]:
+    """A metadata key's values as an Arrow array of one of :data:`_KEY_TYPES` (or all null), else the list."""
+    try:
+        array = pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return values
+    return array if array.type in _KEY_TYPES or pa.types.is_null(array.type) else values
+
+
+def _models_table(models: Sequence[ConversationSummary], plain: Sequence[str], keys: Sequence[str]) -> pa.Table:
+    out = pa.table({n: pa.array([getattr(m, n) for m in models], JSONL_COLUMN_TYPES.get(n)) for n in plain})
+    if keys:
+        out = out.append_column("metadata", _metadata_column(
+            [{k: _key_values([m.metadata.get(k) for m in models]) for k in keys}], keys))
+    return out
+
+
+def _metadata_column(batches: list[dict[str, pa.Array | list[Any]]], keys: Sequence[str]) -> pa.ChunkedArray:
+    """The metadata keys of every batch as one column: a struct when each key has one Arrow type throughout,
+    else each row's keys as JSON text (what :func:`json.dumps` makes of the values a model load gives)."""
+    import json
+
+    types: dict[str, set[pa.DataType]] = {k: set() for k in keys}
+    uniform = True
+    for batch in batches:
+        for k in keys:
+            value = batch[k]
+            if not isinstance(value, pa.Array):
+                uniform = False
+            elif not pa.types.is_null(value.type):
+                types[k].add(value.type)
+    if uniform and all(len(t) <= 1 for t in types.values()):
+        final = {k: next(iter(t)) if t else pa.string() for k, t in types.items()}
+        return pa.chunked_array([pa.StructArray.from_arrays([b[k].cast(final[k]) for k in keys], names=list(keys))
+                                 for b in batches], pa.struct([(k, final[k]) for k in keys]))
+    columns = {k: [v for b in batches for v in (b[k].to_pylist() if isinstance(b[k], pa.Array) else b[k])]
+               for k in keys}
+    rows = len(next(iter(columns.values()))) if columns else 0
+    return pa.chunked_array([pa.array([json.dumps({k: columns[k][i] for k in keys}, ensure_ascii=False)
+                                       for i in range(rows)], pa.string())])
+
+
+def _failed_key(message: str, keys: Sequence[str]) -> str | None:
+    """The metadata key whose type a pyarrow JSON error names (``Column(/metadata/<key>) changed from …``)."""
+    return next((k for k in keys if f"Column(/metadata/{k})" in message), None)
+
+
+def _jsonl_table(manager: Any, path: Any, selected: Sequence[str]) -> pa.Table:
+    """``chat_id`` and the ``selected`` fields of a JSONL summaries checkpoint, parsed by ``pyarrow.json`` with an
+    explicit schema of those fields only (the others, the embeddings first, are skipped unparsed into values).
+
+    The lines come from the JSONL backend's own verified read (``_verified_stream``: the sidecar's checksum,
+    hashed as the bytes go by, retried when a writer replaces the file), so a damaged or truncated file is refused
+    with the same errors, naming the file and its lines. A batch of lines that pyarrow cannot read with the schema,
+    or whose values a model would refuse (a missing ``chat_id`` or ``metadata``, a score outside 1-5), is validated
+    by the backend's model parser instead: its error names the line, and a batch it accepts (e.g. ``3.0`` for a
+    score, or a float metadata value) gives exactly the model's values."""
+    import pyarrow.compute as pc
+    import pyarrow.json as pj
+
+    plain = ["chat_id", *(c for c in selected if not c.startswith("metadata.") and c != "chat_id")]
+    keys = [c.split(".", 1)[1] for c in selected if c.startswith("metadata.")]
+    unknown = [c for c in plain if c not in JSONL_COLUMN_TYPES]
+    if unknown:
+        raise ValueError(f"{path}: cannot read {unknown} as columns of a JSONL summaries checkpoint; the readable "
+                         f"ones are {sorted(JSONL_COLUMN_TYPES)} and metadata.<key>")
+    key_types = {k: pa.string() for k in keys}  # the type that read the last batch is tried first on the next
+
+    def plausible(table: pa.Table, n: int) -> bool:
+        if table.num_rows != n or table.column("chat_id").null_count:
+            return False
+        if keys and table.column("metadata").null_count:
+            return False
+        for name in (s for s in _SCORES if s in plain):
+            low, high = pc.min_max(table.column(name)).values()
+            if low.is_valid and (low.as_py() < 1 or high.as_py() > 5):
+                return False
+        return True
+
+    def read(lines: list[bytes], numbers: list[int]) -> tuple[pa.Table, dict[str, Any]]:
+        data = b"\n".join(lines)
+        tried = {k: {key_types[k]} for k in keys}
+        while True:
+            fields = [(n, JSONL_COLUMN_TYPES[n]) for n in plain]
+            if keys:
+                fields.append(("metadata", pa.struct([(k, key_types[k]) for k in keys])))
+            try:
+                table = pj.read_json(
+                    pa.BufferReader(data),
+                    read_options=pj.ReadOptions(use_threads=False, block_size=len(data) + 1),
+                    parse_options=pj.ParseOptions(explicit_schema=pa.schema(fields),
+                                                  unexpected_field_behavior="ignore"))
+            except pa.ArrowInvalid as exc:
+                key = _failed_key(str(exc), keys)
+                following = next((t for t in _KEY_TYPES if t not in tried[key]), None) if key else None
+                if following is None:
+                    break
+                key_types[key] = following
+                tried[key].add(following)
+                continue
+            if not plausible(table, len(lines)):
+                break
+            meta = table.column("metadata").combine_chunks() if keys else None
+            return table.select(plain), {k: meta.field(k) for k in keys}
+        models = [m for chunk in manager._parse_chunks(path, [(lines, numbers)], ConversationSummary)  # noqa: SLF001
+                  for m in chunk]
+        return _models_table(models, plain, []), {k: _key_values([m.metadata.get(k) for m in models]) for k in keys}
+
+    def parse(chunks: Any) -> tuple[list[pa.Table], list[dict[str, Any]]]:
+        tables: list[pa.Table] = []
+        metas: list[dict[str, Any]] = []
+        lines: list[bytes] = []
+        numbers: list[int] = []
+        size = 0
+        for chunk_lines, chunk_numbers in chunks:
+            lines += chunk_lines
+            numbers += chunk_numbers
+            size += sum(map(len, chunk_lines))
+            if size >= ARROW_BATCH_BYTES:
+                table, meta = read(lines, numbers)
+                tables.append(table)
+                metas.append(meta)
+                lines, numbers, size = [], [], 0
+        if lines:
+            table, meta = read(lines, numbers)
+            tables.append(table)
+            metas.append(meta)
+        return tables, metas
+
+    (tables, metas), version = manager._verified_stream(path, parse)  # noqa: SLF001 - same package
+    schema = pa.schema([(n, JSONL_COLUMN_TYPES[n]) for n in plain])
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
+    if keys:
+        table = table.append_column("metadata", _metadata_column(metas, keys) if metas else
+                                    pa.chunked_array([], pa.struct([(k, pa.string()) for k in keys])))
+    if version is not None and version.get("rows") is not None and version["rows"] != table.num_rows:
+        raise CheckpointCorruptError(path, f"holds {table.num_rows} rows but was saved with {version['rows']}")
+    return table

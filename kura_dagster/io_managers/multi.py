@@ -24,6 +24,7 @@ copies it skipped.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal, Optional
@@ -44,7 +45,7 @@ from kura_dagster.checkpoints.multi import (
 )
 from kura_dagster.checkpoints.registry import FORMATS, build_manager
 from kura_dagster.checkpoints.storage import resolve_location, to_upath
-from kura_dagster.io_managers.base import CheckpointIOManager, wants_summary_columns
+from kura_dagster.io_managers.base import CheckpointIOManager, summary_columns_selection, wants_summary_columns
 from kura_dagster.io_managers.metadata import checkpoint_metadata
 from kura_dagster.io_managers.stored import StoredOutput
 from kura_dagster.io_managers.typing import input_model, output_model
@@ -209,7 +210,9 @@ class MultiIOManager(CheckpointIOManager):
         if wants_summary_columns(context):  # the columnar fast path, from whichever backend serves the load
             from kura_dagster.checkpoints.columnar import load_summary_columns
 
-            load = {"loader": load_summary_columns}
+            columns = summary_columns_selection(context)
+            load = {"loader": load_summary_columns if columns is None else
+                    functools.partial(load_summary_columns, columns=columns)}
         else:
             load = {"model_class": input_model(context)}
         try:

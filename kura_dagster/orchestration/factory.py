@@ -184,7 +184,8 @@ def build_kura_defs(
     stages = build_kura_assets(names, upstream=upstream, partitions=partitions, partition_start=partition_start,
                                window_days=window_days)
     # + the facets table (orchestration/facets.py), reading summaries as ``clusters`` does
-    facets = build_facets_asset(names, stages[2].node_def.input_defs[0].metadata or None)
+    facets = build_facets_asset(names, stages[2].node_def.input_defs[0].metadata or None,
+                                user_key=None if isinstance(kura.user_key, dg.EnvVar) else kura.user_key)
     # + what is new and growing (orchestration/growth.py): conversations per cluster and period, with its check
     growth = build_growth_asset(names, stages[0].partitions_def is not None,
                                 stages[2].node_def.input_defs[0].metadata or None)

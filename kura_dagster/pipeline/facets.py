@@ -121,7 +121,7 @@ def metadata_values(columns: SummaryColumns, key: str) -> list[str | None]:
         return [v for part in columns._parts for v in metadata_values(part, key)]
     if columns._models is not None:
         return [_user_value(s.metadata.get(key)) for s in columns._models]
-    found = _arrow_metadata_values(columns.read_columns(["metadata"]), key) if len(columns) else []
+    found = _arrow_metadata_values(columns.read_columns([f"metadata.{key}"]), key) if len(columns) else []
     if found is not None:
         return found
     return [_user_value(s.metadata.get(key)) for s in columns.models_for(np.arange(len(columns)), fields=["metadata"])]
