@@ -175,3 +175,18 @@ def test_io_managers_serve_the_selection_without_embeddings(tmp_path):
         assert table.column("task").to_pylist() == ["t0", "t1", "t2", "t3"]
         assert _values(table, "metadata.user_id") == [0, 1, 0, 1]
         assert np.array_equal(columns.chat_ids, ["c0", "c1", "c2", "c3"])
+
+
+@pytest.mark.parametrize("line, expected", [
+    (b'{"a":1,"embedding":[1,2]}', b'{"a":1}'),
+    (b'{"embedding":null}', b'{}'),
+    (b'{"a":1, "embedding" : [1.5e-3, -2] }  ', b'{"a":1}'),
+    # anything else is left whole for the parser (and its errors)
+    (b'{"a":"embedding"}', None), (b'{"a":["x","embedding"]}', None), (b'{"m":{"embedding":[1]}}', None),
+    (b'{"s":"x \\"embedding\\": [1]}"}', None), (b'{"embedding":[1,2],"a":1}', None),
+    (b'{"a":1,"embedding":[1,2}', None), (b'{"a":1,"embedding":[1,2]', None), (b'{"a":1,"embedding":[[1],2]}', None),
+])
+def test_the_embedding_is_cut_off_only_when_it_is_provably_the_last_field(line, expected):
+    from kura_dagster.checkpoints.columnar import _without_embedding
+
+    assert _without_embedding(line) == (line if expected is None else expected)

@@ -556,9 +556,37 @@ def _failed_key(message: str, keys: Sequence[str]) -> str | None:
     return next((k for k in keys if f"Column(/metadata/{k})" in message), None)
 
 
+_EMBEDDING_KEY = b'"embedding"'
+
+
+def _without_embedding(line: bytes) -> bytes:
+    """``line`` without its top-level ``"embedding"`` field when that is the object's last field (as Kura and
+    we write it), so that the parser skips its ~256 numbers; else ``line`` unchanged. The cut is taken only when
+    what follows the key is provably that field: a ``:`` after the key, no quote or brace after it but the
+    object's closing one (so the key is not inside a string or a nested object), and a ``,`` (or the object's
+    ``{``) before it, and a value that is ``null`` or one flat ``[…]``. The numbers themselves are not looked at:
+    a column load does not validate the embeddings it does not read (a sidecar's checksum still covers them)."""
+    at = line.rfind(_EMBEDDING_KEY)
+    if at < 0:
+        return line
+    after = at + len(_EMBEDDING_KEY)
+    end = len(line.rstrip()) - 1  # the object's closing brace
+    if line[after:after + 8].lstrip()[:1] != b":" or line.find(b'"', after) >= 0 or line.find(b"{", after) >= 0 \
+            or line.find(b"}", after) != end:
+        return line
+    value = line[line.find(b":", after) + 1:end].strip()  # one flat list of numbers, or null
+    if value != b"null" and not (value[:1] == b"[" and value.find(b"[", 1) < 0 and value.find(b"]") == len(value) - 1):
+        return line
+    head = line[:at].rstrip()
+    if head.endswith(b","):
+        return head[:-1] + b"}"
+    return head + b"}" if head.endswith(b"{") else line
+
+
 def _jsonl_table(manager: Any, path: Any, selected: Sequence[str]) -> pa.Table:
     """``chat_id`` and the ``selected`` fields of a JSONL summaries checkpoint, parsed by ``pyarrow.json`` with an
-    explicit schema of those fields only (the others, the embeddings first, are skipped unparsed into values).
+    explicit schema of those fields only (the others are skipped, not made into values); each line's embedding,
+    when it is the last field, is cut off before parsing (:func:`_without_embedding`): it is most of the bytes.
 
     The lines come from the JSONL backend's own verified read (``_verified_stream``: the sidecar's checksum,
     hashed as the bytes go by, retried when a writer replaces the file), so a damaged or truncated file is refused
@@ -589,7 +617,7 @@ def _jsonl_table(manager: Any, path: Any, selected: Sequence[str]) -> pa.Table:
         return True
 
     def read(lines: list[bytes], numbers: list[int]) -> tuple[pa.Table, dict[str, Any]]:
-        data = b"\n".join(lines)
+        data = b"\n".join([_without_embedding(line) for line in lines])
         tried = {k: {key_types[k]} for k in keys}
         while True:
             fields = [(n, JSONL_COLUMN_TYPES[n]) for n in plain]
