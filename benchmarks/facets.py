@@ -150,8 +150,8 @@ def main() -> None:
                       (fmt, "**cluster_facets: total**", total, c_total),
                       (fmt, "(before: every column with the embeddings, as `clusters` loads them; not in the "
                        "total)", t_full, c_full),
-                      (fmt, "user threshold: metadata.user_id of every summary (from those columns)", t_users,
-                       c_users)]
+                      (fmt, "user threshold: metadata.user_id of every summary (from the columns `clusters` "
+                       "loads)", t_users, c_users)]
             print(f"{fmt}: facets total {total:.2f} s ({100 * total / PIPELINE_100K_WALL_S:.1f}% of "
                   f"{PIPELINE_100K_WALL_S} s)")
     t_scrub, counts = best(lambda: (lambda c: (scrub_summaries(rows, c), c)[1])(Counter()), repeat)

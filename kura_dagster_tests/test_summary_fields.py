@@ -181,6 +181,9 @@ def test_io_managers_serve_the_selection_without_embeddings(tmp_path):
     (b'{"a":1,"embedding":[1,2]}', b'{"a":1}'),
     (b'{"embedding":null}', b'{}'),
     (b'{"a":1, "embedding" : [1.5e-3, -2] }  ', b'{"a":1}'),
+    (b'{"a":1,"embedding":["}"]}', b'{"a":1}'),
+    (b'{"a":[{"embedding":[1]}]}', None), (b'{"m":{"x":1,"embedding":[1]}}', None),
+    (b'{"x":["a\\"embedding\\":[b"]}', None),
     # anything else is left whole for the parser (and its errors)
     (b'{"a":"embedding"}', None), (b'{"a":["x","embedding"]}', None), (b'{"m":{"embedding":[1]}}', None),
     (b'{"s":"x \\"embedding\\": [1]}"}', None), (b'{"embedding":[1,2],"a":1}', None),
