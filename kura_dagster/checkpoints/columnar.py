@@ -13,6 +13,12 @@ The other columns (summary text, request…) stay in an Arrow table; :meth:`Summ
 models from them when a stage needs them, by default without the embeddings, and
 :meth:`SummaryColumns.models_for` builds them for some rows only (cluster naming reads a few examples per
 cluster), reading the columns it is asked for one partition at a time.
+
+``load_summary_columns(manager, name, columns=[...])`` is the selective load for stages that use a few fields and
+no vectors (``cluster_facets``, ``cluster_growth``): ``chat_id`` and those fields (``"metadata.<key>"`` for one
+metadata key), an ``(n, 0)`` embedding matrix, and nothing else parsed. Parquet reads those columns only; HF selects
+them from the verified dataset; JSONL parses them with ``pyarrow.json`` and an explicit schema inside the JSONL
+backend's own verified read (:func:`_jsonl_table`), giving exactly a model load's values.
 """
 
 from __future__ import annotations
