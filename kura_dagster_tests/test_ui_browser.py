@@ -23,7 +23,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-ASSETS = {"conversations", "summaries", "clusters", "meta_clusters", "projected_clusters"}
+# Kura's five stages plus the two tables beside them (privacy facets, growth per period)
+ASSETS = {"conversations", "summaries", "clusters", "meta_clusters", "projected_clusters", "cluster_facets",
+          "cluster_growth"}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 
@@ -119,7 +121,7 @@ def test_materialize_all_from_the_asset_graph(server: Webserver, page) -> None:
     assert all(run is None for run in _latest_runs(server).values()), "the temporary instance should start empty"
 
     page.goto(f"{server.url}/asset-groups")
-    for name in ASSETS:  # the five assets are drawn in the lineage graph
+    for name in ASSETS:  # every asset is drawn in the lineage graph
         page.get_by_text(name, exact=True).first.wait_for()
     page.get_by_role("button", name="Materialize all").click()
 
