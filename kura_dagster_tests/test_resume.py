@@ -179,10 +179,11 @@ def test_an_unchanged_rerun_of_every_asset_sends_no_request(server: FakeOpenAISe
     twins = [c.model_copy(update={"chat_id": f"{c.chat_id}-twin"}) for c in convs[:10]]
     source = write_jsonl(tmp_path / "a.jsonl", convs + twins)  # 10 with the same messages as others
 
-    def run() -> dict[str, dict]:
+    def run(rebuild: bool = False) -> dict[str, dict]:
         kura = KuraPipelineResource(llm=f"openai:{MODEL}", embeddings="openai:fake-emb", base_url=server.url,
                                     checkpoint_dir=str(tmp_path / "ckpt"), max_clusters=2, max_concurrency=4,
-                                    min_conversations=1)  # every k-means group named (privacy thresholds off)
+                                    min_conversations=1,  # every k-means group named (privacy thresholds off)
+                                    rebuild_taxonomy=rebuild)
         result = dg.materialize(kura_assets, resources={
             "io_manager": JSONLIOManager(base_dir=str(tmp_path / "ckpt")), "kura": kura,
             "source": ConversationSource(path=str(source))})
@@ -195,8 +196,13 @@ def test_an_unchanged_rerun_of_every_asset_sends_no_request(server: FakeOpenAISe
     assert first["clusters"]["naming_requests"] == 4 and first["meta_clusters"]["naming_requests"] >= 1
     before = (tmp_path / "ckpt" / "dimensionality.jsonl").read_bytes()
     server.reset()
-    second = run()
+    second = run()  # the stored taxonomy keeps every cluster and its name: nothing is even looked up
     assert server.count(None) == 0
-    assert second["summaries"]["cache_hits"] == 40 and second["clusters"]["naming_cache_hits"] == 4
+    assert second["summaries"]["cache_hits"] == 40
+    assert second["clusters"]["naming_requests"] == second["clusters"]["naming_cache_hits"] == 0
     assert second["meta_clusters"]["naming_requests"] == second["projected_clusters"]["embedding_requests"] == 0
     assert (tmp_path / "ckpt" / "dimensionality.jsonl").read_bytes() == before
+    third = run(rebuild=True)  # a rebuild names the same k-means groups again: every name comes from the cache
+    assert server.count(None) == 0
+    assert third["clusters"]["naming_requests"] == 0 and third["clusters"]["naming_cache_hits"] == 4
+    assert third["meta_clusters"]["naming_requests"] == third["projected_clusters"]["embedding_requests"] == 0
