@@ -20,7 +20,6 @@ from kura_dagster.orchestration.assets import kura_assets
 from kura_dagster.orchestration.resources import ConversationSource, KuraPipelineResource
 from kura_dagster.orchestration.reuse import REUSE_ENV, REUSED_FROM_KEY
 from kura_dagster.orchestration.versioning import versioned_assets
-from kura_dagster.orchestration.warmup import warm_imports
 from kura_dagster.pipeline.demo_data import demo_conversations
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,19 +143,6 @@ def test_the_io_manager_refuses_to_keep_a_checkpoint_that_changed(tmp_path: Path
     (tmp_path / "clusters.jsonl").write_text("\n")
     with pytest.raises(dg.DagsterInvariantViolationError, match="changed while the step ran"):
         io.handle_output(dg.build_output_context(asset_key=key), StoredOutput([], state, "run-1"))
-
-
-def test_warm_imports_imports_once_and_reports_a_failure(tmp_path: Path, monkeypatch, caplog) -> None:
-    (tmp_path / "kura_warm_ok.py").write_text("VALUE = 1\n")
-    (tmp_path / "kura_warm_broken.py").write_text("raise RuntimeError('broken on purpose')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="kura_dagster.orchestration.warmup"):
-        thread = warm_imports(("kura_warm_broken", "kura_warm_ok", "kura_warm_absent_module"))
-        assert thread is not None
-        thread.join(timeout=60)
-    assert "kura_warm_ok" in sys.modules and "kura_warm_absent_module" not in sys.modules
-    assert "kura_warm_broken" in caplog.text and "broken on purpose" in caplog.text
-    assert warm_imports(("kura_warm_ok",)) is None, "started once per process"
 
 
 @pytest.mark.slow

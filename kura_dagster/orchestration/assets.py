@@ -60,7 +60,6 @@ from kura_dagster.orchestration.resources import DEMO_SOURCE, ConversationSource
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, ProjectedCluster
 from kura_dagster.orchestration.versioning import effective_settings
 from kura_dagster.orchestration.reuse import reuse_stored_output, shaping_settings
-from kura_dagster.orchestration.warmup import warm_imports
 
 warnings.filterwarnings("ignore", message=r"Parameter `backfill_policy` of function `asset`", category=dg.BetaWarning)
 
@@ -475,8 +474,8 @@ def build_kura_assets(
                 step: Any) -> dg.MaterializeResult:
         """The step's result, or its stored output when inputs and settings are unchanged (orchestration/reuse.py)."""
         def computed() -> dg.MaterializeResult:
-            if kura.llm.strip() != "local" or kura.embeddings.strip() != "local":
-                warm_imports()  # what later stages import, while this one waits for the model server
+            # (no importing of later stages' modules on a thread while the requests run: that thread holds the GIL
+            # the event loop needs, and the LLM run took ~2 s longer with it; benchmarks/results/fixed_costs.md)
             return step()
 
         # a requested taxonomy rebuild (rebuild_taxonomy, not in the fingerprint) computes: never the stored output
