@@ -232,6 +232,19 @@ class ConversationSource(dg.ConfigurableResource):
     fs_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec storage options for path (credentials: prefer the environment)."
     )
+    allow_empty: bool = Field(
+        False, description="Accept a source with no conversations (it then replaces the checkpoints with empty "
+        "ones). Off: an empty read fails and leaves the checkpoints as they were (KURA_ALLOW_EMPTY).",
+    )
+    max_shrink: float = Field(
+        0.5, ge=0.0, le=1.0, description="The largest share by which a re-read may shrink against the last "
+        "materialization (per partition) before the run fails, leaving the checkpoints as they were: 0.5 fails "
+        "on fewer than half; 1 allows any shrink (KURA_MAX_SHRINK).",
+    )
+    configured_by: ConfiguredBy = Field(
+        "build_kura_defs", description="Which configuration made this pipeline, so errors name the setting "
+        "that applies: build_kura_defs (keywords), component (defs.yaml attributes) or environment (KURA_*).",
+    )
 
     def location(self) -> Optional[str]:
         """``path`` with ``~`` expanded (URLs as they are); ``None`` for the demo data."""
@@ -249,19 +262,6 @@ class ConversationSource(dg.ConfigurableResource):
         return read_source(location, column_map=self.column_map or None, on_bad_record=self.on_bad_record,
                            storage_options=self.fs_options or None, format=self.format,
                            skip_hint=skip_hint(self.configured_by))
-    allow_empty: bool = Field(
-        False, description="Accept a source with no conversations (it then replaces the checkpoints with empty "
-        "ones). Off: an empty read fails and leaves the checkpoints as they were (KURA_ALLOW_EMPTY).",
-    )
-    max_shrink: float = Field(
-        0.5, ge=0.0, le=1.0, description="The largest share by which a re-read may shrink against the last "
-        "materialization (per partition) before the run fails, leaving the checkpoints as they were: 0.5 fails "
-        "on fewer than half; 1 allows any shrink (KURA_MAX_SHRINK).",
-    )
-    configured_by: ConfiguredBy = Field(
-        "build_kura_defs", description="Which configuration made this pipeline, so errors name the setting "
-        "that applies: build_kura_defs (keywords), component (defs.yaml attributes) or environment (KURA_*).",
-    )
 
     def from_value(self, value: Any, source: str = "upstream asset") -> ReadResult:
         """Conversations from a project asset's value: ``list[Conversation]``, a list of dicts, a pyarrow Table,
