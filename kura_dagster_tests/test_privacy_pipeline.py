@@ -25,6 +25,7 @@ from kura_dagster.pipeline.thresholds import (
     threshold_problems,
 )
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, GeneratedCluster, Message
+from kura_dagster_tests.test_kura_layout import kura_python  # noqa: F401 (a fixture)
 
 API_KEY = "sk-test-privacy-20"
 
@@ -88,6 +89,26 @@ def test_small_groups_together_make_one_other_cluster_named_for_what_it_is():
     other = next(c for c in out if c.name == OTHER_NAME)
     assert sorted(other.chat_ids) == ["C00", "C01", "C02", "D00", "D01"] and other.slug == "other_requests"
     assert {cid[0] for cid in namer.seen} == {"A", "B"}
+
+
+@pytest.mark.slow
+def test_kura_reads_an_other_cluster_as_an_ordinary_cluster(tmp_path, kura_python):
+    """Kura 0.5.4 (its own managers, in its own venv) loads the folded clusters like any others, in JSONL and in
+    the Kura layout of Parquet and HF."""
+    from kura_dagster.checkpoints import HFDatasetCheckpointManager, JSONLCheckpointManager, ParquetCheckpointManager
+    from kura_dagster_tests.test_kura_layout import kura_loads
+
+    out = base_clusters_with_thresholds(_blobs(), RecordingNamer(), SETTINGS, Thresholds(min_conversations=5))
+    JSONLCheckpointManager(tmp_path / "jsonl").save_checkpoint("clusters", out)
+    ParquetCheckpointManager(tmp_path / "parquet", layout="kura").save_checkpoint("clusters", out)
+    HFDatasetCheckpointManager(tmp_path / "hf", layout="kura").save_checkpoint("clusters", out)
+    got = kura_loads(kura_python, *(f"{fmt}:{tmp_path / fmt}" for fmt in ("jsonl", "parquet", "hf")))
+    for where, stages in got.items():
+        clusters = {c["name"]: c for c in stages["clusters"]}
+        assert sorted(clusters) == sorted(["named after A", "named after B", OTHER_NAME]), where
+        other = clusters[OTHER_NAME]
+        assert sorted(other["chat_ids"]) == ["C00", "C01", "C02", "D00", "D01"] and other["count"] == 5, where
+        assert other["slug"] == "other_requests" and other["parent_id"] is None, where
 
 
 def test_user_threshold_and_auditor_withhold_like_small_groups():
