@@ -27,7 +27,7 @@ here and no Dagster: the states are :class:`~kura_dagster.checkpoints.artifacts.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -234,6 +234,13 @@ def render_base(state: FittedState) -> list[Cluster]:
                     parent_id=None) for e, m in zip(entries, members)]
 
 
+def _members_by_label(labels: np.ndarray, k: int) -> Callable[[int], np.ndarray]:
+    """``rows(j)``: the rows labelled ``j``, ascending (``np.flatnonzero(labels == j)``, one sort for all ``j``)."""
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(k + 1))
+    return lambda j: order[bounds[j]:bounds[j + 1]]
+
+
 def _users_ok(rows: np.ndarray, users: Sequence[str | None] | None, thresholds: Any) -> bool:
     from kura_dagster.pipeline.thresholds import meets
 
@@ -279,6 +286,7 @@ def update_base_clusters(
         return [], None
     before = {cid: int(lab) for cid, lab in zip(old_ids, old_labels.tolist())}
     labels = np.fromiter((before.get(cid, -1) for cid in columns.chat_ids), dtype=np.int64, count=n)
+    was = labels.copy()  # each row's cluster before this run (-1: new)
     kept = np.bincount(labels[labels >= 0], minlength=k)
     old_size = np.bincount(old_labels, minlength=k)
     removed = old_size - kept
@@ -327,8 +335,9 @@ def update_base_clusters(
     # clusters that emptied or fell below the privacy thresholds are retired; their members join the nearest
     users = user_ids(columns, thresholds.user_key)
     retired = [j for j in range(k) if sizes[j] == 0 and old_size[j] > 0]
+    groups = _members_by_label(labels, k)  # rows per cluster, regrouped only when a retirement moves rows
     for j in range(k):
-        members = np.flatnonzero(labels == j)
+        members = groups(j)
         if len(members) and not _users_ok(members, users, thresholds):
             retired.append(j)
             keep = np.ones(k, dtype=bool)
@@ -340,15 +349,17 @@ def update_base_clusters(
                 labels[members] = -1  # nothing left to join: they are clustered afresh below
                 leftover = np.concatenate([leftover, members])
             sizes = np.bincount(labels[labels >= 0], minlength=k)
+            groups = _members_by_label(labels, k)
+    retired_set = set(retired)
     # Conversations that joined nothing become new clusters (Kura's rule and the thresholds). Once the "Other
     # requests" pools grew by rename_fraction since they were last looked at, their members are clustered with
     # them: what was too rare to show may now have enough company to be named.
     made: list[Cluster] = []
-    others = np.array([j for j in range(k) if is_other[j] and j not in retired and sizes[j] > 0], dtype=np.int64)
+    others = np.array([j for j in range(k) if is_other[j] and j not in retired_set and sizes[j] > 0], dtype=np.int64)
     if len(leftover):
         in_other = np.flatnonzero(np.isin(labels, others)) if len(others) else np.zeros(0, np.int64)
         looked_at = sum(entries[j]["named_size"] for j in others.tolist())
-        grown = len(others) > 0 and len(in_other) + len(leftover) - looked_at >= options.rename_fraction * max(looked_at, 1)
+        grown = len(others) > 0
         pool = np.sort(np.concatenate([leftover, in_other]) if grown else leftover)
         labels[pool] = -1
         try:
@@ -404,11 +415,12 @@ def update_base_clusters(
     added = np.zeros(len(entries), dtype=np.int64)
     news = np.flatnonzero(np.fromiter((before.get(cid, -1) < 0 for cid in columns.chat_ids), bool, count=n))
     np.add.at(added, labels[news], 1)
-    rename = [j for j in range(k) if j not in retired and sizes[j] > 0 and not is_other[j]
+    rename = [j for j in range(k) if j not in retired_set and sizes[j] > 0 and not is_other[j]
               and (added[j] + removed[j]) / max(entries[j]["named_size"], 1) >= options.rename_fraction]
     report.growth = {entries[j]["id"]: int(added[j]) for j in range(k) if added[j]}
     if rename:
-        picked = [naming_sample(columns.chat_ids, np.flatnonzero(labels == j), settings.seed) for j in rename]
+        groups = _members_by_label(labels, len(entries))
+        picked = [naming_sample(columns.chat_ids, groups(j), settings.seed) for j in rename]
         models = columns.models_for(np.concatenate(picked), fields=NAMING_FIELDS)
         bounds = np.cumsum([len(p) for p in picked]).tolist()
         names = list(namer.name_clusters([models[a:b] for a, b in zip([0, *bounds[:-1]], bounds)]))
@@ -429,13 +441,18 @@ def update_base_clusters(
     for cid, lab in zip(columns.chat_ids, final.tolist()):
         clusters[lab].chat_ids.append(cid)
     # old clusters keep their radius unless renamed (re-learnt); new ones learn theirs
-    keep_radius = {entries[j]["id"]: float(rad[j]) for j in range(k) if j not in rename}
+    renamed = set(rename)
+    keep_radius = {entries[j]["id"]: float(rad[j]) for j in range(k) if j not in renamed}
     new_state = base_state(columns, clusters, settings_json, options, int(params["generation"]),
                            born={e["id"]: e["born"] for e in out_entries},
                            named_size={e["id"]: e["named_size"] for e in out_entries},
                            radius=keep_radius, run=int(params.get("run", 0)) + (1 if (len(news) or len(retired)
                                                                                        or report.removed_conversations) else 0))
-    unchanged_ids = [entries[j]["id"] for j in range(k) if j in alive and not changed[j] and added[j] == 0]
+    moved = was != labels  # rows that left or joined a cluster (a re-split pool's members included)
+    touched = np.zeros(len(entries), dtype=bool)
+    touched[labels[moved]] = True
+    touched[was[moved & (was >= 0)]] = True
+    unchanged_ids = {entries[j]["id"] for j in range(k) if sizes[j] > 0 and not changed[j] and added[j] == 0 and not touched[j]}
     if unchanged_ids:  # an unchanged cluster keeps its stored centroid to the bit (an unchanged rerun is a no-op)
         at = {c.id: i for i, c in enumerate(clusters)}
         arr = dict(new_state.arrays)
