@@ -18,7 +18,7 @@ from typing import Any, Optional
 import dagster as dg
 
 from kura_dagster.checkpoints.columnar import SummaryColumns
-from kura_dagster.io_managers.base import summary_columns_type
+from kura_dagster.io_managers.base import SUMMARY_COLUMNS_KEY, summary_columns_type
 from kura_dagster.orchestration.names import KuraNames
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, ProjectedCluster
 
@@ -216,8 +216,8 @@ def build_kura_checks(
 
     @dg.asset_check(
         asset=key("clusters"),
-        additional_ins={"summaries": dg.AssetIn(key("summaries"), metadata=summaries_in_metadata or {},
-                                                dagster_type=summary_columns_type())},
+        additional_ins={"summaries": dg.AssetIn(key("summaries"), dagster_type=summary_columns_type(),
+                                                metadata={**(summaries_in_metadata or {}), SUMMARY_COLUMNS_KEY: []})},
         blocking=True,
         description="Every summary is in exactly one base cluster, and every cluster member is a summary.",
     )
@@ -250,8 +250,8 @@ def build_kura_checks(
 
     @dg.asset_check(
         asset=key("clusters"),
-        additional_ins={"summaries": dg.AssetIn(key("summaries"), metadata=summaries_in_metadata or {},
-                                                dagster_type=summary_columns_type())},
+        additional_ins={"summaries": dg.AssetIn(key("summaries"), dagster_type=summary_columns_type(),
+                                                metadata={**(summaries_in_metadata or {}), SUMMARY_COLUMNS_KEY: []})},
         blocking=True,
         required_resource_keys={names.kura},
         description="Privacy: every base cluster holds at least min_conversations conversations and, with user_key, "
