@@ -7,9 +7,11 @@ A full build (Kura's k-means, hierarchy and projection) happens once; after it e
   *radius*: the ``assign_quantile`` (default 0.95) of its own members' distances to the centroid, learnt when
   the cluster was made (clusters with fewer than :data:`MIN_SPREAD_MEMBERS` members take the median radius). The
   rest are clustered on their own with Kura's rule (``k = ceil(n / clusters_per_group)``) and the privacy
-  thresholds into new base clusters; an "Other requests" among them merges with the existing one. A cluster keeps
-  its id, name and parent; its name and description are asked again only when ``rename_fraction`` (default a
-  quarter) of its membership changed since it was named. Removed conversations leave their clusters; a cluster
+  thresholds into new base clusters; an "Other requests" among them merges with the existing one. An existing
+  "Other requests" pool whose own growth (since it was last looked at) reaches ``rename_fraction`` of its size
+  and ``min_conversations`` is clustered again with the leftovers (what was too rare may now have company).
+  A cluster keeps its id, name and parent; its name and description are asked again only when
+  ``rename_fraction`` (default a quarter) of its membership changed since it was named. Removed conversations leave their clusters; a cluster
   left empty, or below the privacy thresholds, is retired (its members, if any, join the nearest cluster).
 * **Meta clusters** (:func:`update_meta_clusters`). A new base cluster attaches to the nearest parent whose radius
   (its children's spread) takes it; the others form new parents with Kura's rule, level by level. Only parents
@@ -351,16 +353,25 @@ def update_base_clusters(
             sizes = np.bincount(labels[labels >= 0], minlength=k)
             groups = _members_by_label(labels, k)
     retired_set = set(retired)
-    # Conversations that joined nothing become new clusters (Kura's rule and the thresholds). Once the "Other
-    # requests" pools grew by rename_fraction since they were last looked at, their members are clustered with
-    # them: what was too rare to show may now have enough company to be named.
+    # Conversations that joined nothing become new clusters (Kura's rule and the thresholds). Each "Other
+    # requests" pool is weighed on its own: once it grew (its members plus today's leftovers nearest to it) by
+    # rename_fraction of its size when last looked at, and by at least min_conversations (one cluster's worth),
+    # its members are clustered with the leftovers: what was too rare to show may now have enough company to be
+    # named. (Summed over all pools, a big pool hid the small ones' growth: on the mixed corpus no pool was ever
+    # looked at again and the taxonomy kept a day-0 build's "Other" share, 25% vs 3% in a rebuild.)
     made: list[Cluster] = []
     others = np.array([j for j in range(k) if is_other[j] and j not in retired_set and sizes[j] > 0], dtype=np.int64)
     if len(leftover):
-        in_other = np.flatnonzero(np.isin(labels, others)) if len(others) else np.zeros(0, np.int64)
-        looked_at = sum(entries[j]["named_size"] for j in others.tolist())
-        grown = len(others) > 0
-        pool = np.sort(np.concatenate([leftover, in_other]) if grown else leftover)
+        # each pool on its own: its members now, plus the leftovers nearest to it, against its size when looked at
+        near = np.bincount(_nearest(x[leftover], cents[others], np.ones(len(others), dtype=bool))[0],
+                           minlength=len(others)) if len(others) else np.zeros(0, np.int64)
+        regrown = np.array([j for j, m in zip(others.tolist(), near.tolist())
+                            if sizes[j] + m - entries[j]["named_size"]
+                            >= max(options.rename_fraction * entries[j]["named_size"], thresholds.min_conversations)],
+                           dtype=np.int64)
+        grown = len(regrown) > 0
+        in_other = np.flatnonzero(np.isin(labels, regrown)) if grown else np.zeros(0, np.int64)
+        pool = np.sort(np.concatenate([leftover, in_other]))
         labels[pool] = -1
         try:
             made = list(new_clusters(RowsView(columns, pool)))
@@ -384,9 +395,8 @@ def update_base_clusters(
         if len(rest) and len(others):  # still too rare to show: the nearest "Other requests" (same ids)
             best, _ = _nearest(x[rest], cents[others], np.ones(len(others), dtype=bool))
             labels[rest] = others[best]
-            if grown:
-                for j in others.tolist():
-                    entries[j]["named_size"] = int((labels == j).sum())
+            for j in regrown.tolist():
+                entries[j]["named_size"] = int((labels == j).sum())
         elif len(rest):  # no "Other" to hold them: the nearest shown cluster takes them
             alive = np.bincount(labels[labels >= 0], minlength=len(entries)) > 0
             allowed = np.zeros(len(entries), dtype=bool)
@@ -452,7 +462,8 @@ def update_base_clusters(
     touched = np.zeros(len(entries), dtype=bool)
     touched[labels[moved]] = True
     touched[was[moved & (was >= 0)]] = True
-    unchanged_ids = {entries[j]["id"] for j in range(k) if sizes[j] > 0 and not changed[j] and added[j] == 0 and not touched[j]}
+    unchanged_ids = {entries[j]["id"] for j in range(k)
+                     if sizes[j] > 0 and not changed[j] and added[j] == 0 and not touched[j]}
     if unchanged_ids:  # an unchanged cluster keeps its stored centroid to the bit (an unchanged rerun is a no-op)
         at = {c.id: i for i, c in enumerate(clusters)}
         arr = dict(new_state.arrays)
