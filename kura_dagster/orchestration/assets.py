@@ -279,9 +279,13 @@ def summaries_step(
     if keys:
         conversations = [c for k in keys for c in parts[k]]
     model = kura.summary_model()
+    template = None
+    if callable(prepare := getattr(model, "prepare", None)) and hasattr(model, "template"):
+        prepare(conversations)  # the template is learnt once: a new embedding fit reads with it (requests read once)
+        template = model.template
     # The offline embedding reads the stored fit (vocabulary + LSA) or fits it on this run's conversations and
     # stores it, so every later partition and rerun embeds in the same space (refit only with refit_embedding).
-    embedder, embedding_fit = kura.fitted_embedding_model(conversations)
+    embedder, embedding_fit = kura.fitted_embedding_model(conversations, template=template)
     if embedding_fit != "remote":
         context.log.info(f"Offline embedding {embedder.identity}: {embedding_fit}"
                          + (f" on {len(conversations)} conversations" if embedding_fit != "loaded" else ""))

@@ -159,15 +159,17 @@ class KuraPipelineResource(dg.ConfigurableResource):
 
         return OpenAIEmbeddingModel(self.openai_config(model), batch_size=self.embedding_batch_size)
 
-    def fitted_embedding_model(self, conversations: Sequence[Conversation]) -> tuple[EmbeddingModel, str]:
+    def fitted_embedding_model(self, conversations: Sequence[Conversation],
+                               template: Any = None) -> tuple[EmbeddingModel, str]:
         """``(model, how)``: :meth:`embedding_model`, and for the offline one the stored fit, or a new fit on
         ``conversations`` stored for later runs (``how``: ``loaded``, ``fitted``, ``refitted`` (``refit_embedding``)
         or ``replaced`` (the stored fit had other settings); ``remote`` for the other backends).
-        :func:`refit_local_embedding` is the hook a taxonomy rebuild calls."""
+        :func:`refit_local_embedding` is the hook a taxonomy rebuild calls. ``template``: the corpus's template
+        the summary model learnt from ``conversations`` already (a new fit then does not learn it again)."""
         if (self.embeddings or "local").strip() != "local":
             return self.embedding_model(), "remote"
         return fit_local_embedding(self.checkpoint_dir, conversations, dims=self.embedding_dims, seed=self.seed,
-                                   refit=self.refit_embedding)
+                                   refit=self.refit_embedding, template=template)
 
     def naming_model(self) -> ClusterNamingModel:
         model = parse_backend(self.llm, "llm")
@@ -188,7 +190,7 @@ class KuraPipelineResource(dg.ConfigurableResource):
 
 
 def fit_local_embedding(checkpoint_dir: str, conversations: Sequence[Conversation], *, dims: int = 256,
-                        seed: int = 0, refit: bool = False) -> tuple[LocalEmbeddingModel, str]:
+                        seed: int = 0, refit: bool = False, template: Any = None) -> tuple[LocalEmbeddingModel, str]:
     """The offline embedding with the fit stored under ``checkpoint_dir`` (``.kura-artifacts/local-embedding``),
     or fitted on ``conversations`` and stored when there is none (or it has other settings, or ``refit``)."""
     from kura_dagster.checkpoints.artifacts import load_or_fit
@@ -196,7 +198,7 @@ def fit_local_embedding(checkpoint_dir: str, conversations: Sequence[Conversatio
 
     local = LocalEmbeddingModel(dims=dims, seed=seed)
     state, how = load_or_fit(checkpoint_dir, ARTIFACT_NAME,
-                             lambda: local.fit_conversations(conversations),  # template, vocabulary, LSA
+                             lambda: local.fit_conversations(conversations, template),  # template, vocabulary, LSA
                              matches=local.matches, refit=refit)
     return local.load(state), how
 

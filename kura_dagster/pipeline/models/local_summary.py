@@ -395,10 +395,15 @@ class LocalSummaryModel:
         self._stats: TemplateStats | None = None
         self._memo: dict[str, tuple[str, list[str]]] = {}  # message -> (request, context), under ``_memo_stats``
         self._memo_stats: TemplateStats | None = None
+        self._prepared_on: Sequence[Conversation] | None = None
 
     def prepare(self, conversations: Sequence[Conversation]) -> None:
-        """Learn the corpus's template text (lines and labels many distinct user messages repeat)."""
-        self._stats = TemplateStats.fit(conversations)
+        """Learn the corpus's template text (lines and labels many distinct user messages repeat). Asked again
+        for the same sequence object it keeps what it learnt (the summaries step prepares before a new offline
+        embedding fit, which then reads with this template, and ``summarise_conversations`` prepares again)."""
+        if self._stats is not None and self._prepared_on is conversations:
+            return
+        self._stats, self._prepared_on = TemplateStats.fit(conversations), conversations
 
     @property
     def template(self) -> TemplateStats | None:
