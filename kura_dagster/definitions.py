@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Optional
 
 import dagster as dg
@@ -36,28 +36,30 @@ def _env_choice(env: Mapping[str, str], name: str, default: str, choices: tuple[
     return value
 
 
-def _env_share(env: Mapping[str, str], name: str, default: float) -> float:
+def _env_float(env: Mapping[str, str], name: str, default: float, *, kind: str, ok: Callable[[float], bool],
+               rule: str) -> float:
+    """A float variable: ``default`` when unset; an error naming the variable when it is not a number (``kind``
+    says what number is meant) or fails ``ok`` (``rule`` says why)."""
     raw = (env.get(name) or "").strip()
     if not raw:
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number (a share between 0 and 1; default {default})") from None
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name}={raw!r} must be a share between 0 and 1 (1 allows any shrink)")
+        raise ValueError(f"{name}={raw!r} is not a number ({kind}; default {default})") from None
+    if not ok(value):
+        raise ValueError(f"{name}={raw!r} {rule}")
     return value
+
+
+def _env_share(env: Mapping[str, str], name: str, default: float) -> float:
+    return _env_float(env, name, default, kind="a share between 0 and 1", ok=lambda v: 0.0 <= v <= 1.0,
+                      rule="must be a share between 0 and 1 (1 allows any shrink)")
 
 
 def _env_factor(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = (env.get(name) or "").strip()
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number (a factor above 1; default {default})") from None
-    if not value > 1.0:
-        raise ValueError(f"{name}={raw!r} must be above 1 (a factor over the trailing average)")
-    return value
+    return _env_float(env, name, default, kind="a factor above 1", ok=lambda v: v > 1.0,
+                      rule="must be above 1 (a factor over the trailing average)")
 
 
 def build_definitions(environ: Optional[Mapping[str, str]] = None) -> dg.Definitions:
