@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +81,105 @@ def assemble_summaries(
     return out
 
 
+class _EmbeddingStream:
+    """The summaries' texts embedded while the summaries are still arriving, one embedder batch at a time, so
+    the embedding requests overlap the summary requests instead of waiting for the last summary.
+
+    The same bookkeeping as :func:`~kura_dagster.pipeline.models.cached.cached_embed` (cache lookup, each
+    distinct text sent once, fan-out, the same :class:`RequestCounts`), and the same vectors in input order:
+    :meth:`finish` embeds whatever the stream has not seen (e.g. summaries that differ from what ``on_result``
+    saw) before it returns. Cache lookups and writes stay on the caller's thread; only ``embedder.embed``
+    runs on the stream's one worker thread (an embedder that mostly waits on a server)."""
+
+    def __init__(self, embedder: EmbeddingModel, cache: AnswerCache | None, total: int, batch_size: int,
+                 progress: Progress | None) -> None:
+        self.embedder, self.cache, self.total, self.batch_size, self.progress = (
+            embedder, cache, total, batch_size, progress)
+        self.vectors: dict[str, np.ndarray] = {}
+        self.from_cache: set[str] = set()
+        self.asked: set[str] = set()  # distinct texts sent or waiting to be sent
+        self.pending: list[str] = []
+        self.futures: list[tuple[list[str], concurrent.futures.Future]] = []
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kura-embed")
+        if progress is not None:
+            progress(0, total)  # the clock starts with the summaries; the texts are counted at the end
+
+    def add(self, texts: Sequence[str], *, whole_batches: bool = True) -> None:
+        """Texts whose summaries just arrived: looked up, and sent once a batch of new ones is complete
+        (``whole_batches=False``: only looked up)."""
+        new = [t for t in dict.fromkeys(texts) if t not in self.vectors and t not in self.asked]
+        if new:
+            found = (self.cache.get_embeddings(self.embedder.identity, new) if self.cache is not None
+                     else [None] * len(new))
+            for text, vector in zip(new, found):
+                if vector is None:
+                    self.asked.add(text)
+                    self.pending.append(text)
+                else:
+                    self.vectors[text] = vector
+                    self.from_cache.add(text)
+        while whole_batches and len(self.pending) >= self.batch_size:
+            self._send(self.pending[:self.batch_size])
+            self.pending = self.pending[self.batch_size:]
+        self._collect(wait=False)
+
+    def _send(self, chunk: list[str]) -> None:
+        self.futures.append((chunk, self.pool.submit(self.embedder.embed, chunk)))
+
+    def _collect(self, wait: bool) -> None:
+        """Saves the answered batches (in the order sent); ``wait``: every batch, raising the first failure."""
+        while self.futures and (wait or self.futures[0][1].done()):
+            chunk, future = self.futures.pop(0)
+            out = np.asarray(future.result(), dtype=np.float32)
+            if len(out) != len(chunk):
+                raise ValueError(f"the embedding model returned {len(out)} vectors for {len(chunk)} texts")
+            self.vectors.update(zip(chunk, out))
+            if self.cache is not None:
+                self.cache.put_embeddings(self.embedder.identity, chunk, out)
+
+    def finish(self, texts: Sequence[str], counts: RequestCounts) -> np.ndarray:
+        """The vectors of ``texts`` (all the conversations' texts, in input order); ``counts`` as
+        :func:`cached_embed` counts them."""
+        self.add(texts, whole_batches=False)
+        if self.pending:  # the rest in one call: the embedder sends its batches of it concurrently
+            self._send(self.pending)
+            self.pending = []
+        self._collect(wait=True)
+        self.close()
+        seen: set[str] = set()
+        for text in texts:
+            counts.items += 1
+            if text in self.from_cache:
+                counts.cache_hits += 1
+            elif text in seen:
+                counts.deduplicated += 1
+            else:
+                counts.requested += 1
+                seen.add(text)
+        if self.progress is not None:
+            self.progress(len(texts), len(texts))
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([self.vectors[t] for t in texts]).astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        """Waits for the batches in flight and keeps what they answered (after a failure too)."""
+        self.pool.shutdown(wait=True)
+        for chunk, future in self.futures:
+            if future.exception() is None and self.cache is not None:
+                self.cache.put_embeddings(self.embedder.identity, chunk, np.asarray(future.result(), np.float32))
+        self.futures = []
+
+
+def _streams_embeddings(model: SummaryModel, embedder: EmbeddingModel | None) -> bool:
+    """Embed beside the summary requests: a streaming summary model, and an embedder of summaries (not of
+    conversations) that waits on a server and says how many texts it sends per request."""
+    return (isinstance(model, StreamingSummaryModel) and embedder is not None
+            and not callable(getattr(embedder, "conversation_text", None))
+            and getattr(type(embedder), "waits_on_server", False) is True  # the backend itself, not a wrapper
+            and isinstance(getattr(embedder, "batch_size", None), int) and embedder.batch_size >= 1)
+
+
 class _Compactor:
     """Compacts the cache every ``batch_size`` answers or ``seconds``, whichever comes first."""
 
@@ -98,6 +198,7 @@ class _Compactor:
 def _summaries_with_cache(
     conversations: Sequence[Conversation], model: SummaryModel, cache: AnswerCache | None,
     batch_size: int | None, progress: Progress | None, flush_seconds: float, counts: RequestCounts,
+    stream: _EmbeddingStream | None = None,
 ) -> list[GeneratedSummary]:
     total = len(conversations)
     found = cache.get_summaries(model.identity, conversations) if cache is not None else [None] * total
@@ -108,16 +209,22 @@ def _summaries_with_cache(
         progress(done, total)
 
     if flight.leaders and isinstance(model, StreamingSummaryModel):
-        # One call keeps every request slot busy; each answer is saved as it arrives.
+        # One call keeps every request slot busy; each answer is saved as it arrives (and its text embedded
+        # beside the other summary requests when there is a stream).
         chunk = [conversations[i] for i in flight.leaders]
+        if stream is not None:
+            stream.add([embedding_text(g) for g in found if g is not None])
         on_result: Callable[[int, GeneratedSummary], None] | None = None
-        if cache is not None:
-            compactor = _Compactor(cache, batch_size or len(chunk), flush_seconds)
+        compactor = _Compactor(cache, batch_size or len(chunk), flush_seconds) if cache is not None else None
 
-            def save(j: int, summary: GeneratedSummary) -> None:
+        def save(j: int, summary: GeneratedSummary) -> None:
+            if cache is not None and compactor is not None:
                 cache.put_summaries(model.identity, [chunk[j]], [summary])
                 compactor.answered()
+            if stream is not None:
+                stream.add([embedding_text(summary)])
 
+        if cache is not None or stream is not None:
             on_result = save
 
         try:
@@ -168,8 +275,19 @@ def summarise_conversations(
     counts = counts if counts is not None else SummaryCounts()
     if callable(prepare := getattr(model, "prepare", None)):
         prepare(conversations)  # corpus-level pass first (the local model learns the corpus's template text)
-    generated = _summaries_with_cache(conversations, model, cache, batch_size, progress, flush_seconds,
-                                      counts.summaries)
+    stream = (_EmbeddingStream(embedder, cache, len(conversations), embedder.batch_size,  # type: ignore[union-attr]
+                               embedding_progress) if _streams_embeddings(model, embedder) else None)
+    try:
+        generated = _summaries_with_cache(conversations, model, cache, batch_size, progress, flush_seconds,
+                                          counts.summaries, stream)
+        if stream is not None:
+            embeddings = stream.finish([embedding_text(g) for g in generated], counts.embeddings)
+            return assemble_summaries(conversations, generated, embeddings)
+    finally:
+        if stream is not None:
+            stream.close()  # after a failure: the batches in flight are still saved
+            if cache is not None:
+                cache.commit()
     embeddings = None
     if embedder is not None:
         # An embedder that reads conversations (the offline one: user turns and the replies' starts) embeds those;

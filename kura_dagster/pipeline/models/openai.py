@@ -474,6 +474,10 @@ class OpenAISummaryModel(_OpenAIModel):
 class OpenAIEmbeddingModel(_OpenAIModel):
     """``EmbeddingModel``: batched ``/embeddings`` requests, L2-normalised float32 rows."""
 
+    waits_on_server = True
+    """``embed`` mostly waits for the server: the summaries stage embeds the summaries ``batch_size`` texts at a
+    time on a worker thread as they arrive, beside the summary requests (``pipeline.summarise``)."""
+
     def __init__(self, config: OpenAIConfig, batch_size: int = 64, dimensions: int | None = None) -> None:
         super().__init__(config)
         if batch_size < 1:
