@@ -2,11 +2,20 @@
 
     python benchmarks/scale.py                               # 100k, 300k and 1M; writes benchmarks/results/scale.md
     python benchmarks/scale.py --sizes 100000 --chunk-days 5 # any sizes (multiples of 10,000), any backfill chunk
+    python benchmarks/scale.py --sizes 100000 --lengths realistic --out /tmp/real.md --json /tmp/real.json
 
 Input: the demo generator (``kura_dagster.pipeline.demo_data``), 10,000 conversations per UTC day written straight
 to day files ``logs/<date>.jsonl`` (one day's conversations in memory at a time; each day has its own seed and its
 own chat ids, ``created_at`` spread over the day). A size of ``n`` uses the first ``n / 10,000`` days; the day after
 them is "the new day". The files are shared by all sizes (generated once, not timed).
+
+``--lengths realistic`` (files in ``<workdir>/logs_realistic``, see :func:`generate_realistic_day`): real chat logs
+average about 7 KB per conversation with a long tail of pasted code and documents; this mode draws each
+conversation's total length from a log-normal with that mean (clipped to 200 KB) around requests from six
+generators (the demo topics, a RAG support assistant, the quality corpora's templated RAG, debugging chats with
+pasted code, six languages, "You are …" role-play prompts), with extra turns, pasted code or documents and long
+replies of prose and code. The report's header gives the generated lengths' mean, median and p99. The default,
+``--lengths demo``, keeps earlier results comparable.
 
 The pipeline is ``build_kura_defs("scale", conversations="logs/{date}.jsonl", partitions="daily", formats=[parquet])``
 with the offline models, each size with its own checkpoint directory and Dagster instance (``DAGSTER_HOME``):
@@ -26,6 +35,7 @@ too). "start-up" is everything in a process outside its steps: imports, building
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -37,6 +47,8 @@ import threading
 import time
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
+
+import numpy as np
 
 from pipeline import THREAD_VARS, _maxrss_bytes, run_pinned_child  # benchmarks/pipeline.py, beside this script
 
@@ -76,6 +88,177 @@ def generate_day(logs: Path, i: int) -> Path:
                 "messages": [m.model_copy(update={"created_at": m.created_at + delta}) for m in c.messages],
             }).model_dump_json())
             fh.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+# --- realistic lengths (--lengths realistic) ----------------------------------------------------------------
+
+REAL_MEAN_CHARS = 7_000
+"""Target mean characters of message content per conversation (real chat logs average about 7 KB)."""
+REAL_SIGMA = 1.3
+"""Log-normal shape of the total length: median ~3 KB, ~1.5% of conversations above 50 KB."""
+REAL_MIN_CHARS, REAL_MAX_CHARS = 200, 200_000
+"""Lengths are clipped to this range (the tail is pasted code and documents of up to 200 KB)."""
+REAL_SHAPES = {"demo": 0.25, "support": 0.15, "rag": 0.15, "code": 0.15, "multilingual": 0.12, "roleplay": 0.18}
+"""Which generator a conversation's requests come from: the demo topics, a W&B-like RAG support assistant, the
+quality corpora's templated RAG, debugging chats, six languages and "You are …" role-play prompts."""
+REAL_BASES = 1_500
+"""Base conversations per shape (their requests and follow-ups; the padding makes every conversation distinct)."""
+_LANG_NAMES = {"en": "english", "es": "spanish", "fr": "french", "de": "german", "pt": "portuguese", "it": "italian"}
+
+
+def _words(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"[^\W\d_][\w'-]*", text)
+
+
+@functools.lru_cache(maxsize=1)
+def _real_pools() -> dict:
+    """Base conversations per shape, prose vocabularies (per language, Zipf-weighted: the words of the
+    generators' own texts and the ``stop-words`` package's function words) and a pool of code lines."""
+    import random
+
+    import numpy as np
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+    from stop_words import get_stop_words
+
+    from kura_dagster.pipeline.demo_data import demo_conversations
+
+    sys.path.insert(0, str(HERE.parent))
+    from kura_dagster_tests import quality_corpora as qc
+    from kura_dagster_tests.support_data import support_conversations
+
+    bases: dict[str, list] = {
+        "demo": demo_conversations(REAL_BASES, seed=11),
+        "support": [c for s in range(3) for c in support_conversations(REAL_BASES // 3, seed=20 + s)],
+    }
+    langs: dict[str, list[str]] = {}
+    for name in ("rag", "code", "multilingual", "roleplay"):
+        convs, labels = qc.CORPORA[name](REAL_BASES, seed=30)
+        bases[name] = convs
+        for c, label in zip(convs, labels):
+            lang = label[-3:-1] if name == "multilingual" and label.endswith(")") else "en"
+            langs.setdefault(lang, []).extend(m.content for m in c.messages)
+    for name in ("demo", "support"):
+        langs["en"].extend(m.content for c in bases[name] for m in c.messages)
+    rng = random.Random(5)
+    vocab: dict[str, tuple] = {}
+    for lang, texts in langs.items():
+        words = sorted({w.lower() for t in texts if "```" not in t for w in _words(t) if w.isalpha()})
+        stops = sorted({w.lower() for w in (ENGLISH_STOP_WORDS if lang == "en" else get_stop_words(_LANG_NAMES[lang]))
+                        if w.isalpha()})
+        rng.shuffle(words)
+        rng.shuffle(stops)
+        # Zipf-like: function words most frequent, then content words by a random rank
+        tokens = stops[:60] + words
+        p = 1.0 / np.arange(1, len(tokens) + 1) ** 0.9
+        vocab[lang] = (np.array([t + " " for t in tokens], dtype=object),
+                       np.array([t + ". " for t in tokens], dtype=object),
+                       np.array([t + ".\n\n" for t in tokens], dtype=object), p / p.sum())
+    code_lines: list[str] = []
+    languages = ("python", "javascript", "go", "rust")
+    for b in range(6_000):  # ~500k lines: a line recurs in few conversations of a template-learning sample
+        block = qc._code_block(rng, languages[b % 4], rng.randrange(40, 120))
+        code_lines.extend(block.split("\n")[1:-1])
+    cum = np.cumsum([len(x) + 1 for x in code_lines])
+    turns = {name: [[(m.role, m.content) for m in c.messages] for c in convs] for name, convs in bases.items()}
+    base_lang = {name: [(c.metadata.get("label", "")[-3:-1] if name == "multilingual" else "en") for c in convs]
+                 for name, convs in bases.items()}
+    return {"turns": turns, "lang": base_lang, "vocab": vocab, "code": code_lines, "code_cum": cum}
+
+
+def _prose(rng, vocab: tuple, chars: int) -> str:
+    """About ``chars`` characters of words drawn from ``vocab`` (sentences of ~14 words, paragraphs of ~5)."""
+    if chars <= 0:
+        return ""
+    plain, stop, para, p = vocab
+    n = max(1, chars // 7)
+    idx = rng.choice(len(p), size=n, p=p)
+    kind = rng.random(n)
+    out = np.where(kind < 1 / 70, para[idx], np.where(kind < 1 / 14, stop[idx], plain[idx]))
+    return "".join(out.tolist()).strip()
+
+
+def _code(rng, pools: dict, chars: int, fenced: bool) -> str:
+    """A contiguous run of ``chars`` characters of the code-line pool (fenced or pasted bare)."""
+    cum, lines = pools["code_cum"], pools["code"]
+    chars = min(chars, int(cum[-1]) - 1)
+    start = int(rng.integers(0, int(np.searchsorted(cum, cum[-1] - chars)) + 1))
+    end = int(np.searchsorted(cum, cum[start] + chars)) + 1
+    body = "\n".join(lines[start:end])
+    if not fenced:
+        return body
+    return f"```{('python', 'javascript', 'go', 'rust', '')[int(rng.integers(0, 5))]}\n{body}\n```"
+
+
+def generate_realistic_day(logs: Path, i: int) -> Path:
+    """Day ``i``'s 10,000 conversations of realistic lengths as ``logs/<date>.jsonl`` (atomic; kept when it
+    exists) and their content lengths as ``logs/<date>.lengths.json``.
+
+    Per conversation (numpy, seeded by the day): a base conversation of a shape (:data:`REAL_SHAPES`: its
+    request turns as the generator wrote them), a target length from a log-normal (:data:`REAL_MEAN_CHARS`,
+    :data:`REAL_SIGMA`, clipped to :data:`REAL_MIN_CHARS`-:data:`REAL_MAX_CHARS`), 0-4 extra turns (the base's
+    follow-ups again or "continue"-like asks), and the rest of the length as pasted material and long replies:
+    a share of the conversations paste code (fenced or bare) or a document into the first user message (before
+    or after the question), and the replies carry prose in the base's language with code blocks."""
+    import numpy as np
+
+    path = logs / f"{day_key(i)}.jsonl"
+    lengths_path = logs / f"{day_key(i)}.lengths.json"
+    if path.exists() and lengths_path.exists():
+        return path
+    pools = _real_pools()
+    rng = np.random.default_rng(50_000 + i)
+    names = list(REAL_SHAPES)
+    shape = rng.choice(len(names), size=PER_DAY, p=np.array(list(REAL_SHAPES.values())) / sum(REAL_SHAPES.values()))
+    mu = math.log(REAL_MEAN_CHARS) - REAL_SIGMA ** 2 / 2
+    target = np.clip(rng.lognormal(mu, REAL_SIGMA, PER_DAY), REAL_MIN_CHARS, REAL_MAX_CHARS).astype(np.int64)
+    base = rng.integers(0, 1 << 30, PER_DAY)
+    extra_turns = rng.choice(5, size=PER_DAY, p=[0.45, 0.25, 0.15, 0.1, 0.05])
+    paste = rng.random(PER_DAY)  # < 0.25 code, < 0.4 document, else none
+    user_share = np.where(paste < 0.4, rng.uniform(0.5, 0.95, PER_DAY), rng.uniform(0.05, 0.3, PER_DAY))
+    layout = rng.integers(0, 4, PER_DAY)
+    midnight = datetime.combine(START + timedelta(days=i), datetime.min.time(), tzinfo=timezone.utc)
+    lengths = []
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for j in range(PER_DAY):
+            name = names[shape[j]]
+            k = int(base[j] % len(pools["turns"][name]))
+            turns = [list(t) for t in pools["turns"][name][k]]
+            vocab = pools["vocab"][pools["lang"][name][k]]
+            users = [t for t in turns if t[0] == "user"]
+            for e in range(int(extra_turns[j])):  # more turns: the base's follow-ups again, or short asks
+                ask = users[-1][1] if users[-1][1] != users[0][1] and e % 2 else _prose(rng, vocab, 60)
+                turns += [["user", ask], ["assistant", ""]]
+            have = sum(len(t[1]) for t in turns)
+            left = max(0, int(target[j]) - have)
+            pasted = int(left * user_share[j])
+            if paste[j] < 0.4 and pasted > 0:
+                first = turns[0] if turns[0][0] == "user" else ["user", ""]
+                material = _code(rng, pools, pasted, fenced=layout[j] != 3) if paste[j] < 0.25 \
+                    else _prose(rng, vocab, pasted)
+                first[1] = f"{material}\n\n{first[1]}" if layout[j] % 2 else f"{first[1]}\n\n{material}"
+            else:
+                pasted = 0
+            replies = [t for t in turns if t[0] == "assistant"]
+            share = (left - pasted) // max(1, len(replies))
+            for t in replies:
+                text = _prose(rng, vocab, share)
+                if share > 1_500 and rng.random() < 0.4:  # a code block in the middle of a long reply
+                    cut = len(text) // 2
+                    text = f"{text[:cut]}\n\n{_code(rng, pools, share // 3, fenced=True)}\n\n{text[cut:]}"
+                t[1] = (t[1] + "\n\n" + text).strip() if t[1] else text
+            created = midnight + timedelta(seconds=j * 86_400 // PER_DAY)
+            msgs = ",".join(
+                f'{{"created_at":"{(created + timedelta(seconds=20 * m)).isoformat()}","role":"{r}",'
+                f'"content":{json.dumps(c, ensure_ascii=False)}}}' for m, (r, c) in enumerate(turns))
+            fh.write(f'{{"chat_id":"{day_key(i)}-{j:05d}","created_at":"{created.isoformat()}","messages":[{msgs}],'
+                     f'"metadata":{{"shape":"{name}"}}}}\n')
+            lengths.append(sum(len(c) for _, c in turns))
+    lengths_path.write_text(json.dumps(lengths))
     os.replace(tmp, path)
     return path
 
@@ -314,16 +497,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report", action="store_true", help="only write the table from --json")
     ap.add_argument("--chunk-study", type=int, nargs="+", metavar=("N", "DAYS"),
                     help="backfill N conversations once per chunk size DAYS… (into results/scale_chunks.json)")
+    ap.add_argument("--lengths", choices=("demo", "realistic"), default="demo",
+                    help="demo: the demo generator's short conversations (default; comparable with earlier results); "
+                         "realistic: long-tailed lengths averaging ~7 KB with pasted code and documents "
+                         "(day files in <workdir>/logs_realistic)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--generate", type=int, nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    logs = args.workdir / "logs"
+    logs = args.workdir / ("logs" if args.lengths == "demo" else "logs_realistic")
     if args.child is not None:
         print(json.dumps(child_run(json.loads(args.child))))
         return 0
     if args.generate is not None:
         for i in range(*args.generate):
-            generate_day(logs, i)
+            (generate_day if args.lengths == "demo" else generate_realistic_day)(logs, i)
         print(json.dumps({}))
         return 0
     if any(n % PER_DAY for n in args.sizes):
@@ -346,22 +533,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     saved = {r["n"]: r for r in json.loads(args.json.read_text())} if args.json.exists() else {}
     if args.report:
-        write_report([saved[n] for n in sorted(saved) if "stages" in saved[n]], args.out)
+        write_report([saved[n] for n in sorted(saved) if "stages" in saved[n]], args.out, logs)
         return 0
     days = max(args.sizes) // PER_DAY + 1
     logs.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     halves = [(0, days // 2), (days // 2, days)]  # two generator processes (not timed)
     procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--workdir", str(args.workdir),
-                               "--generate", str(a), str(b)], stdout=subprocess.DEVNULL) for a, b in halves]
+                               "--lengths", args.lengths, "--generate", str(a), str(b)], stdout=subprocess.DEVNULL)
+             for a, b in halves]
     if any(p.wait() for p in procs):
         raise SystemExit("generating the day files failed")
     log(f"{days} day files of {PER_DAY:,} conversations in {logs} ({time.time() - t0:.0f} s)")
     for n in args.sizes:
         log(f"n={n:,}")
         saved[n] = run_size(n, args.workdir, logs, args.chunk_days, log, saved.get(n), tuple(args.phases))
+        saved[n]["lengths"] = args.lengths
         args.json.write_text(json.dumps([saved[k] for k in sorted(saved)], indent=1))
-    write_report([saved[n] for n in sorted(saved) if "stages" in saved[n]], args.out)
+    write_report([saved[n] for n in sorted(saved) if "stages" in saved[n]], args.out, logs)
     return 0
 
 
@@ -453,7 +642,25 @@ def analysis(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_report(results: list[dict], out: Path) -> None:
+def length_stats(results: list[dict], logs: Path) -> str:
+    """The realistic day files' content lengths (characters of message content per conversation) over the
+    days of the largest size: what the run actually read."""
+    if not any(r.get("lengths") == "realistic" for r in results):
+        return ("Input: the demo generator's conversations (`--lengths demo`: short, one topic each, a few "
+                "hundred characters).")
+    days = max(r["days"] for r in results)
+    files = [logs / f"{day_key(i)}.lengths.json" for i in range(days)]
+    if not all(f.exists() for f in files):
+        return f"Input: realistic lengths (`--lengths realistic`); the length files in {logs} are missing."
+    lengths = np.concatenate([np.array(json.loads(f.read_text()), dtype=np.int64) for f in files])
+    return (f"Input: realistic lengths (`--lengths realistic`, {len(lengths):,} conversations): characters of "
+            f"message content per conversation mean **{lengths.mean():,.0f}**, median {np.median(lengths):,.0f}, "
+            f"p90 {np.percentile(lengths, 90):,.0f}, p99 {np.percentile(lengths, 99):,.0f}, max {lengths.max():,}; "
+            f"{(lengths > 50_000).mean():.1%} above 50,000 (pasted code and documents); "
+            f"{lengths.sum() / 1e9:.2f} GB of text.")
+
+
+def write_report(results: list[dict], out: Path, logs: Path | None = None) -> None:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     when = ", ".join(f"{r['n']:,} finished {r['finished']}" for r in results if r.get("finished"))
     md = "\n".join([
@@ -463,6 +670,8 @@ def write_report(results: list[dict], out: Path) -> None:
         f"{platform.python_version()}, {platform.machine()}, {min(cpus or 1, 2)} cores (pinned), BLAS/OpenMP "
         f"threads = 2, offline models, Parquet checkpoints. Targets at 1M: ≤ {TARGET_SECONDS // 60} min end to end, "
         f"≤ {TARGET_GB:g} GB peak RSS in every process.",
+        "",
+        length_stats(results, logs) if logs is not None else "",
         "",
         table(results),
         "",

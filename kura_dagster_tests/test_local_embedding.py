@@ -311,3 +311,26 @@ def test_a_new_partition_leaves_the_embeddings_of_earlier_days_alone(tmp_path: P
         assert run(days[1]) == "loaded" and run(days[0]) == "loaded"  # a new day, then a rerun of the first
         after = [s.embedding for s in map(ConversationSummary.model_validate_json, day_file.read_text().splitlines())]
     assert before and after == before and len(before[0]) == 16
+
+
+def test_a_long_paste_is_read_at_its_start_and_end_only() -> None:
+    from kura_dagster.pipeline.models import local_text
+    from kura_dagster.pipeline.models.local_embedding import conversation_text as text_of
+    from kura_dagster.pipeline.models.local_summary import message_candidates
+
+    assert local_text.bounded_message("abcdefgh", 4) == "ab\ngh"
+    assert local_text.bounded_message("abcd", 4) == "abcd"
+    # a 60,000-character log pasted between the greeting and the question: the question (at the end) is still
+    # read, and the middle of the paste (its distinctive token) is never read
+    paste = "\n".join(f"worker {i} finished step {i % 7}" for i in range(2_000))
+    middle = "zebracornmarker"
+    lines = paste.split("\n")
+    lines[1_000] = f"worker {middle} finished"
+    message = "Hello.\n" + "\n".join(lines) + "\nWhy does the nightly build stop after the linker step?"
+    assert len(message) > 10 * local_text.READ_CHARS
+    found = [c.text for c in message_candidates(message, None)]
+    assert found[-1] == "Why does the nightly build stop after the linker step?"
+    assert not any(middle in t for t in found)
+    conv = Conversation(chat_id="long", created_at=datetime(2026, 1, 1, tzinfo=timezone.utc), messages=[
+        Message(created_at=datetime(2026, 1, 1, tzinfo=timezone.utc), role="user", content=message)], metadata={})
+    assert middle not in text_of(conv)

@@ -47,12 +47,13 @@ import numpy as np
 
 from kura_dagster.checkpoints.artifacts import FittedState
 from kura_dagster.pipeline.models.base import Progress
-from kura_dagster.pipeline.models.local_summary import (
-    _HEAD,
-    _SENTENCE,
-    TemplateStats,
-    _norm,
-    read_request,
+from kura_dagster.pipeline.models.local_summary import TemplateStats, read_request
+from kura_dagster.pipeline.models.local_text import (
+    LINE_LABEL,
+    READ_CHARS,
+    SENTENCE_END,
+    bounded_message,
+    norm_line,
 )
 from kura_dagster.types import Conversation
 
@@ -82,8 +83,6 @@ characters, so pasted material cannot outweigh what the user asked."""
 CONTEXT_SLACK = 1.2
 """The requests are weighted only when the rest is longer than this many times the requests (there is
 context to outweigh); a conversation that is all request is embedded as written."""
-LONG_MESSAGE = 10_000
-"""A longer user message is read at its first and last this many characters (far more than is embedded)."""
 TEMPLATE_UNITS = 50_000
 """The most template lines and sentences the fitted state keeps (the most repeated first)."""
 FIT_SAMPLE = 20_000
@@ -192,17 +191,16 @@ def _template_from(meta: dict, arrays: dict[str, np.ndarray]) -> TemplateStats:
 def _without_template(text: str, stats: TemplateStats) -> str:
     """``text`` without the lines and sentences the corpus's template repeats; a template label's text kept
     ("User Query: how do I …" -> "how do I …")."""
-    if len(text) > 2 * LONG_MESSAGE:  # a long paste: read at its start and its end, as the request finder does
-        text = f"{text[:LONG_MESSAGE]}\n{text[-LONG_MESSAGE:]}"
+    text = bounded_message(text)  # a long paste: read at its start and its end, as the request finder does
     kept = []
     for line in text.split("\n"):
-        n = _norm(line)
+        n = norm_line(line)
         if not n or n in stats.units:
             continue
-        if stats.heads and (m := _HEAD.match(line.strip())) and _norm(m.group(1)) in stats.heads:
+        if stats.heads and (m := LINE_LABEL.match(line.strip())) and norm_line(m.group(1)) in stats.heads:
             line = line.strip()[m.end():]
-        if _SENTENCE.search(line):
-            line = " ".join(p for p in _SENTENCE.split(line) if _norm(p) not in stats.units)
+        if SENTENCE_END.search(line):
+            line = " ".join(p for p in SENTENCE_END.split(line) if norm_line(p) not in stats.units)
         kept.append(line)
     return "\n".join(kept)
 
@@ -402,7 +400,8 @@ class LocalEmbeddingModel:
             "fitted_on": len(picked), "distinct_texts": len(distinct), "text": {
                 "user_chars": USER_CHARS, "reply_chars": REPLY_CHARS, "min_text": MIN_TEXT,
                 "code_chars": CODE_CHARS, "code_share": CODE_SHARE, "request_chars": REQUEST_CHARS,
-                "request_weight": REQUEST_WEIGHT, "context_share": CONTEXT_SHARE, "context_min": CONTEXT_MIN},
+                "request_weight": REQUEST_WEIGHT, "context_share": CONTEXT_SHARE, "context_min": CONTEXT_MIN,
+                "read_chars": READ_CHARS},
             **({"template": template_params} if template_params is not None else {})},
             arrays={"idf": idf, "components": components, **template_arrays_})
         version, _ = encode_state(state)

@@ -20,18 +20,21 @@ from dataclasses import dataclass
 
 from kura_dagster.pipeline.models.base import Progress
 from kura_dagster.pipeline.models.local_text import (
+    LINE_LABEL,
+    NORM_STRIP,
+    SENTENCE_END,
+    bounded_message,
     code_languages,
     detect_natural_languages,
     has_person_words,
     join_phrases,
+    norm_line,
     phrase_key,
     phrases,
     stop_words,
 )
 from kura_dagster.types import Conversation, GeneratedSummary
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])\s*")
-"""Where a sentence ends: ". " and the like, or a full-width 。！？ (no space follows in CJK text)."""
 _GREETING = re.compile(r"^(?:hi|hello|hey|hiya|greetings|good (?:morning|afternoon|evening)|thanks|thank you|"
                        r"quick question|dear \w+)\b", re.I)
 _QUESTION_WORDS = frozenset("how what why where when which who whom whose what's how's".split())
@@ -50,8 +53,6 @@ def _is_statement(sentence: str) -> bool:
 _FENCE = re.compile(r"```.*?(?:```|\Z)", re.S)
 _SLOW_PATH = re.compile(r"[\n`#*|>\[]|https?://|www\.|:")
 """Messages without any of these are a plain sentence or two: no markup, template label or code to remove."""
-_HEAD = re.compile(r"^(?:[#>*_\s-]*)([A-Za-z][\w'&/ -]{0,40}?)\s*:(?!//)\s*")
-"""A line's label: "Question: …", "Context :", "Input:" (at most five words)."""
 _SKIP_LINE = re.compile(
     r"^(?:#{1,6}\s|\||>|[-*_=]{3,}\s*$|<[a-z/!]|!\[|\[\d{1,3}\]|"  # heading, table row, quote, rule, HTML, image,
     # a numbered reference or citation ("[2] (source: …)", "[1]: https://…")
@@ -73,25 +74,19 @@ _VAGUE = re.compile(r"^(?:(?:i|we) (?:have|got|had) (?:a|an|some|one more|anothe
                     r"(?:question|issue|problem)s?(?: (?:about|regarding|on|with) [\w&. -]{1,30})?|"
                     r"(?:i|we) need (?:some )?help|can (?:you|someone|anyone) help(?: me| us)?|"
                     r"(?:is )?anyone (?:there|around)|i'?m stuck)[.!?]*$", re.I)
-_NORM_STRIP = "#>*-|:_=` \t"
 _CONTENT = re.compile(r"[^\W\d_][\w&+#.-]{2,}")
 """A content-bearing word in any script (three or more characters; a CJK run counts as one)."""
-
-
-def _norm(line: str) -> str:
-    """A line or sentence as the corpus pass counts it: lower case, markup at its ends and spacing ignored."""
-    return " ".join(line.lower().replace("**", "").replace("`", "").strip(_NORM_STRIP).split())
 
 
 def _units(text: str) -> set[str]:
     """The lines of a message, and the sentences of lines that have several (what a template repeats)."""
     out = set()
     for line in text.split("\n"):
-        n = _norm(line)
+        n = norm_line(line)
         if n:
             out.add(n)
-            if _SENTENCE.search(n):
-                out.update(s for s in (p.strip(_NORM_STRIP) for p in _SENTENCE.split(n)) if s)
+            if SENTENCE_END.search(n):
+                out.update(s for s in (p.strip(NORM_STRIP) for p in SENTENCE_END.split(n)) if s)
     return out
 
 
@@ -134,26 +129,21 @@ class TemplateStats:
             found: set[str] = set()
             labels: set[str] = set()
             for text in texts:
-                if len(text) > _MAX_CHARS:
-                    text = text[: _MAX_CHARS // 2] + "\n" + text[-_MAX_CHARS // 2:]
-                if "\n" in text or _SENTENCE.search(text):
+                text = bounded_message(text)
+                if "\n" in text or SENTENCE_END.search(text):
                     found |= _units(text)
                 if ":" in text:
                     for line in text.split("\n"):
-                        if (m := _HEAD.match(line)) and len(m.group(1).split()) <= 5:
-                            head = _norm(m.group(1))
+                        if (m := LINE_LABEL.match(line)) and len(m.group(1).split()) <= 5:
+                            head = norm_line(m.group(1))
                             labels.add(head)
                             if len(rests.setdefault(head, set())) < 1_000:
-                                rests[head].add(_norm(line[m.end():]))
+                                rests[head].add(norm_line(line[m.end():]))
             units.update(found)
             heads.update(labels)
         return cls({u: n for u, n in units.items() if n >= threshold},
                    frozenset(h for h, n in heads.items() if n >= threshold and h
                              and len(rests[h] - {""}) >= max(3, min(n, 1_000) // 2)), threshold, len(distinct))
-
-
-_MAX_CHARS = 20_000
-"""A longer message is read at its start and its end (where a template puts the question)."""
 
 
 @dataclass(frozen=True)
@@ -178,8 +168,7 @@ def message_candidates(text: str, stats: TemplateStats | None) -> list[_Candidat
 
     When every line of the message is template (a question asked again and again around different pasted
     documents), the line the corpus repeats least is the one the user wrote."""
-    if len(text) > _MAX_CHARS:
-        text = text[: _MAX_CHARS // 2] + "\n" + text[-_MAX_CHARS // 2:]
+    text = bounded_message(text)
     units = stats.units if stats is not None else frozenset()
     heads = stats.heads if stats is not None else frozenset()
     fast = not _SLOW_PATH.search(text)
@@ -196,12 +185,12 @@ def message_candidates(text: str, stats: TemplateStats | None) -> list[_Candidat
             continue
         slot = False
         if not fast:
-            m = _HEAD.match(line)
-            if m and _norm(m.group(1)) in heads:  # "Question: <the request>"
+            m = LINE_LABEL.match(line)
+            if m and norm_line(m.group(1)) in heads:  # "Question: <the request>"
                 line, slot, pasted, introduced = line[m.end():].strip(), True, False, False
                 if not line:
                     continue
-            elif _norm(line) in units:
+            elif norm_line(line) in units:
                 pasted = introduced = False  # a template line ("### Question") ends the pasted material before it
                 if not line.startswith("#"):
                     repeated.append(line)
@@ -215,9 +204,9 @@ def message_candidates(text: str, stats: TemplateStats | None) -> list[_Candidat
                 line = _LIST_ITEM.sub("", line)
                 pasted = pasted or not slot
             line = _clean_markup(line)
-        for sentence in _SENTENCE.split(line) if _SENTENCE.search(line) else (line,):
+        for sentence in SENTENCE_END.split(line) if SENTENCE_END.search(line) else (line,):
             sentence = sentence.strip()
-            if sentence and units and not slot and _norm(sentence) in units:
+            if sentence and units and not slot and norm_line(sentence) in units:
                 if _CONTENT.search(sentence) and len(stock) < 8:
                     stock.append(_Candidate(sentence, False, pasted or introduced))
                 continue
@@ -225,14 +214,14 @@ def message_candidates(text: str, stats: TemplateStats | None) -> list[_Candidat
                 out.append(_Candidate(sentence, slot, (pasted or introduced) and not slot))
         introduced = introduced or line.endswith(":")  # "Edit the following paragraph:" -> material follows
     if not out and repeated and stats is not None:
-        rarest = min(repeated, key=lambda s: stats.counts.get(_norm(s), 0))
-        if stats.counts.get(_norm(rarest), 0) <= max(stats.threshold, 0.2 * stats.messages):
+        rarest = min(repeated, key=lambda s: stats.counts.get(norm_line(s), 0))
+        if stats.counts.get(norm_line(rarest), 0) <= max(stats.threshold, 0.2 * stats.messages):
             out = [_Candidate(_clean_markup(rarest), False, False)]  # not a preamble most conversations share
     if not out and stock and stats is not None:
         # every sentence is one that many users send (a persona, a rule, an ask), put together: the ones that
         # most conversations do not share (unlike a preamble) are the request
         common = max(stats.threshold, 0.2 * stats.messages)
-        out = [c for c in stock if stats.counts.get(_norm(c.text), 0) <= common]
+        out = [c for c in stock if stats.counts.get(norm_line(c.text), 0) <= common]
     return out
 
 

@@ -87,6 +87,44 @@ def code_languages(text: str) -> list[str]:
     return list(out)
 
 
+# --- how much of a message is read -------------------------------------------------------------------
+
+READ_CHARS = 4_000
+"""The most characters of one message the offline models read (the template pass, the request finder and the
+offline embedding): a longer message, a pasted file, log or document, is read at its first and last
+``READ_CHARS // 2`` characters, where people put what they ask. Every step after this cut (line and sentence
+splitting, the template look-ups, markup cleaning) costs time in proportion to what it reads, so this bounds
+a conversation's cost whatever was pasted into it. The embedding uses at most ``USER_CHARS`` (4,000) characters
+of a conversation's user text anyway. Measured on ``benchmarks/scale.py --lengths realistic`` (7.4 KB per
+conversation on average, 1.5% above 50 KB): the summary and embedding models' CPU time per 10,000
+conversations fell from 8.7 s to 6.2 s when this went from 20,000 to 4,000 characters, with the quality table
+unchanged (``benchmarks/results/quality.md``; 3,000 cost the code corpus 0.002 AMI)."""
+
+
+def bounded_message(text: str, limit: int | None = None) -> str:
+    """``text`` when it has at most ``limit`` (:data:`READ_CHARS`) characters, else its first and last
+    ``limit // 2`` characters joined by a line break."""
+    limit = READ_CHARS if limit is None else limit
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n{text[-half:]}"
+
+
+# --- lines and sentences (what the summary model's template pass and the offline embedding count) ----------
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])\s*")
+"""Where a sentence ends: ". " and the like, or a full-width 。！？ (no space follows in CJK text)."""
+LINE_LABEL = re.compile(r"^(?:[#>*_\s-]*)([A-Za-z][\w'&/ -]{0,40}?)\s*:(?!//)\s*")
+"""A line's label: "Question: …", "Context :", "Input:" (at most five words)."""
+NORM_STRIP = "#>*-|:_=` \t"
+
+
+def norm_line(line: str) -> str:
+    """A line or sentence as the corpus pass counts it: lower case, markup at its ends and spacing ignored."""
+    return " ".join(line.lower().replace("**", "").replace("`", "").strip(NORM_STRIP).split())
+
+
 # --- person words and stop words -------------------------------------------------------------------------
 
 PERSON_WORDS = frozenset("""
