@@ -100,3 +100,24 @@ def test_two_processes_write_one_instance_at_once(tmp_path: Path):
             for run in runs:
                 logs = [e for e in instance.all_logs(run.run_id) if e.user_message.startswith("line ")]
                 assert [e.user_message for e in logs] == [f"line {i}" for i in range(5)]
+
+
+def test_wal_databases_commit_without_an_fsync_and_others_keep_full_sync(tmp_path: Path):
+    """sqlite's ``synchronous``: 1 is NORMAL (a WAL file is synced at checkpoints, not at every commit), 2 FULL."""
+    import sqlite3
+
+    from dagster._core.storage.sqlite import create_db_conn_string
+
+    from kura_dagster.orchestration.sqlite_storage import _kept_engine
+
+    wal, plain = tmp_path / "wal.db", tmp_path / "plain.db"
+    with sqlite3.connect(wal) as conn:
+        assert conn.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
+    sqlite3.connect(plain).close()
+    for path, expected in ((wal, 1), (plain, 2)):
+        engine = _kept_engine(create_db_conn_string(str(tmp_path), path.stem))
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == expected, path.name
+        engine.dispose()
+        with sqlite3.connect(path) as other:  # a connection of its own (Dagster's storage, another tool) is untouched
+            assert other.execute("PRAGMA synchronous").fetchone() == (2,)

@@ -16,6 +16,11 @@ step processes, the webserver and the daemon on one instance):
   state that no other process can observe.
 * Each use still runs under Dagster's ``_db_lock`` and in its own transaction (``conn.begin()``), so threads of
   one process are serialised as before; a shard is initialised (tables, WAL) once per process as before.
+* A database in WAL mode (every Dagster sqlite file once initialised) commits with ``PRAGMA synchronous=NORMAL``
+  instead of sqlite's default ``FULL``: the WAL is synced when it is checkpointed, not at every commit (an LLM run
+  of 1,000 conversations made ~1,700 fsync/fdatasync calls, ~1.5 ms each, on the main thread). sqlite documents
+  WAL + NORMAL as safe from corruption; a process crash loses nothing (the OS has the pages), a power loss may
+  roll back the last events before the checkpoint. A database not (yet) in WAL mode keeps ``FULL``.
 * ``wipe()`` (which deletes the shard files) drops the kept engines along with Dagster's record of initialised
   shards; ``dispose()`` disposes them. At most ``MAX_ENGINES`` run shards keep an engine (least recently used
   dropped first), so a long-lived webserver reading thousands of runs does not grow without bound.
@@ -48,10 +53,28 @@ from dagster._core.storage.sqlite_storage import (
     _schedule_directory,
 )
 from dagster._serdes import ConfigurableClassData
+from sqlalchemy import event
 from sqlalchemy.pool import NullPool
 
 MAX_ENGINES = 64
 """Run shards (one sqlite file per run) that keep an engine at once; the index shard always keeps its own."""
+
+
+def _wal_commits_without_fsync(dbapi_connection: Any, _record: Any) -> None:
+    """``synchronous=NORMAL`` for a connection to a database in WAL mode (see the module's docstring)."""
+    cursor = dbapi_connection.cursor()
+    try:
+        mode = cursor.execute("PRAGMA journal_mode").fetchone()
+        if mode and str(mode[0]).lower() == "wal":
+            cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _kept_engine(conn_string: str, **kwargs: Any) -> Any:
+    engine = create_engine(conn_string, poolclass=NullPool, **kwargs)
+    event.listen(engine, "connect", _wal_commits_without_fsync)
+    return engine
 
 
 class KeptEngineSqliteEventLogStorage(SqliteEventLogStorage):
@@ -68,11 +91,8 @@ class KeptEngineSqliteEventLogStorage(SqliteEventLogStorage):
     def _engine(self, shard: str):
         engine = self._engines.get(shard)
         if engine is None:
-            engine = create_engine(
-                self.conn_string_for_shard(shard),
-                poolclass=NullPool,
-                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
-            )
+            engine = _kept_engine(self.conn_string_for_shard(shard),
+                                  connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
             self._engines[shard] = engine
             run_shards = [key for key in self._engines if key != INDEX_SHARD_NAME]
             if len(run_shards) > MAX_ENGINES:
@@ -115,7 +135,7 @@ class KeptEngineSqliteRunStorage(SqliteRunStorage):
 
     def __init__(self, conn_string: str, inst_data: ConfigurableClassData | None = None):
         super().__init__(conn_string, inst_data)
-        self._engine = create_engine(conn_string, poolclass=NullPool)
+        self._engine = _kept_engine(conn_string)
 
     @classmethod
     def from_config_value(cls, inst_data, config_value):  # type: ignore[override]
