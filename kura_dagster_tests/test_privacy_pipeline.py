@@ -566,3 +566,33 @@ def test_demo_taxonomy_no_root_over_35_percent_and_a_small_other(tmp_path):
     assert not [c.name for c in named if "counted" in f"{c.name} {c.description}".lower()]
     # every pool is a base cluster named for what it is; no parent was named from a pool's text
     assert all(c.slug == "other_requests" for c in meta if c.name == OTHER_NAME)
+
+
+def test_merge_candidates_are_each_pieces_nearest_exact_and_bucketed():
+    from kura_dagster.pipeline.thresholds import _candidate_sets
+
+    # 20 well-separated directions (axes 0..19 of 32-d), two pieces 1° apart on each: piece 2i's nearest is 2i+1
+    rows = []
+    for i in range(20):
+        for d in (0.0, 1.0):
+            v = np.zeros(32, dtype=np.float32)
+            v[i], v[20 + i % 12] = np.cos(np.radians(d)), np.sin(np.radians(d))
+            rows.append(v)
+    cents = np.stack(rows)
+    expected = [{r ^ 1} for r in range(40)]  # the other piece of the same pair
+    assert _candidate_sets(cents, 1) == expected
+    assert _candidate_sets(cents, 1, brute_up_to=0) == expected  # bucketed: k-means buckets of the centroids
+
+
+def test_neighbour_limited_merge_matches_the_exhaustive_search_on_the_tight_halves():
+    from kura_dagster.pipeline.thresholds import merge_small_groups
+
+    a = [_at(d, 0, 1) for d in SPREAD]
+    s1 = [_at(d, 4, 5) for d in (56, 58, 60, 62, 64)]
+    s2 = [_at(d, 4, 5) for d in (66, 68, 70, 72, 74)]
+    s3 = [_at(d, 6, 7) for d in (0, 30, 60)]
+    x = np.stack(a + s1 + s2 + s3).astype(np.float32)
+    groups = [np.arange(0, 10), np.arange(10, 15), np.arange(15, 20), np.arange(20, 23)]
+    for kwargs in ({"neighbours": 1}, {"neighbours": 1, "brute_up_to": 0}, {"neighbours": 2}):
+        out = merge_small_groups(x, groups, None, Thresholds(min_conversations=10), 0.95, FoldReport(), **kwargs)
+        assert [g.tolist() for g in out] == [list(range(10)), list(range(10, 20)), [20, 21, 22]], kwargs

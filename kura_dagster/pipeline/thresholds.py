@@ -28,6 +28,7 @@ Every output is an ordinary Kura ``Cluster``: Kura and its UI read the checkpoin
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -144,8 +145,14 @@ def _spread(x: np.ndarray, rows: np.ndarray, quantile: float) -> float:
     return float(np.quantile(1.0 - v @ c, quantile))
 
 
+MERGE_NEIGHBOURS = 16
+"""How many nearest pieces each small piece considers as partners in :func:`merge_small_groups` (its own
+nearest and those that have it among theirs; a merged piece inherits both pieces' candidates)."""
+
+
 def merge_small_groups(x: np.ndarray, groups: list[np.ndarray], users: Sequence[str | None] | None,
-                       thresholds: Thresholds, quantile: float, report: FoldReport) -> list[np.ndarray]:
+                       thresholds: Thresholds, quantile: float, report: FoldReport,
+                       neighbours: int = MERGE_NEIGHBOURS, brute_up_to: int | None = None) -> list[np.ndarray]:
     """Small k-means groups that together are as tight as a cluster already shown become one group (Kura's
     ``k = n / clusters_per_group`` often cuts a topic into pieces just under ``min_conversations``).
 
@@ -154,15 +161,24 @@ def merge_small_groups(x: np.ndarray, groups: list[np.ndarray], users: Sequence[
     that meets the thresholds (no cluster looser than one already shown is made); when it is larger, the piece
     stops looking (a farther piece would make a looser union). A merged group that meets the thresholds is
     shown, named from its own members like any other, and takes no more pieces; one that does not stays small.
-    Memory is linear in the number of pieces (nearest neighbours are found in blocks, never a full matrix)."""
+
+    A piece's partners are looked for among its ``neighbours`` nearest pieces (scikit-learn's
+    ``NearestNeighbors`` on the centroids, made symmetric; a merged piece keeps both pieces' candidates), not
+    among all pieces: each merge then costs O(neighbours), not O(pieces), so the merging is about linear in the
+    number of pieces instead of quadratic (with ``neighbours >= pieces - 1`` it is the exhaustive search). Above
+    ``brute_up_to`` pieces the nearest ones are looked for within buckets (:func:`_candidate_sets`)."""
     small_at = [i for i, g in enumerate(groups) if not meets(g, users, thresholds)]
     big = [g for g in groups if meets(g, users, thresholds)]
     if len(small_at) < 2 or not big:
         return groups
+    if neighbours < 1:
+        raise ValueError(f"neighbours must be at least 1, got {neighbours}")
+    brute_up_to = BRUTE_NEIGHBOURS_UP_TO if brute_up_to is None else brute_up_to
     limit = max(_spread(x, g, quantile) for g in big)
     pieces = [groups[i] for i in small_at]
     m = len(pieces)
     cents = _unit_centroids(x, pieces)
+    nbr = _candidate_sets(cents, min(neighbours, m - 1), brute_up_to)
     partner = np.ones(m, dtype=bool)  # may still be merged with (alive and below the thresholds)
     looking = np.ones(m, dtype=bool)  # may still look for a partner
     alive = np.ones(m, dtype=bool)
@@ -170,22 +186,23 @@ def merge_small_groups(x: np.ndarray, groups: list[np.ndarray], users: Sequence[
     best_val = np.full(m, -np.inf, dtype=np.float32)
     best_col = np.full(m, -1, dtype=np.int64)
 
-    def refresh(rows: np.ndarray) -> None:
-        rows = rows[looking[rows]]
-        for at in range(0, len(rows), 1024):
-            block = rows[at:at + 1024]
-            sims = (cents @ cents[block].T).T  # the same values as cents[block] @ cents.T, 2-3x faster for few rows
-            sims[:, ~partner] = -np.inf
-            sims[np.arange(len(block)), block] = -np.inf
-            for k, r in enumerate(block.tolist()):
-                sims[k, list(refused.get(r, ()))] = -np.inf
-            best_col[block] = sims.argmax(axis=1)
-            best_val[block] = sims[np.arange(len(block)), best_col[block]]
+    def refresh(rows: Sequence[int]) -> None:
+        for r in rows:
+            if not looking[r]:
+                continue
+            no = refused.get(r, ())
+            cand = sorted(c for c in nbr[r] if partner[c] and c not in no)  # ascending: ties go to the lowest
+            if not cand:
+                best_val[r], best_col[r] = -np.inf, -1
+                continue
+            sims = cents[cand] @ cents[r]
+            b = int(np.argmax(sims))
+            best_val[r], best_col[r] = sims[b], cand[b]
 
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):  # many small products: faster single-threaded on busy cores (as kmeans.py)
-        refresh(np.arange(m))
+        refresh(range(m))
         while True:
             r = int(np.argmax(best_val))
             if not np.isfinite(best_val[r]):
@@ -197,26 +214,103 @@ def merge_small_groups(x: np.ndarray, groups: list[np.ndarray], users: Sequence[
                 refused.setdefault(r, set()).add(c)
                 refused.setdefault(c, set()).add(r)
                 if best_col[c] == r:
-                    refresh(np.array([c]))
+                    refresh([c])
                 continue
             i, j = min(r, c), max(r, c)
             pieces[i], alive[j], partner[j], looking[j], best_val[j] = union, False, False, False, -np.inf
             refused.pop(i, None)  # a new piece: what the old one refused says nothing about it
             report.small_groups_merged += 1
+            # the merged piece's candidates: both pieces' (whoever had j as a candidate now has i)
+            for t in nbr[j]:
+                nbr[t].discard(j)
+                if t != i:
+                    nbr[t].add(i)
+            nbr[i] |= nbr[j]
+            nbr[i] -= {i, j}
+            nbr[j] = set()
             if meets(union, users, thresholds):  # shown from now on: it takes no more pieces
                 partner[i], looking[i], best_val[i] = False, False, -np.inf
             else:
                 cents[i] = _unit_centroids(x, [union])[0]
                 looking[i] = True
-            stale = np.flatnonzero(looking & ((best_col == i) | (best_col == j)))
-            refresh(np.union1d(stale, [i]))
-            if partner[i]:  # the new piece may now be someone's nearest
-                others = np.flatnonzero(looking)
-                sims = (cents @ cents[i])[others]  # one pass over cents (cents[others] copied them first)
-                closer = (sims > best_val[others]) & (others != i)
+            near = np.fromiter(nbr[i], dtype=np.int64, count=len(nbr[i]))
+            stale = near[looking[near] & ((best_col[near] == i) | (best_col[near] == j))]
+            refresh([*stale.tolist(), i])
+            if partner[i] and len(near):  # the new piece may now be a candidate's nearest
+                others = near[looking[near]]
+                sims = cents[others] @ cents[i]
+                closer = sims > best_val[others]
                 best_val[others[closer]], best_col[others[closer]] = sims[closer], i
     at = {g: p for p, g in enumerate(small_at)}  # k-means' order kept: a merged group where its first piece was
     return [groups[g] if g not in at else pieces[at[g]] for g in range(len(groups)) if g not in at or alive[at[g]]]
+
+
+BRUTE_NEIGHBOURS_UP_TO = 16_384
+"""Up to this many pieces their nearest neighbours are exact (every pair compared); above it, within buckets."""
+BUCKET_PIECES = 512
+"""Above :data:`BRUTE_NEIGHBOURS_UP_TO`: about this many pieces per bucket (k-means of the pieces' centroids)."""
+BUCKET_PROBES = 3
+"""Above :data:`BRUTE_NEIGHBOURS_UP_TO`: a piece's neighbours are looked for in its this many nearest buckets."""
+
+
+def _candidate_sets(cents: np.ndarray, k: int, brute_up_to: int = BRUTE_NEIGHBOURS_UP_TO) -> list[set[int]]:
+    """Each unit row's ``k`` nearest other rows (Euclidean on unit vectors ranks as cosine), made symmetric.
+
+    Exact (scikit-learn's brute-force ``NearestNeighbors``) up to ``brute_up_to`` rows; above it every pair would
+    cost O(rows²) (65k pieces at 1M conversations: ~30 s on two cores), so the rows are bucketed by k-means of
+    the centroids (about :data:`BUCKET_PIECES` per bucket) and each row's neighbours are the nearest among the
+    rows of its :data:`BUCKET_PROBES` nearest buckets (O(rows × bucket size))."""
+    m = len(cents)
+    out: list[set[int]] = [set() for _ in range(m)]
+    if k >= m - 1:
+        return [set(range(m)) - {r} for r in range(m)]
+    if m <= brute_up_to:
+        from sklearn.neighbors import NearestNeighbors
+
+        _, idx = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(cents).kneighbors(cents)
+    else:
+        idx = _bucketed_neighbours(cents, k)
+    for r, row in enumerate(idx.tolist()):
+        for c in row:
+            if c != r and c >= 0:
+                out[r].add(c)
+                out[c].add(r)
+    return out
+
+
+def _bucketed_neighbours(cents: np.ndarray, k: int) -> np.ndarray:
+    """``(rows, k)`` indices of each row's nearest other rows among its nearest buckets' rows (-1: none)."""
+    from kura_dagster.pipeline.kmeans import cluster_labels
+
+    m = len(cents)
+    buckets = max(2, math.ceil(m / BUCKET_PIECES))
+    lab = np.asarray(cluster_labels(cents, buckets, seed=0), dtype=np.int64)
+    buckets = int(lab.max()) + 1
+    centres = np.zeros((buckets, cents.shape[1]), dtype=np.float64)
+    np.add.at(centres, lab, cents.astype(np.float64))
+    centres = (centres / np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    probes = min(BUCKET_PROBES, buckets)
+    near = np.argpartition(-(cents @ centres.T), probes - 1, axis=1)[:, :probes]
+    order = np.argsort(lab, kind="stable")
+    bounds = np.searchsorted(lab[order], np.arange(buckets + 1))
+    best_sim = np.full((m, k), -np.inf, dtype=np.float32)
+    best_idx = np.full((m, k), -1, dtype=np.int64)
+    for h in range(buckets):
+        members = order[bounds[h]:bounds[h + 1]]
+        queries = np.flatnonzero((near == h).any(axis=1))
+        if not len(members) or not len(queries):
+            continue
+        sims = cents[queries] @ cents[members].T
+        sims[queries[:, None] == members[None, :]] = -np.inf  # not its own neighbour
+        top = min(k, len(members))
+        pick = np.argpartition(-sims, top - 1, axis=1)[:, :top]
+        cand_sim = np.concatenate([best_sim[queries], np.take_along_axis(sims, pick, axis=1)], axis=1)
+        cand_idx = np.concatenate([best_idx[queries], members[pick]], axis=1)
+        keep = np.argsort(-cand_sim, axis=1, kind="stable")[:, :k]
+        best_sim[queries] = np.take_along_axis(cand_sim, keep, axis=1)
+        best_idx[queries] = np.take_along_axis(cand_idx, keep, axis=1)
+    best_idx[~np.isfinite(best_sim)] = -1
+    return best_idx
 
 
 def place_small_members(
