@@ -64,7 +64,8 @@ def main() -> None:
         spec.loader.exec_module(module)
         reference = module.merge_small_groups
     print(f"load average {os.getloadavg()[0]:.2f}")
-    print("| n | groups | small pieces | merges | neighbour-limited CPU s (wall s) | reference CPU s (wall s) | same groups |")
+    print("| n | groups | small pieces | merges | neighbour-limited CPU s (wall s) | reference CPU s (wall s) "
+          "| same groups |")
     print("|---:|---:|---:|---:|---:|---:|---|")
     for n in args.sizes:
         x, groups = pieces(n)
@@ -80,8 +81,8 @@ def main() -> None:
             ex = f"{cpu() - c0:.1f} ({time.perf_counter() - w0:.1f})"
             same = "yes" if [g.tolist() for g in full] == [g.tolist() for g in fast] else \
                 f"no: {len(full)} vs {len(fast)} groups"
-        print(f"| {n:,} | {len(groups):,} | {small:,} | {rep.small_groups_merged:,} | {fast_cpu:.1f} ({fast_wall:.1f}) "
-              f"| {ex} | {same} |", flush=True)
+        print(f"| {n:,} | {len(groups):,} | {small:,} | {rep.small_groups_merged:,} | "
+              f"{fast_cpu:.1f} ({fast_wall:.1f}) | {ex} | {same} |", flush=True)
     print(f"load average {os.getloadavg()[0]:.2f}")
 
 

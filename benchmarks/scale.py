@@ -23,7 +23,9 @@ with the offline models, each size with its own checkpoint directory and Dagster
 1. backfill: the days in single-run backfills of ``--chunk-days`` days each (``conversations`` + ``summaries``, tags
    ``dagster/asset_partition_range_start``/``_end``, exactly what ``--partition-range`` sends);
 2. ``clusters``, ``meta_clusters``, ``projected_clusters``, one run each;
-3. the new day: its partition, then the three unpartitioned stages again.
+3. the new day: its partition, then the three unpartitioned stages again (incremental taxonomy);
+4. the rebuild: the three unpartitioned stages once more with ``rebuild_taxonomy`` set (what the
+   ``<prefix>_rebuild_taxonomy`` job computes), from scratch over every summary.
 
 Every run is its own subprocess (``execute_in_process`` against the size's instance), pinned to two cores with
 BLAS/OpenMP threads capped at two, so each process's peak RSS is its own: a thread samples RSS and CPU time every
@@ -313,7 +315,7 @@ def child_run(spec: dict) -> dict:
 
     defs = build_kura_defs(PREFIX, conversations=str(Path(spec["logs"]) / "{date}.jsonl"), partitions="daily",
                            partition_start=START.isoformat(), checkpoint_dir=spec["ckpt"], formats=["parquet"],
-                           sensor=False)
+                           sensor=False, **({"rebuild_taxonomy": True} if spec.get("rebuild") else {}))
     job = defs.resolve_implicit_global_asset_job_def().get_subset(
         asset_selection={dg.AssetKey([PREFIX, s]) for s in spec["select"]})
     tags = {}
@@ -368,12 +370,14 @@ def run_size(n: int, root: Path, logs: Path, chunk_days: int, log, previous: dic
         home.mkdir(parents=True)
     env = dict(os.environ, DAGSTER_HOME=str(home), **{v: "2" for v in THREAD_VARS})
 
-    def run(select: tuple[str, ...], first: int | None = None, last: int | None = None) -> dict:
+    def run(select: tuple[str, ...], first: int | None = None, last: int | None = None,
+            rebuild: bool = False) -> dict:
         spec = {"logs": str(logs), "ckpt": str(work / "ckpt"), "select": list(select),
-                "range": [day_key(first), day_key(last)] if first is not None else None}
+                "range": [day_key(first), day_key(last)] if first is not None else None, "rebuild": rebuild}
         t0 = time.time()
         out = run_child(["--child", json.dumps(spec)], env)
-        what = f"{select[0]}…{select[-1]}" + (f" {day_key(first)}…{day_key(last)}" if first is not None else "")
+        what = f"{select[0]}…{select[-1]}" + (f" {day_key(first)}…{day_key(last)}" if first is not None else "") \
+            + (" (rebuild_taxonomy)" if rebuild else "")
         log(f"  n={n:,} {what}: {time.time() - t0:.1f} s, peak {out['peak_bytes'] / 2**30:.2f} GB")
         return out
 
@@ -394,8 +398,12 @@ def run_size(n: int, root: Path, logs: Path, chunk_days: int, log, previous: dic
     load.append(os.getloadavg()[0])
     new_day = [run(("conversations", "summaries"), days, days)] + [run((s,)) for s in UNPARTITIONED]
     load.append(os.getloadavg()[0])
+    # the <prefix>_rebuild_taxonomy job's work after the new day: the three stages from scratch (rebuild_taxonomy)
+    rebuild = [run((s,), rebuild=True) for s in UNPARTITIONED]
+    load.append(os.getloadavg()[0])
     return {"n": n, "days": days, "chunk_days": chunk_days, "backfill": backfill, "stages": stages,
-            "new_day": new_day, "load": load, "finished": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"}
+            "new_day": new_day, "rebuild": rebuild, "load": load,
+            "finished": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"}
 
 
 # --- the report -------------------------------------------------------------------------------------------
@@ -431,6 +439,10 @@ def summarise(r: dict) -> dict:
                                              max(p["peak_bytes"] for p in new[1:]))
     new_total = sum(p["seconds"] for p in new)
     rows["new day: total"] = (new_total, sum(p["cpu_seconds"] for p in new), max(p["peak_bytes"] for p in new))
+    nan = float("nan")
+    rb = r.get("rebuild") or []  # runs before the rebuild row existed have none
+    rows["rebuild"] = (sum(p["seconds"] for p in rb), sum(p["cpu_seconds"] for p in rb),
+                       max(p["peak_bytes"] for p in rb)) if rb else (nan, nan, nan)
     return {"rows": rows, "fraction": new_total / total if total else float("nan")}
 
 
@@ -446,6 +458,8 @@ ROW_LABELS = {
     "new day: its partition": "new day: its partition (conversations + summaries)",
     "new day: clusters → projected": "new day: clusters → meta_clusters → projected_clusters",
     "new day: total": "**new day: total**",
+    "rebuild": "rebuild after the new day: clusters → meta_clusters → projected_clusters with rebuild_taxonomy "
+               "(the `_rebuild_taxonomy` job's stages; 3 processes, checks included)",
 }
 
 
@@ -459,7 +473,8 @@ def table(results: list[dict]) -> str:
         for s in sums:
             sec, cpu, peak = s["rows"][key]
             bold = "**" if label.startswith("**") else ""
-            cells += [f"{bold}{sec:,.1f}{bold}", "—" if math.isnan(cpu) else f"{cpu:,.1f}",
+            cells += ["—" if math.isnan(sec) else f"{bold}{sec:,.1f}{bold}",
+                      "—" if math.isnan(cpu) else f"{cpu:,.1f}",
                       "—" if math.isnan(peak) else f"{bold}{_mb(peak)}{bold}"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("| new day as a fraction of the full run | " + " | ".join(
@@ -476,7 +491,7 @@ def details(results: list[dict]) -> str:
     for r in results:
         md = r["stages"]["clusters"]["metadata"].get("clusters", {})
         meta = r["stages"]["meta_clusters"]["metadata"].get("meta_clusters", {})
-        procs = r["backfill"] + [r["stages"][s] for s in UNPARTITIONED] + r["new_day"]
+        procs = r["backfill"] + [r["stages"][s] for s in UNPARTITIONED] + r["new_day"] + r.get("rebuild", [])
         lines.append(f"| {r['n']:,} | {r['days']} | {len(r['backfill'])} × {r['chunk_days']} days | "
                      f"{md.get('summaries_read', '?'):,} | {md.get('dagster/row_count', '?'):,} | "
                      f"{meta.get('dagster/row_count', '?'):,} | {_mb(max(p['max_rss_bytes'] for p in procs))} MB | "
