@@ -152,11 +152,23 @@ class _DigestCounts:
     (so no line a user wrote is kept verbatim), looked up by text (``in``, ``get``) as :class:`TemplateStats`
     does with its ``counts``."""
 
+    MEMO = 100_000
+    """Lines looked up recently (each line of a message is looked up by the request finder and again when the
+    template is removed, and template lines recur across conversations): at most this many, then cleared."""
+
     def __init__(self, digests: np.ndarray, counts: np.ndarray) -> None:
         self._counts = dict(zip(digests.tolist(), counts.tolist()))
+        self._memo: dict[str, bool] = {}
 
     def __contains__(self, unit: object) -> bool:
-        return isinstance(unit, str) and _digest(unit) in self._counts
+        if not isinstance(unit, str):
+            return False
+        found = self._memo.get(unit)
+        if found is None:
+            if len(self._memo) >= self.MEMO:
+                self._memo.clear()
+            found = self._memo[unit] = _digest(unit) in self._counts
+        return found
 
     def get(self, unit: str, default: int = 0) -> int:
         return self._counts.get(_digest(unit), default)
