@@ -503,3 +503,15 @@ def test_mtbench_ten_days_keep_the_question_ids(shared_data) -> None:
     convs = read_conversations(shared_data / "conversations.jsonl").conversations
     r = _simulate(convs, [c.metadata["question_id"] for c in convs], days=10)
     assert r["ami_vs_rebuild"] >= 0.8 and r["nmi_incremental"] >= 0.95, r
+
+
+def test_another_embedding_space_forces_a_rebuild_and_the_same_space_does_not() -> None:
+    day0 = _day0()
+    state = _built(day0)
+    namer = RecordingNamer()
+    _, same, report = _update(day0, state, namer)
+    assert same is not None and report.rebuild_reason == "" and namer.asked == []  # nothing new: no request
+    # the same conversations embedded in another space (the axes rotated: blob a now lies along axis 3, …)
+    moved = [s.model_copy(update={"embedding": list(np.roll(np.asarray(s.embedding), 3))}) for s in day0]
+    _, none, report = _update(moved, state, RecordingNamer())
+    assert none is None and "embedding space changed" in report.rebuild_reason

@@ -51,6 +51,9 @@ MIN_SPREAD_MEMBERS = 5
 says little about a cluster's spread)."""
 RADIUS_TOLERANCE = 1e-4
 """Float32 rounding: a copy of a member (distance 0 up to rounding) joins a cluster of identical members."""
+SPACE_CHECK_CLUSTERS = 512
+"""How many unchanged clusters (spread over the stored order) have their centroid recomputed to check that the
+embedding space is the one the taxonomy was made in."""
 CHUNK = 65_536
 """Rows per block when measuring distances (a 1M × 256 matrix is never copied whole)."""
 
@@ -297,10 +300,16 @@ def update_base_clusters(
     old_size = np.bincount(old_labels, minlength=k)
     removed = old_size - kept
     report.removed_conversations = int(removed.sum())
-    # the space must be the one the centroids were made in: an unchanged cluster's centroid is recomputed
+    # the space must be the one the centroids were made in: an unchanged cluster's centroid is recomputed (a
+    # spread sample of at most SPACE_CHECK_CLUSTERS of them: a changed space moves every centroid, and checking
+    # them all read every row of history on every run)
     unchanged = np.flatnonzero((removed == 0) & (old_size > 0))
+    unchanged = unchanged[np.linspace(0, len(unchanged) - 1, min(len(unchanged), SPACE_CHECK_CLUSTERS)).astype(int)] \
+        if len(unchanged) else unchanged
     if len(unchanged):
-        now = centroids_of(x, np.where(np.isin(labels, unchanged), labels, -1), k)[unchanged]
+        pick = np.zeros(k, dtype=bool)
+        pick[unchanged] = True
+        now = centroids_of(x, np.where(pick[np.maximum(labels, 0)] & (labels >= 0), labels, -1), k)[unchanged]
         if float(np.min(np.einsum("ij,ij->i", now, cents[unchanged]))) < 0.999:
             report.rebuild_reason = ("the embedding space changed (stored centroids no longer match their "
                                      "members: refit embedding or another model)")
@@ -323,8 +332,9 @@ def update_base_clusters(
     sizes = np.bincount(labels[labels >= 0], minlength=k)
     young = np.array([e["born"] > 0 for e in entries], dtype=bool)
     report.new_cluster_share = (float(sizes[young].sum()) + len(leftover)) / n if n else 0.0
-    moved = centroids_of(x, labels, k) if k else cents
     changed = (sizes != old_size) | (sizes != kept)
+    # only the clusters whose members changed are recomputed (the rows of the others are not read)
+    moved = centroids_of(x, np.where(changed[np.maximum(labels, 0)] & (labels >= 0), labels, -1), k) if k else cents
     cents = np.where(changed[:, None], moved, cents).astype(np.float32)
     placed = labels >= 0
     far = distances_to(x, labels, cents) > rad[np.maximum(labels, 0)] + RADIUS_TOLERANCE
