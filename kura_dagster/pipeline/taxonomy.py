@@ -154,18 +154,25 @@ def distances_to(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> np
 
 
 def radii(distances: np.ndarray, labels: np.ndarray, k: int, quantile: float) -> np.ndarray:
-    """Each cluster's ``quantile`` of its members' distances; the median of the others for small clusters."""
+    """Each cluster's ``quantile`` of its members' distances (``np.quantile``'s linear method, for all clusters at
+    once from one sort: a loop of ``np.quantile`` per cluster cost ~30 µs × clusters); the median of the others
+    for small clusters."""
     out = np.full(k, np.nan, dtype=np.float32)
-    order = np.argsort(labels, kind="stable")
-    lab = labels[order]
+    ok = labels >= 0
+    lab, d = labels[ok], np.asarray(distances[ok])
+    order = np.lexsort((d, lab))  # by cluster, then by distance
+    lab, d = lab[order], d[order]
     bounds = np.searchsorted(lab, np.arange(k + 1))
-    small = []
-    for j in range(k):
-        d = distances[order[bounds[j]:bounds[j + 1]]]
-        if len(d) >= MIN_SPREAD_MEMBERS:
-            out[j] = float(np.quantile(d, quantile))
-        else:
-            small.append(j)
+    sizes = np.diff(bounds)
+    big = np.flatnonzero(sizes >= MIN_SPREAD_MEMBERS)
+    if len(big):
+        h = (sizes[big] - 1) * float(quantile)  # the virtual index of the quantile within each cluster
+        lo = np.floor(h).astype(np.int64)
+        t = h - lo
+        a = d[bounds[big] + lo]
+        b = d[bounds[big] + np.minimum(lo + 1, sizes[big] - 1)]
+        out[big] = np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)  # (as numpy's _lerp)
+    small = np.flatnonzero(sizes < MIN_SPREAD_MEMBERS)
     known = out[np.isfinite(out)]
     fallback = float(np.median(known)) if len(known) else float(np.quantile(distances[labels >= 0], quantile)) \
         if (labels >= 0).any() else 0.0
