@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 from collections.abc import Callable, Mapping
 from typing import Optional
@@ -100,4 +102,19 @@ def build_definitions(environ: Optional[Mapping[str, str]] = None) -> dg.Definit
     )
 
 
+def _skip_the_final_collection() -> None:
+    """At exit, Python's last garbage collection walks every object still alive (Dagster, pydantic, scikit-learn,
+    the run's data): ~1 s of a `dagster asset materialize` process after its run had ended. Freezing them moves
+    them out of the collector's generations, so the process ends as soon as the run has; the atexit handlers
+    (logging's flush among them), module teardown and reference-counted finalisers still run as before."""
+    gc.freeze()
+
+
+atexit.register(_skip_the_final_collection)  # registered after logging's own handler, so it runs before it
+
 defs = build_definitions()
+# What is alive now (Dagster, pydantic, the code location: ~1M objects that live as long as the process) is left
+# out of the collector's full collections, which otherwise walk all of it again several times a run (7 full
+# collections, 1.2 s, in an LLM run of 1,000 conversations). The usual practice for long-lived imports (see
+# ``gc.freeze``); whatever of it is garbage already stays allocated, a one-off.
+gc.freeze()
