@@ -548,7 +548,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     saved = {r["n"]: r for r in json.loads(args.json.read_text())} if args.json.exists() else {}
     if args.report:
-        write_report([saved[n] for n in sorted(saved) if "stages" in saved[n]], args.out, logs)
+        done = [saved[n] for n in sorted(saved) if "stages" in saved[n]]
+        if any(r.get("lengths") == "realistic" for r in done):  # the length files sit with the realistic day files
+            logs = args.workdir / "logs_realistic"
+        write_report(done, args.out, logs)
         return 0
     days = max(args.sizes) // PER_DAY + 1
     logs.mkdir(parents=True, exist_ok=True)
