@@ -54,6 +54,8 @@ RADIUS_TOLERANCE = 1e-4
 SPACE_CHECK_CLUSTERS = 512
 """How many unchanged clusters (spread over the stored order) have their centroid recomputed to check that the
 embedding space is the one the taxonomy was made in."""
+NEAREST_CELLS = 1 << 25
+"""At most this many (row, centroid) similarities at once when finding nearest centroids (128 MB of float32)."""
 CHUNK = 65_536
 """Rows per block when measuring distances (a 1M × 256 matrix is never copied whole)."""
 
@@ -184,10 +186,18 @@ def _nearest(x: np.ndarray, centroids: np.ndarray, allowed: np.ndarray) -> tuple
     """``(index, distance)`` of each row's nearest allowed centroid."""
     if not allowed.any():
         return np.full(len(x), -1, dtype=np.int64), np.full(len(x), np.inf, dtype=np.float32)
-    sims = _unit(x) @ centroids.T
-    sims[:, ~allowed] = -np.inf
-    best = sims.argmax(axis=1)
-    return best.astype(np.int64), (1.0 - sims[np.arange(len(x)), best]).astype(np.float32)
+    best = np.empty(len(x), dtype=np.int64)
+    dist = np.empty(len(x), dtype=np.float32)
+    # in blocks of rows: a (rows × clusters) float32 matrix of at most NEAREST_CELLS cells (10k new rows against
+    # the ~100k clusters of 1M conversations would be 4 GB at once)
+    step = max(1, NEAREST_CELLS // max(len(centroids), 1))
+    for a in range(0, len(x), step):
+        sims = _unit(x[a:a + step]) @ centroids.T
+        sims[:, ~allowed] = -np.inf
+        b = sims.argmax(axis=1)
+        best[a:a + step] = b
+        dist[a:a + step] = 1.0 - sims[np.arange(len(b)), b]
+    return best, dist
 
 
 class RowsView(SummaryColumns):

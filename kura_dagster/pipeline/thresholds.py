@@ -334,11 +334,14 @@ def place_small_members(
     spread = radii(1.0 - np.einsum("ij,ij->i", rows, centroids[labels]), labels, len(shown), join_quantile)
     nearest = np.empty(len(rest), dtype=np.int64)
     distance = np.empty(len(rest), dtype=np.float32)
-    for at in range(0, len(rest), 4096):  # in blocks: never a (members × clusters) matrix at once
-        r = np.asarray(x[rest[at:at + 4096]], dtype=np.float32)
+    # in blocks of at most 2^25 (member, cluster) cells (128 MB): never a (members × clusters) matrix at once (4,096
+    # members against the ~50k shown clusters of 1M conversations were 800 MB)
+    block = max(1, min(4096, (1 << 25) // max(len(centroids), 1)))
+    for at in range(0, len(rest), block):
+        r = np.asarray(x[rest[at:at + block]], dtype=np.float32)
         sims = (r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12)) @ centroids.T
-        nearest[at:at + 4096] = sims.argmax(axis=1)
-        distance[at:at + 4096] = 1.0 - sims[np.arange(len(r)), nearest[at:at + 4096]]
+        nearest[at:at + block] = sims.argmax(axis=1)
+        distance[at:at + block] = 1.0 - sims[np.arange(len(r)), nearest[at:at + block]]
     near = distance <= spread[nearest]
     for row, j in zip(rest[near].tolist(), nearest[near].tolist()):
         final[j].append(row)
