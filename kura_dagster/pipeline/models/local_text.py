@@ -89,16 +89,18 @@ def code_languages(text: str) -> list[str]:
 
 # --- how much of a message is read -------------------------------------------------------------------
 
-READ_CHARS = 4_000
+READ_CHARS = 6_000
 """The most characters of one message the offline models read (the template pass, the request finder and the
 offline embedding): a longer message, a pasted file, log or document, is read at its first and last
 ``READ_CHARS // 2`` characters, where people put what they ask. Every step after this cut (line and sentence
 splitting, the template look-ups, markup cleaning) costs time in proportion to what it reads, so this bounds
-a conversation's cost whatever was pasted into it. The embedding uses at most ``USER_CHARS`` (4,000) characters
+a conversation's cost whatever was pasted into it; the embedding uses at most ``USER_CHARS`` (4,000) characters
 of a conversation's user text anyway. Measured on ``benchmarks/scale.py --lengths realistic`` (7.4 KB per
-conversation on average, 1.5% above 50 KB): the summary and embedding models' CPU time per 10,000
-conversations fell from 8.7 s to 6.2 s when this went from 20,000 to 4,000 characters, with the quality table
-unchanged (``benchmarks/results/quality.md``; 3,000 cost the code corpus 0.002 AMI)."""
+conversation on average, 1.5% above 50 KB), the summary and embedding models' CPU per later 10,000-conversation
+partition: 8.7-9.0 s at 20,000, 6.2 s at 6,000, 5.5 s at 4,000. 4,000 cut three 4.1 KB messages of the quality
+benchmark's code corpus: its quality table stayed the same, but ``benchmarks/taxonomy_days.py``'s incremental vs
+rebuild AMI on the mixed corpus (min_conversations 10) went from 0.834 to 0.783; at 6,000 no message of those
+corpora is cut and both tables are as at 20,000."""
 
 
 def bounded_message(text: str, limit: int | None = None) -> str:
