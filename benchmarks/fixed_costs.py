@@ -272,10 +272,11 @@ def report(results: dict) -> str:
         meta = results[lb].get("meta", {})
         lines.append(f"- **{lb}**: {meta.get('when', '?')}, code {meta.get('code', '?')}, {meta.get('python', '')}, "
                      f"{meta.get('cpus', '?')} CPUs (runs pinned to 2), load average {meta.get('load_start', '?')} at "
-                     f"the start and {meta.get('load_end', '?')} at the end; median of {meta.get('runs', '?')} runs.")
+                     f"the start and {meta.get('load_end', '?')} at the end; median of {meta.get('runs', '?')} runs "
+                     f"({meta.get('llm_runs', '?')} of the LLM end to end).")
     lines += ["", "Every figure is the wall time of a fresh `dagster asset materialize -m kura_dagster.definitions "
               "--select '*'` process (the sample project: `-m chat_analytics.definitions`), with the project's "
-              "`dagster.yaml` as the instance. Seven other sessions share this two-core machine, so the load "
+              "`dagster.yaml` as the instance. Other sessions share this two-core machine, so the load "
               "average is printed beside every series.", "",
               f"## Unchanged rerun of every asset (target ≤ {RERUN_TARGET_S:g} s)", "", head, sep,
               row("offline default models, demo data: rerun median (s)", "rerun", "offline", "median"),
