@@ -129,6 +129,15 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.where(n == 0, 1, n)
 
 
+def _unit_all(vectors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``{id: _unit(v)}`` normalised as one matrix (a ``_unit`` call per vector cost ~30 µs × clusters)."""
+    if not vectors:
+        return {}
+    ids = list(vectors)
+    rows = _unit(np.stack([np.asarray(vectors[i], dtype=np.float32) for i in ids]))
+    return dict(zip(ids, rows))
+
+
 def centroids_of(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     """Each label's mean row, L2-normalised (the same as ``meta_cluster.cluster_centroids``); zeros when empty."""
     from scipy.sparse import csr_matrix
@@ -604,7 +613,7 @@ def update_meta_clusters(
     roots = list(state.params["roots"])
     base_by_id = {c.id: c for c in base}
     top = max([n["height"] for n in nodes.values()], default=0)
-    vectors: dict[str, np.ndarray] = {cid: _unit(v) for cid, v in centroids.items()}
+    vectors: dict[str, np.ndarray] = _unit_all(centroids)
     vectors.update(cents)
     dirty: set[str] = set()
     # base clusters that left: out of their parents (and of the roots)
@@ -772,7 +781,7 @@ def tree_vectors(clusters: Sequence[Cluster], base_centroids: Mapping[str, np.nd
     for c in clusters:
         if c.parent_id is not None:
             children.setdefault(c.parent_id, []).append(c)
-    out: dict[str, np.ndarray] = {cid: _unit(v) for cid, v in base_centroids.items()}
+    out: dict[str, np.ndarray] = _unit_all(base_centroids)
 
     def vec(c: Cluster) -> np.ndarray:
         if c.id not in out:
