@@ -349,6 +349,35 @@ def summaries_step(
     )
 
 
+class LazyEmbedder:
+    """A ``CachedEmbeddingModel`` built on the first ``embed`` (or any other use): loading the offline fit costs
+    ~1.4 s, and an incremental meta_clusters or projected_clusters run usually embeds nothing."""
+
+    def __init__(self, kura: KuraPipelineResource, cache: Any) -> None:
+        self._kura, self._cache, self._model = kura, cache, None
+
+    def model(self) -> CachedEmbeddingModel:
+        if self._model is None:
+            self._model = CachedEmbeddingModel(self._kura.embedding_model(), self._cache)
+        return self._model
+
+    def embed(self, texts: Sequence[str], progress: Any = None) -> Any:
+        return self.model().embed(texts, progress=progress)
+
+    @property
+    def usage(self) -> Any:  # no model built: nothing was asked
+        return getattr(self._model, "usage", None) if self._model is not None else None
+
+    @property
+    def counts(self) -> Any:
+        return self._model.counts if self._model is not None else None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.model(), name)
+
+
 def summary_columns_of(summaries: Any) -> tuple[SummaryColumns, list[str]]:
     """The summaries' columns, one partition after another (sorted keys) when the input is by partition."""
     partitions = sorted(summaries) if isinstance(summaries, dict) else []
@@ -389,7 +418,7 @@ def meta_clusters_step(
 ) -> dg.MaterializeResult:
     cache = answer_cache(kura)
     namer = ScrubbingNamer(CachedNamingModel(kura.naming_model(), cache))  # parents' names scrubbed too
-    embedder = CachedEmbeddingModel(kura.embedding_model(), cache)
+    embedder = LazyEmbedder(kura, cache)
     centroids = None
     if summaries is not None:  # group in the base clusters' own space: their members' mean embeddings
         columns, _ = summary_columns_of(summaries)
@@ -413,7 +442,7 @@ def meta_clusters_step(
 def projected_clusters_step(
     context: dg.AssetExecutionContext, kura: KuraPipelineResource, meta_clusters: list[Cluster]
 ) -> dg.MaterializeResult:
-    embedder = CachedEmbeddingModel(kura.embedding_model(), answer_cache(kura))
+    embedder = LazyEmbedder(kura, answer_cache(kura))
     # clusters already on the map keep their place; new ones go through the stored fitted projection
     xy, taxonomy_md = taxonomy_projection(
         context, kura, meta_clusters,
