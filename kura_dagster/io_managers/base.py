@@ -86,6 +86,15 @@ def summary_columns_selection(context: dg.InputContext) -> Optional[list[str]]:
     return None if selected is None else list(selected)
 
 
+CHAT_IDS_KEY = "kura/chat_ids_only"
+"""Input metadata: load only the rows' chat ids, as a list of strings
+(:func:`~kura_dagster.checkpoints.columnar.load_chat_ids`), for a check that compares sets of ids."""
+
+
+def wants_chat_ids(context: dg.InputContext) -> bool:
+    return bool((context.definition_metadata or {}).get(CHAT_IDS_KEY))
+
+
 WINDOW_DAYS_KEY = "kura/window_days"
 """Input metadata: load only the partitions of the last N days (daily keys) or the last N partitions."""
 
@@ -305,6 +314,10 @@ class CheckpointIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
             columns = summary_columns_selection(context)
             result = load_summary_columns(manager, name) if columns is None else \
                 load_summary_columns(manager, name, columns=columns)
+        elif wants_chat_ids(context):  # a check comparing ids: no rows built
+            from kura_dagster.checkpoints.columnar import load_chat_ids
+
+            result = load_chat_ids(manager, name, input_model(context))
         else:
             result = manager.load_checkpoint(name, input_model(context))
         if result is None:

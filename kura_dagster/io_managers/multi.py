@@ -45,7 +45,8 @@ from kura_dagster.checkpoints.multi import (
 )
 from kura_dagster.checkpoints.registry import FORMATS, build_manager
 from kura_dagster.checkpoints.storage import resolve_location, to_upath
-from kura_dagster.io_managers.base import CheckpointIOManager, summary_columns_selection, wants_summary_columns
+from kura_dagster.io_managers.base import (CheckpointIOManager, summary_columns_selection, wants_chat_ids,
+                                           wants_summary_columns)
 from kura_dagster.io_managers.metadata import checkpoint_metadata
 from kura_dagster.io_managers.stored import StoredOutput
 from kura_dagster.io_managers.typing import input_model, output_model
@@ -213,6 +214,11 @@ class MultiIOManager(CheckpointIOManager):
             columns = summary_columns_selection(context)
             load = {"loader": load_summary_columns if columns is None else
                     functools.partial(load_summary_columns, columns=columns)}
+        elif wants_chat_ids(context):  # a check comparing ids: no rows built
+            from kura_dagster.checkpoints.columnar import load_chat_ids
+
+            model = input_model(context)
+            load = {"loader": lambda child, filename: load_chat_ids(child, filename, model)}
         else:
             load = {"model_class": input_model(context)}
         try:

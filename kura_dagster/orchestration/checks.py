@@ -18,7 +18,7 @@ from typing import Any, Optional
 import dagster as dg
 
 from kura_dagster.checkpoints.columnar import SummaryColumns
-from kura_dagster.io_managers.base import SUMMARY_COLUMNS_KEY, summary_columns_type
+from kura_dagster.io_managers.base import CHAT_IDS_KEY, SUMMARY_COLUMNS_KEY, summary_columns_type
 from kura_dagster.orchestration.names import KuraNames
 from kura_dagster.types import Cluster, Conversation, ConversationSummary, ProjectedCluster
 
@@ -42,9 +42,9 @@ def _few(items: Sequence[str], n: int = 5) -> str:
 # --- the invariants ------------------------------------------------------------------------------------
 
 
-def summary_problems(conversations: Sequence[Conversation], summaries: Sequence[ConversationSummary]) -> list[str]:
-    """Every conversation has exactly one summary and no summary is orphaned."""
-    conv_ids = [c.chat_id for c in conversations]
+def summary_problems(conversations: Sequence[Conversation | str], summaries: Sequence[ConversationSummary]) -> list[str]:
+    """Every conversation (a row or its chat id) has exactly one summary and no summary is orphaned."""
+    conv_ids = [c if isinstance(c, str) else c.chat_id for c in conversations]
     sum_ids = [s.chat_id for s in summaries]
     problems = []
     known, summarised = set(conv_ids), set(sum_ids)
@@ -203,7 +203,8 @@ def build_kura_checks(
 
     @dg.asset_check(
         asset=key("summaries"),
-        additional_ins={"conversations": dg.AssetIn(key("conversations"))},
+        # chat ids only: a ten-day backfill of 7 KB conversations held ~5 GB of conversation rows here
+        additional_ins={"conversations": dg.AssetIn(key("conversations"), metadata={CHAT_IDS_KEY: True})},
         blocking=True,
         partitions_def=partitions_def,
         description="Every conversation has exactly one summary, and no summary is orphaned"
