@@ -138,3 +138,21 @@ def test_the_stages_start_the_clock_before_any_work() -> None:
                             embedding_progress=lambda d, t: calls.append((-d, t)))
     assert calls[0] == (10, 15) and calls[-1] == (-15, 15)  # 10 duplicates known before any work
     assert (-10, 15) in calls and counts.embeddings.deduplicated == 10
+
+
+def test_cluster_map_draws_at_most_map_points_leaves_the_largest_first(monkeypatch) -> None:
+    from kura_dagster.orchestration import observability
+
+    monkeypatch.setattr(observability, "MAP_POINTS", 3)
+
+    def p(cid: str, n: int, parent: str | None = "root") -> ProjectedCluster:
+        return ProjectedCluster(id=cid, name=cid, description="", slug=cid, chat_ids=[f"{cid}{i}" for i in range(n)],
+                                parent_id=parent, x_coord=float(n), y_coord=0.0, level=0 if parent is None else 1)
+
+    tree = [p("root", 20, None), p("a", 2), p("b", 7), p("c", 5), p("d", 5), p("e", 1)]
+    shown, total = observability.map_leaves(tree)
+    assert total == 5 and [x.id for x in shown] == ["b", "c", "d"]  # 7, 5, 5 (c before d by id), original order
+    md = observability.cluster_map_metadata(tree)
+    assert _png(md["cluster_map"].value).startswith(b"\x89PNG\r\n\x1a\n")
+    monkeypatch.setattr(observability, "MAP_POINTS", 10)
+    assert [x.id for x in observability.map_leaves(tree)[0]] == ["a", "b", "c", "d", "e"]

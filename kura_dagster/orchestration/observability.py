@@ -27,6 +27,9 @@ MAP_MAX_BYTES = 60_000
 """The embedded PNG is re-rendered at a lower resolution until it is at most this large."""
 MAP_LABEL_CHARS = 36
 LEGEND_ROOTS = 12
+MAP_POINTS = 2_000
+"""At most this many leaf clusters are drawn on the cluster map: the largest (ties by id), so the picture and its
+cost stay bounded (~100k base clusters at 1M conversations); the title says how many are shown."""
 """The cluster map's legend names at most this many roots (the biggest)."""
 
 
@@ -115,6 +118,18 @@ def _short(text: str, n: int = MAP_LABEL_CHARS) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+def map_leaves(projected: Sequence[ProjectedCluster], parents: set[str] | None = None
+               ) -> tuple[list[ProjectedCluster], int]:
+    """``(the leaf clusters drawn, how many leaves there are)``: at most :data:`MAP_POINTS`, the largest (ties
+    by id), in their original order."""
+    parents = {p.parent_id for p in projected if p.parent_id is not None} if parents is None else parents
+    leaves = [p for p in projected if p.id not in parents] or list(projected)
+    if len(leaves) <= MAP_POINTS:
+        return leaves, len(leaves)
+    keep = {p.id for p in sorted(leaves, key=lambda p: (-len(p.chat_ids), p.id))[:MAP_POINTS]}
+    return [p for p in leaves if p.id in keep], len(leaves)
+
+
 def cluster_map_png(projected: Sequence[ProjectedCluster], dpi: int = 90) -> bytes:
     """A scatter plot of the cluster map: leaf clusters as dots sized by conversations and coloured by their
     root, with the roots in the legend. Rendered on Matplotlib's Agg canvas (no display, no pyplot state)."""
@@ -129,10 +144,13 @@ def cluster_map_png(projected: Sequence[ProjectedCluster], dpi: int = 90) -> byt
     roots = sorted({root_of[p.id] for p in projected}, key=lambda r: (-len(by_id[r].chat_ids), by_id[r].name, r))
     colour = {r: f"C{i % 10}" for i, r in enumerate(roots)}
     parents = {p.parent_id for p in projected if p.parent_id is not None}
-    leaves = [p for p in projected if p.id not in parents] or list(projected)
+    leaves, total = map_leaves(projected, parents)
     biggest = max((len(p.chat_ids) for p in leaves), default=1) or 1
+    by_root: dict[str, list[ProjectedCluster]] = {}
+    for p in leaves:
+        by_root.setdefault(root_of[p.id], []).append(p)
     for i, r in enumerate(roots):
-        mine = [p for p in leaves if root_of[p.id] == r]
+        mine = by_root.get(r, [])
         label = f"{_short(by_id[r].name)} ({len(by_id[r].chat_ids)})" if i < LEGEND_ROOTS else None
         ax.scatter(
             [p.x_coord for p in mine], [p.y_coord for p in mine],
@@ -140,7 +158,8 @@ def cluster_map_png(projected: Sequence[ProjectedCluster], dpi: int = 90) -> byt
             color=colour[r], alpha=0.7, edgecolors="white", linewidths=0.5, label=label,
         )
     more = f", {len(roots) - LEGEND_ROOTS} more roots not in the legend" if len(roots) > LEGEND_ROOTS else ""
-    ax.set_title(f"Cluster map: {len(leaves)} clusters under {len(roots)} roots{more}", fontsize=9)
+    shown = f"the {len(leaves)} largest of {total} clusters" if total > len(leaves) else f"{total} clusters"
+    ax.set_title(f"Cluster map: {shown} under {len(roots)} roots{more}", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False, markerscale=0.6,
@@ -151,6 +170,15 @@ def cluster_map_png(projected: Sequence[ProjectedCluster], dpi: int = 90) -> byt
     return buf.getvalue()
 
 
+def _palette_png(png: bytes, colours: int = 64) -> bytes:
+    """``png`` as a palette PNG of ``colours`` colours (Pillow, which Matplotlib depends on)."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.open(io.BytesIO(png)).convert("RGB").quantize(colours).save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
 def cluster_map_metadata(projected: Sequence[ProjectedCluster]) -> dict[str, Any]:
     """The cluster map as markdown with an embedded PNG (kept under ``MAP_MAX_BYTES``), plus its size."""
     if not projected:
@@ -159,6 +187,10 @@ def cluster_map_metadata(projected: Sequence[ProjectedCluster]) -> dict[str, Any
     for dpi in (90, 72, 56, 40):
         png = cluster_map_png(projected, dpi=dpi)
         if len(png) <= MAP_MAX_BYTES:
+            break
+        small = _palette_png(png)  # 64 colours: a crowded map often fits at this resolution (one render fewer)
+        if len(small) <= MAP_MAX_BYTES:
+            png = small
             break
     b64 = base64.b64encode(png).decode("ascii")
     return {
