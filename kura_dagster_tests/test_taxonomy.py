@@ -515,3 +515,38 @@ def test_another_embedding_space_forces_a_rebuild_and_the_same_space_does_not() 
     moved = [s.model_copy(update={"embedding": list(np.roll(np.asarray(s.embedding), 3))}) for s in day0]
     _, none, report = _update(moved, state, RecordingNamer())
     assert none is None and "embedding space changed" in report.rebuild_reason
+
+
+def _mean_unit(summaries, chat_ids) -> np.ndarray:
+    by_id = {s.chat_id: np.asarray(s.embedding, dtype=np.float32) for s in summaries}
+    v = np.stack([by_id[c] for c in chat_ids]).mean(axis=0)
+    return v / np.linalg.norm(v)
+
+
+def test_the_base_state_holds_each_clusters_mean_member_embedding_for_meta_clusters(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from kura_dagster.orchestration.taxonomy import base_member_centroids
+    from kura_dagster.pipeline.taxonomy import stored_member_centroids
+
+    day0 = _day0()
+    state = _built(day0)
+    for c in render_base(state):
+        assert np.allclose(stored_member_centroids(state)[c.id], _mean_unit(day0, c.chat_ids), atol=1e-6)
+    # a joins 2, c loses one: their vectors are computed again, b keeps its stored one to the bit
+    now = [s for s in day0 if s.chat_id != "c00"] + _points("a-new", 0, 2, seed=10, spread=0.01)
+    out, state2, _ = _update(now, state, RecordingNamer())
+    mc1, mc2 = stored_member_centroids(state), stored_member_centroids(state2)
+    by = _by_blob(out)
+    for c in out:
+        assert np.allclose(mc2[c.id], _mean_unit(now, c.chat_ids), atol=1e-6)
+    assert np.array_equal(mc2[by["b"].id], mc1[by["b"].id])
+    assert not np.allclose(mc2[by["a"].id], mc1[by["a"].id], atol=1e-7)
+    # meta_clusters reads them from the stored state, and says what to do when they are not this run's
+    save_taxonomy(tmp_path, BASE, state2)
+    kura = SimpleNamespace(checkpoint_dir=str(tmp_path))
+    got = base_member_centroids(kura, out)
+    assert list(got) == [c.id for c in out] and all(np.array_equal(got[c.id], mc2[c.id]) for c in out)
+    with pytest.raises(ValueError, match="materialize clusters again"):
+        base_member_centroids(kura, out + [Cluster(id="x", name="x", description="", slug="x", chat_ids=["q"],
+                                               parent_id=None)])

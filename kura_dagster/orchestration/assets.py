@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from kura_dagster.checkpoints.columnar import SummaryColumns
 from kura_dagster.checkpoints.storage import atomic_write_bytes, remove_path, to_upath, validate_name
 from kura_dagster.checkpoints.summary_cache import SummaryCache
-from kura_dagster.io_managers.base import WINDOW_DAYS_KEY, summary_columns_type
+from kura_dagster.io_managers.base import SUMMARY_COLUMNS_KEY, WINDOW_DAYS_KEY, summary_columns_type
 from kura_dagster.io_managers.typing import CHECKPOINT_NAME_KEY, model_metadata
 from kura_dagster.orchestration import hints
 from kura_dagster.orchestration.names import CHECKPOINT_NAMES, KuraNames
@@ -51,7 +51,7 @@ from kura_dagster.pipeline.cluster import base_clusters_from_columns
 from kura_dagster.pipeline.dimensionality import projected
 from kura_dagster.pipeline.inputs import ReadResult, quarantine_jsonl
 from kura_dagster.pipeline.meta_cluster import cluster_centroids, cluster_text, reduce_clusters
-from kura_dagster.orchestration.taxonomy import taxonomy_base_clusters, taxonomy_meta_clusters, taxonomy_projection
+from kura_dagster.orchestration.taxonomy import base_member_centroids, taxonomy_base_clusters, taxonomy_meta_clusters, taxonomy_projection
 from kura_dagster.pipeline.models.cached import CachedEmbeddingModel, CachedNamingModel
 from kura_dagster.pipeline.privacy import ScrubbingNamer, scrubbing_summary_model
 from kura_dagster.orchestration.privacy import private_base_clusters, private_meta_clusters, scrubbed_summaries
@@ -420,9 +420,12 @@ def meta_clusters_step(
     namer = ScrubbingNamer(CachedNamingModel(kura.naming_model(), cache))  # parents' names scrubbed too
     embedder = LazyEmbedder(kura, cache)
     centroids = None
-    if summaries is not None:  # group in the base clusters' own space: their members' mean embeddings
+    if summaries is not None:  # group in the base clusters' own space: their members' mean embeddings, stored
+        # by the clusters step beside its checkpoint (the summaries input is chat ids only: reading every
+        # embedding again cost ~1 s per 100k conversations)
         columns, _ = summary_columns_of(summaries)
-        centroids = cluster_centroids(clusters, columns.chat_ids, columns.embeddings)
+        centroids = cluster_centroids(clusters, columns.chat_ids, columns.embeddings) if columns.dim \
+            else base_member_centroids(kura, clusters)
         del columns
     build = lambda: reduce_clusters(clusters, namer, embedder, kura.settings(), centroids=centroids)  # noqa: E731
     taxonomy_md: dict[str, Any] = {}
@@ -576,9 +579,10 @@ def build_kura_assets(
         **spec("meta_clusters", "Kura's hierarchy: roots grouped until at most max_clusters remain; every "
                "cluster, parents included."),
         ins={"clusters": dg.AssetIn(key=names.key("clusters")),
-             # the summaries' embeddings (columnar), so meta clusters form in the base clusters' space
+             # the summaries (chat ids only): meta clusters form in the base clusters' space, from the mean
+             # member embeddings the clusters step stores (orchestration/taxonomy.py base_member_centroids)
              "summaries": dg.AssetIn(key=names.key("summaries"), dagster_type=summary_columns_type(),
-                                     metadata=summaries_in_metadata)},
+                                     metadata={**summaries_in_metadata, SUMMARY_COLUMNS_KEY: []})},
         required_resource_keys={kura_key},
     )
     def meta_clusters(context: dg.AssetExecutionContext, clusters: list[Cluster],

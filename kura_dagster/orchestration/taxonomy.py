@@ -121,6 +121,24 @@ def taxonomy_base_clusters(context: dg.AssetExecutionContext, kura: Any, columns
     return render_base(new_state), {**taxonomy_metadata(report), **privacy_md}
 
 
+def base_member_centroids(kura: Any, clusters: Sequence[Cluster]) -> dict[str, np.ndarray]:
+    """Each base cluster's mean member embedding from the stored base state (written by the clusters step), so
+    meta_clusters does not read every summary's embedding again. Raises, saying what to do, when the stored
+    state is not the one of ``clusters``."""
+    from kura_dagster.pipeline.taxonomy import stored_member_centroids
+
+    state = load_taxonomy(kura.checkpoint_dir, BASE)
+    stored = stored_member_centroids(state) if state is not None else {}
+    missing = [c.id for c in clusters if c.id not in stored]
+    if missing or len(stored) != len(clusters):
+        raise ValueError(
+            f"the taxonomy state under {kura.checkpoint_dir}/.kura-artifacts/{BASE} does not hold the centroids of "
+            f"this run's {len(clusters)} base clusters ({len(missing)} missing, e.g. {missing[:1]}, "
+            f"{len(stored)} stored): materialize clusters again (or run the rebuild_taxonomy job), then "
+            "meta_clusters")
+    return {c.id: stored[c.id] for c in clusters}
+
+
 def taxonomy_meta_clusters(context: dg.AssetExecutionContext, kura: Any, clusters: Sequence[Cluster],
                            centroids: dict[str, np.ndarray], namer: Any, full_build: Any
                            ) -> tuple[list[Cluster], dict[str, Any]]:

@@ -235,8 +235,14 @@ def settings_key(settings: PipelineSettings, thresholds: Any, dim: int) -> dict[
 def base_state(columns: SummaryColumns, clusters: Sequence[Cluster], settings_json: Mapping[str, Any],
                options: TaxonomyOptions, generation: int, born: Mapping[str, int] | None = None,
                named_size: Mapping[str, int] | None = None, radius: Mapping[str, float] | None = None,
-               run: int = 0) -> FittedState:
-    """The state of ``clusters`` (a full build's output, or an update's): membership, centroids, radii."""
+               run: int = 0, member_centroids: Mapping[str, np.ndarray] | None = None,
+               centroids: Mapping[str, np.ndarray] | None = None) -> FittedState:
+    """The state of ``clusters`` (a full build's output, or an update's): membership, centroids, radii, and
+    ``member_centroids``: each cluster's mean member embedding exactly as ``meta_cluster.cluster_centroids``
+    computes it (float32 mean in member order), which meta_clusters groups on without reading the summaries;
+    ``member_centroids`` given: those clusters (unchanged members) keep the stored vectors; ``centroids`` given
+    likewise (an update: the other clusters' centroids, and the radii of those not in ``radius``, are computed
+    from their own rows only)."""
     row = {cid: i for i, cid in enumerate(columns.chat_ids)}
     labels = np.full(len(columns), -1, dtype=np.int64)
     for j, c in enumerate(clusters):
@@ -246,17 +252,66 @@ def base_state(columns: SummaryColumns, clusters: Sequence[Cluster], settings_js
         raise ValueError(f"{int((labels < 0).sum())} summaries are in no base cluster, e.g. "
                          f"{columns.chat_ids[int(np.flatnonzero(labels < 0)[0])]!r}")
     k = len(clusters)
-    cents = centroids_of(columns.embeddings, labels, k) if k else np.zeros((0, columns.dim), np.float32)
-    learnt = radii(distances_to(columns.embeddings, labels, cents), labels, k, options.assign_quantile) if k \
-        else np.zeros(0, np.float32)
+    x = columns.embeddings
+    keep_c = centroids or {}
+    need_r = np.array([not (radius and c.id in radius) for c in clusters], dtype=bool)
+    sizes = np.bincount(labels, minlength=k) if k else np.zeros(0, np.int64)
+    if not k:
+        cents, learnt = np.zeros((0, columns.dim), np.float32), np.zeros(0, np.float32)
+    elif not keep_c or (need_r & (sizes < MIN_SPREAD_MEMBERS)).any():
+        # every centroid and radius (a small cluster's radius is the median of all the others')
+        cents = centroids_of(x, labels, k)
+        learnt = radii(distances_to(x, labels, cents), labels, k, options.assign_quantile)
+        if keep_c:
+            cents = cents.copy()
+            for j, c in enumerate(clusters):
+                if c.id in keep_c:
+                    cents[j] = keep_c[c.id]
+    else:  # an update: only the clusters whose members changed are read (the same values per cluster)
+        need_c = np.array([c.id not in keep_c for c in clusters], dtype=bool)
+        cents = centroids_of(x, np.where(need_c[labels], labels, -1), k)
+        for j, c in enumerate(clusters):
+            if c.id in keep_c:
+                cents[j] = keep_c[c.id]
+        sub = np.where(need_r[labels], labels, -1)
+        learnt = radii(distances_to(x, sub, cents), sub, k, options.assign_quantile) if need_r.any() \
+            else np.zeros(k, np.float32)
     rad = np.array([radius[c.id] if radius and c.id in radius else learnt[j] for j, c in enumerate(clusters)],
                    dtype=np.float32)
+    mc = member_means(x, labels, k, [c.id for c in clusters], member_centroids or {}, columns.dim)
     entries = [{"id": c.id, "name": c.name, "description": c.description, "slug": c.slug,
                 "named_size": int((named_size or {}).get(c.id, len(c.chat_ids))),
                 "born": int((born or {}).get(c.id, 0))} for c in clusters]
     return FittedState(kind=BASE_KIND, params={"generation": generation, "run": run, "settings": dict(settings_json),
                                                "clusters": entries, "chat_ids": list(columns.chat_ids)},
-                       arrays={"centroids": cents, "radius": rad, "labels": labels.astype(np.int32)})
+                       arrays={"centroids": cents, "radius": rad, "labels": labels.astype(np.int32),
+                               "member_centroids": mc})
+
+
+def member_means(x: np.ndarray, labels: np.ndarray, k: int, ids: Sequence[str],
+                 keep: Mapping[str, np.ndarray], dim: int) -> np.ndarray:
+    """``meta_cluster.cluster_centroids`` of every cluster (rows labelled ``j`` in ascending order: the members'
+    order in Kura's output), computed only for the clusters not in ``keep``."""
+    from kura_dagster.pipeline.meta_cluster import _normalise
+
+    out = np.zeros((k, dim), dtype=np.float32)
+    todo = [j for j in range(k) if ids[j] not in keep]
+    for j in range(k):
+        if ids[j] in keep:
+            out[j] = keep[ids[j]]
+    if todo:
+        groups = _members_by_label(labels, k)
+        for j in todo:
+            out[j] = _normalise(np.asarray(x[groups(j)], dtype=np.float32).mean(axis=0))
+    return out
+
+
+def stored_member_centroids(state: FittedState) -> dict[str, np.ndarray]:
+    """``{base cluster id: member centroid}`` of a base state (empty for a state written before they were)."""
+    mc = state.arrays.get("member_centroids")
+    if mc is None:
+        return {}
+    return {e["id"]: mc[j] for j, e in enumerate(state.params["clusters"])}
 
 
 def render_base(state: FittedState) -> list[Cluster]:
@@ -493,17 +548,21 @@ def update_base_clusters(
     # old clusters keep their radius unless renamed (re-learnt); new ones learn theirs
     renamed = set(rename)
     keep_radius = {entries[j]["id"]: float(rad[j]) for j in range(k) if j not in renamed}
-    new_state = base_state(columns, clusters, settings_json, options, int(params["generation"]),
-                           born={e["id"]: e["born"] for e in out_entries},
-                           named_size={e["id"]: e["named_size"] for e in out_entries},
-                           radius=keep_radius, run=int(params.get("run", 0)) + (1 if (len(news) or len(retired)
-                                                                                       or report.removed_conversations) else 0))
     moved = was != labels  # rows that left or joined a cluster (a re-split pool's members included)
     touched = np.zeros(len(entries), dtype=bool)
     touched[labels[moved]] = True
     touched[was[moved & (was >= 0)]] = True
     unchanged_ids = {entries[j]["id"] for j in range(k)
                      if sizes[j] > 0 and not changed[j] and added[j] == 0 and not touched[j]}
+    stored_mc = stored_member_centroids(state)
+    new_state = base_state(columns, clusters, settings_json, options, int(params["generation"]),
+                           born={e["id"]: e["born"] for e in out_entries},
+                           named_size={e["id"]: e["named_size"] for e in out_entries},
+                           radius=keep_radius, run=int(params.get("run", 0)) + (1 if (len(news) or len(retired)
+                                                                                       or report.removed_conversations) else 0),
+                           member_centroids={i: stored_mc[i] for i in unchanged_ids if i in stored_mc},
+                           centroids={entries[j]["id"]: state.arrays["centroids"][j] for j in range(k)
+                                      if entries[j]["id"] in unchanged_ids})
     if unchanged_ids:  # an unchanged cluster keeps its stored centroid to the bit (an unchanged rerun is a no-op)
         at = {c.id: i for i, c in enumerate(clusters)}
         arr = dict(new_state.arrays)
