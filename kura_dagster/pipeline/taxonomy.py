@@ -236,18 +236,21 @@ def base_state(columns: SummaryColumns, clusters: Sequence[Cluster], settings_js
                options: TaxonomyOptions, generation: int, born: Mapping[str, int] | None = None,
                named_size: Mapping[str, int] | None = None, radius: Mapping[str, float] | None = None,
                run: int = 0, member_centroids: Mapping[str, np.ndarray] | None = None,
-               centroids: Mapping[str, np.ndarray] | None = None) -> FittedState:
+               centroids: Mapping[str, np.ndarray] | None = None, labels: np.ndarray | None = None) -> FittedState:
     """The state of ``clusters`` (a full build's output, or an update's): membership, centroids, radii, and
     ``member_centroids``: each cluster's mean member embedding exactly as ``meta_cluster.cluster_centroids``
     computes it (float32 mean in member order), which meta_clusters groups on without reading the summaries;
     ``member_centroids`` given: those clusters (unchanged members) keep the stored vectors; ``centroids`` given
     likewise (an update: the other clusters' centroids, and the radii of those not in ``radius``, are computed
-    from their own rows only)."""
-    row = {cid: i for i, cid in enumerate(columns.chat_ids)}
-    labels = np.full(len(columns), -1, dtype=np.int64)
-    for j, c in enumerate(clusters):
-        for cid in c.chat_ids:
-            labels[row[cid]] = j
+    from their own rows only; ``labels``: each row's index in ``clusters`` when the caller knows it)."""
+    if labels is not None:  # (an update knows each row's cluster)
+        labels = np.asarray(labels, dtype=np.int64)
+    else:
+        row = {cid: i for i, cid in enumerate(columns.chat_ids)}
+        labels = np.full(len(columns), -1, dtype=np.int64)
+        for j, c in enumerate(clusters):
+            for cid in c.chat_ids:
+                labels[row[cid]] = j
     if (labels < 0).any():
         raise ValueError(f"{int((labels < 0).sum())} summaries are in no base cluster, e.g. "
                          f"{columns.chat_ids[int(np.flatnonzero(labels < 0)[0])]!r}")
@@ -432,8 +435,12 @@ def update_base_clusters(
     # clusters that emptied or fell below the privacy thresholds are retired; their members join the nearest
     users = user_ids(columns, thresholds.user_key)
     retired = [j for j in range(k) if sizes[j] == 0 and old_size[j] > 0]
-    groups = _members_by_label(labels, k)  # rows per cluster, regrouped only when a retirement moves rows
-    for j in range(k):
+    # without a user threshold a cluster meets the thresholds by its size: when every cluster does, nothing is
+    # retired here and the per-cluster loop (~100k clusters at 1M conversations) is skipped
+    by_size = users is None or not thresholds.user_key
+    below = by_size and bool(((sizes > 0) & (sizes < thresholds.min_conversations)).any())
+    groups = _members_by_label(labels, k) if (below or not by_size) else None  # regrouped when rows move
+    for j in range(k if (below or not by_size) else 0):
         members = groups(j)
         if len(members) and not _users_ok(members, users, thresholds):
             retired.append(j)
@@ -518,7 +525,7 @@ def update_base_clusters(
     # renames: only where the membership changed materially since the cluster was named
     sizes = np.bincount(labels, minlength=len(entries))
     added = np.zeros(len(entries), dtype=np.int64)
-    news = np.flatnonzero(np.fromiter((before.get(cid, -1) < 0 for cid in columns.chat_ids), bool, count=n))
+    news = np.flatnonzero(was < 0)  # the rows that were in no cluster before this run
     np.add.at(added, labels[news], 1)
     rename = [j for j in range(k) if j not in retired_set and sizes[j] > 0 and not is_other[j]
               and (added[j] + removed[j]) / max(entries[j]["named_size"], 1) >= options.rename_fraction]
@@ -562,7 +569,7 @@ def update_base_clusters(
                                                                                        or report.removed_conversations) else 0),
                            member_centroids={i: stored_mc[i] for i in unchanged_ids if i in stored_mc},
                            centroids={entries[j]["id"]: state.arrays["centroids"][j] for j in range(k)
-                                      if entries[j]["id"] in unchanged_ids})
+                                      if entries[j]["id"] in unchanged_ids}, labels=final)
     if unchanged_ids:  # an unchanged cluster keeps its stored centroid to the bit (an unchanged rerun is a no-op)
         at = {c.id: i for i, c in enumerate(clusters)}
         arr = dict(new_state.arrays)
