@@ -126,7 +126,8 @@ def test_pipeline_through_parquet_and_hf_uses_the_columnar_path(
     source = _source(shared_data, tmp_path)
     calls: list[str] = []
     real = columnar.load_summary_columns
-    monkeypatch.setattr(columnar, "load_summary_columns", lambda m, n: (calls.append(m.format_name), real(m, n))[1])
+    monkeypatch.setattr(columnar, "load_summary_columns",
+                        lambda m, n, **kw: (calls.append((m.format_name, kw.get("columns"))), real(m, n, **kw))[1])
     results = {}
     for fmt, io in (("jsonl", JSONLIOManager(base_dir=str(tmp_path / "jsonl"))),
                     ("parquet", ParquetIOManager(base_dir=str(tmp_path / "parquet"), compression="zstd")),
@@ -134,8 +135,9 @@ def test_pipeline_through_parquet_and_hf_uses_the_columnar_path(
         result = _run(io, source, tmp_path / fmt)
         assert result.success
         results[fmt] = result
-    # clusters and meta_clusters (which groups on base-cluster centroids) each took the summaries as columns
-    assert calls == ["jsonl", "jsonl", "parquet", "parquet", "hf", "hf"]
+    # clusters took the summaries as columns (embeddings included); meta_clusters (which groups on the base
+    # clusters' mean member embeddings, stored by the clusters step) their chat ids only
+    assert calls == [(f, c) for f in ("jsonl", "parquet", "hf") for c in (None, [])]
     clusters = {fmt: r.output_for_node("clusters") for fmt, r in results.items()}
     assert [c.model_dump() for c in clusters["parquet"]] == [c.model_dump() for c in clusters["jsonl"]]
     assert [c.model_dump() for c in clusters["hf"]] == [c.model_dump() for c in clusters["jsonl"]]
