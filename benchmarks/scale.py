@@ -23,9 +23,12 @@ with the offline models, each size with its own checkpoint directory and Dagster
 1. backfill: the days in single-run backfills of ``--chunk-days`` days each (``conversations`` + ``summaries``, tags
    ``dagster/asset_partition_range_start``/``_end``, exactly what ``--partition-range`` sends);
 2. ``clusters``, ``meta_clusters``, ``projected_clusters``, one run each;
-3. the new day: its partition, then the three unpartitioned stages again (incremental taxonomy);
-4. the rebuild: the three unpartitioned stages once more with ``rebuild_taxonomy`` set (what the
-   ``<prefix>_rebuild_taxonomy`` job computes), from scratch over every summary.
+3. the new day, as the daily schedule (``build_partitioned_refresh_schedule``) and the README's
+   ``--select '*' --partition DAY`` run it: one run of the day's partition and the three unpartitioned stages
+   (incremental taxonomy), with its checks; the table splits it by steps (start-up counts in its total only).
+   Results before 2026-12-04 ran it as four processes (partition, then one per stage);
+4. the rebuild: one run of the three unpartitioned stages with ``rebuild_taxonomy`` set (what the
+   ``<prefix>_rebuild_taxonomy`` job runs), from scratch over every summary.
 
 Every run is its own subprocess (``execute_in_process`` against the size's instance), pinned to two cores with
 BLAS/OpenMP threads capped at two, so each process's peak RSS is its own: a thread samples RSS and CPU time every
@@ -323,7 +326,10 @@ def child_run(spec: dict) -> dict:
         tags = {"dagster/asset_partition_range_start": spec["range"][0],
                 "dagster/asset_partition_range_end": spec["range"][1]}
     instance = dg.DagsterInstance.get()
-    result = job.execute_in_process(instance=instance, tags=tags)
+    if spec.get("partition"):  # one run of partitioned and unpartitioned assets, as the daily schedule launches
+        result = job.execute_in_process(instance=instance, partition_key=spec["partition"])
+    else:
+        result = job.execute_in_process(instance=instance, tags=tags)
     sampler.stop()
     if not result.success:
         raise SystemExit(f"run of {spec['select']} failed")
@@ -371,12 +377,14 @@ def run_size(n: int, root: Path, logs: Path, chunk_days: int, log, previous: dic
     env = dict(os.environ, DAGSTER_HOME=str(home), **{v: "2" for v in THREAD_VARS})
 
     def run(select: tuple[str, ...], first: int | None = None, last: int | None = None,
-            rebuild: bool = False) -> dict:
+            rebuild: bool = False, partition: int | None = None) -> dict:
         spec = {"logs": str(logs), "ckpt": str(work / "ckpt"), "select": list(select),
-                "range": [day_key(first), day_key(last)] if first is not None else None, "rebuild": rebuild}
+                "range": [day_key(first), day_key(last)] if first is not None else None, "rebuild": rebuild,
+                "partition": day_key(partition) if partition is not None else None}
         t0 = time.time()
         out = run_child(["--child", json.dumps(spec)], env)
         what = f"{select[0]}…{select[-1]}" + (f" {day_key(first)}…{day_key(last)}" if first is not None else "") \
+            + (f" partition {day_key(partition)}" if partition is not None else "") \
             + (" (rebuild_taxonomy)" if rebuild else "")
         log(f"  n={n:,} {what}: {time.time() - t0:.1f} s, peak {out['peak_bytes'] / 2**30:.2f} GB")
         return out
@@ -396,10 +404,12 @@ def run_size(n: int, root: Path, logs: Path, chunk_days: int, log, previous: dic
         return {"n": n, "days": days, "chunk_days": chunk_days, "backfill": backfill, "load": load}
     stages = {s: run((s,)) for s in UNPARTITIONED}
     load.append(os.getloadavg()[0])
-    new_day = [run(("conversations", "summaries"), days, days)] + [run((s,)) for s in UNPARTITIONED]
+    # the new day as the daily schedule runs it (and the README's `--select '*' --partition DAY`): one run of the
+    # day's partition and the three stages after it
+    new_day = [run(("conversations", "summaries", *UNPARTITIONED), partition=days)]
     load.append(os.getloadavg()[0])
-    # the <prefix>_rebuild_taxonomy job's work after the new day: the three stages from scratch (rebuild_taxonomy)
-    rebuild = [run((s,), rebuild=True) for s in UNPARTITIONED]
+    # the <prefix>_rebuild_taxonomy job after the new day: one run of the three stages with rebuild_taxonomy
+    rebuild = [run(UNPARTITIONED, rebuild=True)]
     load.append(os.getloadavg()[0])
     return {"n": n, "days": days, "chunk_days": chunk_days, "backfill": backfill, "stages": stages,
             "new_day": new_day, "rebuild": rebuild, "load": load,
@@ -434,9 +444,18 @@ def summarise(r: dict) -> dict:
     rows["start-up"] = (total - in_steps, float("nan"), float("nan"))
     rows["end to end"] = (total, sum(p["cpu_seconds"] for p in procs), max(p["peak_bytes"] for p in procs))
     new = r["new_day"]
-    rows["new day: its partition"] = (new[0]["seconds"], new[0]["cpu_seconds"], new[0]["peak_bytes"])
-    rows["new day: clusters → projected"] = (sum(p["seconds"] for p in new[1:]), sum(p["cpu_seconds"] for p in new[1:]),
-                                             max(p["peak_bytes"] for p in new[1:]))
+    if len(new) == 1:  # one run (since 2026-12-04): split its steps; start-up goes into the total only
+        steps = new[0]["steps"]
+        part = [s for k, s in steps.items() if k in ("conversations", "summaries") or k.startswith("summaries_")]
+        rest = [s for k, s in steps.items() if not (k in ("conversations", "summaries") or k.startswith("summaries_"))]
+        for key, group in (("new day: its partition", part), ("new day: clusters → projected", rest)):
+            rows[key] = (sum(s["seconds"] for s in group), sum(s["cpu_seconds"] for s in group),
+                         max((s["peak_bytes"] for s in group), default=float("nan")))
+    else:  # one process per stage
+        rows["new day: its partition"] = (new[0]["seconds"], new[0]["cpu_seconds"], new[0]["peak_bytes"])
+        rows["new day: clusters → projected"] = (sum(p["seconds"] for p in new[1:]),
+                                                 sum(p["cpu_seconds"] for p in new[1:]),
+                                                 max(p["peak_bytes"] for p in new[1:]))
     new_total = sum(p["seconds"] for p in new)
     rows["new day: total"] = (new_total, sum(p["cpu_seconds"] for p in new), max(p["peak_bytes"] for p in new))
     nan = float("nan")
@@ -457,9 +476,9 @@ ROW_LABELS = {
     "end to end": "**end to end** (backfill + 3 stages; peak = highest process)",
     "new day: its partition": "new day: its partition (conversations + summaries)",
     "new day: clusters → projected": "new day: clusters → meta_clusters → projected_clusters",
-    "new day: total": "**new day: total**",
+    "new day: total": "**new day: total** (one run since 2026-12-04: start-up included once)",
     "rebuild": "rebuild after the new day: clusters → meta_clusters → projected_clusters with rebuild_taxonomy "
-               "(the `_rebuild_taxonomy` job's stages; 3 processes, checks included)",
+               "(the `_rebuild_taxonomy` job's stages with their checks; one run since 2026-12-04, 3 before)",
 }
 
 
