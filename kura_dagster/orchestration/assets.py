@@ -10,11 +10,14 @@ helpers of :mod:`kura_dagster.orchestration.observability`. Checkpoint file name
 """
 
 
+import contextlib
 import functools
 import hashlib
+import importlib
 import math
 import warnings
 import statistics
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -271,6 +274,20 @@ def answer_cache(kura: KuraPipelineResource) -> SummaryCache:
                         embeddings=kura.embeddings.strip() != "local")
 
 
+WARMED_WHILE_WAITING = ("sklearn.cluster",)
+"""Modules a later stage imports (``clusters``' k-means: ~1.1 s for scikit-learn), imported on a daemon thread while
+``summaries`` waits on an LLM server, so an in-process run does not pay for them after the last summary."""
+
+
+def _warm_imports(modules: Sequence[str]) -> None:
+    def run() -> None:
+        for module in modules:
+            with contextlib.suppress(ImportError):  # not installed: the stage that needs it raises, naming it
+                importlib.import_module(module)
+
+    threading.Thread(target=run, name="kura-warm-imports", daemon=True).start()
+
+
 def summaries_step(
     context: dg.AssetExecutionContext, kura: KuraPipelineResource, conversations: Any
 ) -> dg.MaterializeResult:
@@ -292,6 +309,8 @@ def summaries_step(
     # LLM work is cached per conversation under the checkpoint directory and saved batch by batch, so a rerun
     # or a resumed run only pays for what is new; the offline local models are cheaper to recompute.
     remote_llm, remote_embeddings = kura.llm.strip() != "local", kura.embeddings.strip() != "local"
+    if remote_llm and conversations:  # the step mostly waits on the server: use that time for later imports
+        _warm_imports(WARMED_WHILE_WAITING)
     scrubbed: Counter = Counter()  # answers are scrubbed before the cache keeps them or they are embedded
     model = scrubbing_summary_model(model, scrubbed)
     cache = answer_cache(kura)
