@@ -29,7 +29,7 @@ import io
 import mmap
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -597,6 +597,23 @@ def _without_embedding(line: bytes) -> bytes:
     return head + b"}" if head.endswith(b"{") else line
 
 
+def _line_batches(chunks: Any) -> Iterator[tuple[list[bytes], list[int]]]:
+    """The JSONL backend's verified ``(lines, line numbers)`` chunks regrouped into batches of about
+    :data:`ARROW_BATCH_BYTES`, each read by one ``pyarrow.json`` call."""
+    lines: list[bytes] = []
+    numbers: list[int] = []
+    size = 0
+    for chunk_lines, chunk_numbers in chunks:
+        lines += chunk_lines
+        numbers += chunk_numbers
+        size += sum(map(len, chunk_lines))
+        if size >= ARROW_BATCH_BYTES:
+            yield lines, numbers
+            lines, numbers, size = [], [], 0
+    if lines:
+        yield lines, numbers
+
+
 def _jsonl_table(manager: Any, path: Any, selected: Sequence[str]) -> pa.Table:
     """``chat_id`` and the ``selected`` fields of a JSONL summaries checkpoint, parsed by ``pyarrow.json`` with an
     explicit schema of those fields only (the others are skipped, not made into values); each line's embedding,
@@ -662,19 +679,7 @@ def _jsonl_table(manager: Any, path: Any, selected: Sequence[str]) -> pa.Table:
     def parse(chunks: Any) -> tuple[list[pa.Table], list[dict[str, Any]]]:
         tables: list[pa.Table] = []
         metas: list[dict[str, Any]] = []
-        lines: list[bytes] = []
-        numbers: list[int] = []
-        size = 0
-        for chunk_lines, chunk_numbers in chunks:
-            lines += chunk_lines
-            numbers += chunk_numbers
-            size += sum(map(len, chunk_lines))
-            if size >= ARROW_BATCH_BYTES:
-                table, meta = read(lines, numbers)
-                tables.append(table)
-                metas.append(meta)
-                lines, numbers, size = [], [], 0
-        if lines:
+        for lines, numbers in _line_batches(chunks):
             table, meta = read(lines, numbers)
             tables.append(table)
             metas.append(meta)
@@ -753,20 +758,10 @@ def _jsonl_ids(manager: Any, path: Any) -> pa.Table | None:
 
     def parse(chunks: Any) -> list[pa.Table] | None:
         tables: list[pa.Table] = []
-        lines: list[bytes] = []
-        size = 0
-        for chunk_lines, _numbers in chunks:
-            lines += chunk_lines
-            size += sum(map(len, chunk_lines))
-            if size >= ARROW_BATCH_BYTES:
-                if (table := read(lines)) is None:
-                    for _rest in chunks:  # read (and hash) the rest, so the file is still verified
-                        pass
-                    return None
-                tables.append(table)
-                lines, size = [], 0
-        if lines:
+        for lines, _numbers in _line_batches(chunks):
             if (table := read(lines)) is None:
+                for _rest in chunks:  # read (and hash) the rest, so the file is still verified
+                    pass
                 return None
             tables.append(table)
         return tables
