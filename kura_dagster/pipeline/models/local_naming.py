@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -48,8 +49,9 @@ MULTIWORD_BONUS = 1.0
 distinctive): a phrase names a topic, a lone word is often a verb or an adjective."""
 
 
+@functools.lru_cache(maxsize=64)
 def _stop(language: str) -> frozenset[str]:
-    return stop_words(language) | FRAME_WORDS
+    return stop_words(language) | FRAME_WORDS  # (once per language: a union per member cost ~1 s at 100k)
 
 
 _REQUEST_FRAME = "The user's overall request for the assistant is to "
@@ -139,6 +141,7 @@ class LocalClusterNamingModel:
         classes: list[Counter] = []
         positions: list[dict[str, float]] = []
         languages: list[Counter] = []
+        seen: dict[tuple[str, str], tuple[dict[str, int], list[str]]] = {}
         for group in groups:
             counts: Counter[str] = Counter()
             at: Counter[str] = Counter()
@@ -147,7 +150,11 @@ class LocalClusterNamingModel:
             for s in group:
                 lang = (s.languages or ["english"])[0]
                 langs[lang] += 1
-                found = _terms(_summary_text(s), lang, store)
+                key = (_summary_text(s), lang)
+                if (read := seen.get(key)) is None:  # a text repeated across members is read once
+                    read = seen[key] = (_terms(key[0], lang, said := []), said)
+                found, said = read
+                store += said
                 counts.update(found.keys())
                 at.update(found)
             stores.append(store)

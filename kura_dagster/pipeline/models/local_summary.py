@@ -295,6 +295,8 @@ _READ: dict[str, tuple[str, tuple[str, ...]]] = {}
 another template is read with)."""
 _READ_STATS: list[TemplateStats | None] = [None]
 _READ_LIMIT = 200_000
+READ_REMEMBERS = 1_000
+"""The longest message :func:`read_request` remembers."""
 
 
 def read_request(text: str, stats: TemplateStats | None) -> tuple[str, tuple[str, ...]]:
@@ -302,7 +304,7 @@ def read_request(text: str, stats: TemplateStats | None) -> tuple[str, tuple[str
     are remembered for the latest ``stats`` object: the summary model and then the offline embedding read every
     message of a corpus with the same template (an LRU cache would have dropped the first ones by the time the
     second pass reads them), and follow-ups repeat across conversations."""
-    if len(text) > 1_000:
+    if len(text) > READ_REMEMBERS:
         return _read_request(text, stats)
     if _READ_STATS[0] is not stats or len(_READ) >= _READ_LIMIT:
         _READ.clear()
@@ -363,7 +365,7 @@ def key_phrases(texts: Sequence[str], language: str = "english", limit: int = KE
 @dataclass
 class _Parts:
     request: str
-    context: list[str]
+    context: tuple[str, ...]
     follow_ups: list[str]
     user_text: str
 
@@ -382,7 +384,8 @@ class LocalSummaryModel:
 
     def __init__(self) -> None:
         self._stats: TemplateStats | None = None
-        self._memo: dict[str, tuple[str, list[str]]] = {}  # message -> (request, context), under ``_memo_stats``
+        # long message -> (request, context), under ``_memo_stats`` (:func:`read_request` remembers short ones)
+        self._memo: dict[str, tuple[str, tuple[str, ...]]] = {}
         self._memo_stats: TemplateStats | None = None
         self._prepared_on: Sequence[Conversation] | None = None
 
@@ -399,19 +402,20 @@ class LocalSummaryModel:
         """The template learnt by :meth:`prepare` (the offline embedding reads the turns with the same one)."""
         return self._stats
 
-    def _request_of(self, text: str, stats: TemplateStats | None) -> tuple[str, list[str]]:
+    def _request_of(self, text: str, stats: TemplateStats | None) -> tuple[str, tuple[str, ...]]:
+        if len(text) <= READ_REMEMBERS:
+            return read_request(text, stats)  # remembered there (one cache, no second copy of each entry)
         found = self._memo.get(text) if stats is self._memo_stats else None
         if found is None:
-            request, context = read_request(text, stats)
-            found = (request, list(context))
+            found = read_request(text, stats)
             if stats is self._memo_stats:
-                if len(self._memo) >= 100_000:
+                if len(self._memo) >= 10_000:
                     self._memo.clear()
                 self._memo[text] = found
         return found
 
     def _parts(self, conversation: Conversation, stats: TemplateStats | None) -> _Parts:
-        asks: list[tuple[str, list[str]]] = []
+        asks: list[tuple[str, tuple[str, ...]]] = []
         seen: set[str] = set()
         user: list[str] = []
         for m in conversation.messages:
@@ -423,7 +427,7 @@ class LocalSummaryModel:
                 seen.add(sentence.lower())
                 asks.append((sentence, context))
         if not asks:
-            return _Parts("", [], [], "\n".join(user)[:2_000])
+            return _Parts("", (), [], "\n".join(user)[:2_000])
         return _Parts(asks[0][0], asks[0][1], [s for s, _ in asks[1:3]], "\n".join(user)[:2_000])
 
     def requests(self, conversation: Conversation, stats: TemplateStats | None = None) -> list[str]:
