@@ -93,8 +93,45 @@ def save_state(checkpoint_dir: Any, name: str, state: FittedState,
         atomic_write_bytes(root / version / fname, data)
     pointer = {"format": FORMAT, "kind": state.kind, "version": version,
                "files": {f: hashlib.sha256(d).hexdigest() for f, d in sorted(files.items())}}
-    atomic_write_bytes(root / POINTER, json.dumps(pointer, indent=1, sort_keys=True).encode("utf-8"))
-    return FittedState(kind=state.kind, params=state.params, arrays=state.arrays, version=version)
+    raw = json.dumps(pointer, indent=1, sort_keys=True).encode("utf-8")
+    atomic_write_bytes(root / POINTER, raw)
+    saved = FittedState(kind=state.kind, params=state.params, arrays=state.arrays, version=version)
+    _remember(root, raw, saved)
+    return saved
+
+
+_LAST: dict[str, tuple[bytes, FittedState]] = {}
+"""The state this process last saved or loaded per local artifact directory, with the pointer it was current
+under and its files' sizes and modification times: a later load that finds them unchanged (the steps of one run read the taxonomy state its previous step
+wrote; a 1M-conversation base state is ~1 s of JSON) returns it without reading the files again. Its arrays
+are made read-only, so a caller that would change them in place fails loudly instead of changing the copy
+the next load returns."""
+
+
+def _stamp(root: Any, pointer: bytes) -> tuple | None:
+    """Size and modification time of every file of the version ``pointer`` names (local storage only: elsewhere
+    nothing is remembered, and every load reads and verifies)."""
+    from kura_dagster.checkpoints import storage
+
+    if not storage.is_local(root):
+        return None
+    try:
+        p = json.loads(pointer)
+        base = storage.local_path(root / p["version"])
+        return tuple((f, (st := os.stat(os.path.join(base, f))).st_size, st.st_mtime_ns) for f in sorted(p["files"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _remember(root: Any, pointer: bytes, state: FittedState) -> None:
+    stamp = _stamp(root, pointer)
+    if stamp is None:
+        _LAST.pop(str(root), None)
+        return
+    for arr in state.arrays.values():
+        if isinstance(arr, np.ndarray):
+            arr.flags.writeable = False
+    _LAST[str(root)] = (pointer + repr(stamp).encode(), state)
 
 
 def load_state(checkpoint_dir: Any, name: str, storage_options: dict[str, Any] | None = None) -> FittedState | None:
@@ -106,6 +143,9 @@ def load_state(checkpoint_dir: Any, name: str, storage_options: dict[str, Any] |
         raw = read_bytes(pointer_path)
     except FileNotFoundError:
         return None
+    last = _LAST.get(str(root))
+    if last is not None and last[0] == raw + repr(_stamp(root, raw)).encode():  # unchanged since (see _LAST)
+        return last[1]
     try:
         pointer = json.loads(raw)
         version, files = pointer["version"], pointer["files"]
@@ -133,7 +173,9 @@ def load_state(checkpoint_dir: Any, name: str, storage_options: dict[str, Any] |
         arrays = {f[:-4]: np.load(io.BytesIO(d), allow_pickle=False) for f, d in contents.items() if f.endswith(".npy")}
     except (ValueError, KeyError, TypeError) as exc:  # np.load refuses object arrays with ValueError
         raise ArtifactCorruptError(root / version, f"cannot be decoded: {exc}") from exc
-    return FittedState(kind=meta["kind"], params=meta["params"], arrays=arrays, version=version)
+    state = FittedState(kind=meta["kind"], params=meta["params"], arrays=arrays, version=version)
+    _remember(root, raw, state)
+    return state
 
 
 def load_or_fit(checkpoint_dir: Any, name: str, fit: Callable[[], FittedState], *,

@@ -137,6 +137,21 @@ class SummaryColumns:
     def __len__(self) -> int:
         return len(self.chat_ids)
 
+    def embedding_rows(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The embeddings of ``rows`` only, in that order (of partitions read on demand, see
+        :class:`LazySummaryColumns`: only the partitions those rows are in are read)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        parts = self._parts
+        if parts is not None and any(isinstance(p, LazySummaryColumns) and not p.loaded for p in parts):
+            offsets = np.cumsum([0] + [len(p) for p in parts])
+            part_of = np.searchsorted(offsets, rows, side="right") - 1
+            out = np.empty((len(rows), self.dim), dtype=np.float32)
+            for j in np.unique(part_of).tolist():
+                sel = part_of == j
+                out[sel] = parts[j].embedding_rows(rows[sel] - offsets[j])
+            return out
+        return self.embeddings[rows]
+
     @property
     def dim(self) -> int:
         return int(self.embeddings.shape[1]) if self.embeddings.ndim == 2 else 0
@@ -160,6 +175,8 @@ class SummaryColumns:
             return parts[0]
         if not parts:
             return cls([], np.empty((0, 0), dtype=np.float32), format="empty")
+        if any(isinstance(p, LazySummaryColumns) and not p.loaded for p in parts):
+            return LazySummaryColumns.of_parts(parts)
         dims = {p.dim for p in parts}
         if len(dims) != 1:
             raise ValueError(f"summaries partitions have embeddings of different sizes {sorted(dims)}; "
@@ -195,6 +212,108 @@ class SummaryColumns:
             for row, vec in zip(rows, self.embeddings.tolist()):
                 row[EMBEDDING] = vec
         return arrow.rows_to_models(rows, ConversationSummary, self.source)
+
+
+class LazySummaryColumns(SummaryColumns):
+    """Summary columns whose chat ids are read now and everything else on first use: one checkpoint
+    (:meth:`of_checkpoint`), or several partitions (:meth:`of_parts`) of which :meth:`embedding_rows` reads only
+    the partitions the rows asked for are in. A stage that needs every vector (``embeddings``, a full k-means)
+    reads them all then; an incremental taxonomy update reads only this run's partitions and a probe
+    (``pipeline/taxonomy.py``). A checkpoint replaced between the two reads is refused, naming it."""
+
+    def __init__(self, chat_ids: list[str], load: Any, dim: Any, source: str = "", format: str = "",
+                 parts: list[SummaryColumns] | None = None) -> None:
+        self._load, self._dim, self._matrix = load, dim, None
+        super().__init__(chat_ids, np.empty((len(chat_ids), 0), dtype=np.float32), source=source, format=format)
+        self._parts = parts
+
+    # ``embeddings`` is read on first use (the dataclass field becomes this property's storage)
+    @property  # type: ignore[override]
+    def embeddings(self) -> np.ndarray:
+        if self._matrix is None:
+            self._matrix = self._load()
+        return self._matrix
+
+    @embeddings.setter
+    def embeddings(self, value: np.ndarray) -> None:
+        if getattr(self, "_load", None) is None or (value.ndim == 2 and value.shape[1]):
+            self._matrix = value  # (a loaded matrix, or a view of a concatenated one)
+
+    @property
+    def loaded(self) -> bool:
+        return self._matrix is not None
+
+    @property
+    def dim(self) -> int:
+        return int(self._matrix.shape[1]) if self._matrix is not None and self._matrix.ndim == 2 else int(self._dim())
+
+    @classmethod
+    def of_checkpoint(cls, manager: BaseCheckpointManager, filename: str, model: type | None = None
+                      ) -> LazySummaryColumns | None:
+        """Chat ids now (:func:`load_chat_ids`), the rest of ``filename`` on first use (``None``: no checkpoint)."""
+        chat_ids = load_chat_ids(manager, filename, model)
+        if chat_ids is None:
+            return None
+        path = manager.get_checkpoint_path(filename)
+        full: list[SummaryColumns] = []
+
+        def whole() -> SummaryColumns:
+            if not full:
+                full.append(same(load_summary_columns(manager, filename)))
+            return full[0]
+
+        def same(loaded: SummaryColumns | None) -> SummaryColumns:
+            if loaded is None or loaded.chat_ids != chat_ids:
+                raise CheckpointCorruptError(path, "was replaced or removed while it was being read (its chat ids "
+                                             "changed between two reads); run the step again")
+            return loaded
+
+        def table(names: Sequence[str] | None = None) -> pa.Table:
+            if names is None:
+                got = whole()
+                out.meta = got.meta
+                return got.columns()
+            # some columns (e.g. a naming sample's fields): read without the embeddings
+            wanted = tuple(dict.fromkeys(n for n in names if n not in ("chat_id", EMBEDDING)))
+            got = same(load_summary_columns(manager, filename, columns=wanted))
+            out.meta = got.meta
+            return got.read_columns(names)
+
+        out = cls(chat_ids, lambda: whole().embeddings, lambda: whole().dim, source=str(path),
+                  format=manager.format_name)
+        out._load_table = table
+        return out
+
+    def __repr__(self) -> str:  # (the dataclass's would read every vector)
+        return f"LazySummaryColumns({len(self)} rows from {self.source or 'memory'}, loaded={self.loaded})"
+
+    @classmethod
+    def of_parts(cls, parts: Sequence[SummaryColumns]) -> LazySummaryColumns:
+        parts = list(parts)
+
+        def matrix() -> np.ndarray:
+            dims = {p.dim for p in parts}
+            if len(dims) != 1:
+                raise ValueError(f"summaries partitions have embeddings of different sizes {sorted(dims)}; "
+                                 "re-materialize them with one embedding model")
+            whole = np.concatenate([p.embeddings for p in parts])
+            at = 0
+            for p in parts:  # the parts' own matrices can go: the data is in the new one
+                p.embeddings, at = whole[at:at + len(p)], at + len(p)
+            return whole
+
+        out = cls([cid for p in parts for cid in p.chat_ids], matrix, lambda: parts[-1].dim,
+                  source=f"{len(parts)} partitions", format="+".join(dict.fromkeys(p.format for p in parts)),
+                  parts=parts)
+        out._load_table = lambda names=None: pa.concat_tables([p.read_columns(names) for p in parts],
+                                                              promote_options="permissive")
+        return out
+
+    def embedding_rows(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if self._matrix is None and self._parts is None and len(rows) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return super().embedding_rows(rows)
 
 
 def _matrix_from_chunks(col: pa.ChunkedArray, source: object) -> tuple[np.ndarray, bool]:

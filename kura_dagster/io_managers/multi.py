@@ -45,8 +45,8 @@ from kura_dagster.checkpoints.multi import (
 )
 from kura_dagster.checkpoints.registry import FORMATS, build_manager
 from kura_dagster.checkpoints.storage import resolve_location, to_upath
-from kura_dagster.io_managers.base import (CheckpointIOManager, summary_columns_selection, wants_chat_ids,
-                                           wants_summary_columns)
+from kura_dagster.io_managers.base import (_PARTITION_NOTES, CheckpointIOManager, summary_columns_selection,
+                                           wants_chat_ids, wants_summary_columns)
 from kura_dagster.io_managers.metadata import checkpoint_metadata
 from kura_dagster.io_managers.stored import StoredOutput
 from kura_dagster.io_managers.typing import input_model, output_model
@@ -241,6 +241,10 @@ class MultiIOManager(CheckpointIOManager):
         passed = [f"{label} (missing)" for label in loaded.missing] + [f"{f.label} (unreadable)" for f in loaded.skipped]
         fallback = f" after passing over {', '.join(passed)}" if passed else ""
         rows = f"{len(loaded.data)} rows" if hasattr(loaded.data, "__len__") else "a stream"
+        notes = _PARTITION_NOTES.get()
+        if notes is not None:  # one of several partitions: load_partitions logs them all at once
+            notes.append(f"served by backend {loaded.label!r} ({loaded.format}){fallback}")
+            return loaded.data
         context.log.info(f"Loaded {rows} of {asset} from backend {loaded.label!r} "
                          f"({loaded.format}, {loaded.path}){fallback}")
         if not context.has_asset_partitions or len(context.asset_partition_keys) == 1:

@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from kura_dagster.checkpoints.columnar import SummaryColumns
 from kura_dagster.checkpoints.storage import atomic_write_bytes, remove_path, to_upath, validate_name
 from kura_dagster.checkpoints.summary_cache import SummaryCache
-from kura_dagster.io_managers.base import SUMMARY_COLUMNS_KEY, WINDOW_DAYS_KEY, summary_columns_type
+from kura_dagster.io_managers.base import ON_DEMAND_KEY, SUMMARY_COLUMNS_KEY, WINDOW_DAYS_KEY, summary_columns_type
 from kura_dagster.io_managers.typing import CHECKPOINT_NAME_KEY, model_metadata
 from kura_dagster.orchestration import hints
 from kura_dagster.orchestration.names import CHECKPOINT_NAMES, KuraNames
@@ -587,7 +587,8 @@ def build_kura_assets(
         # The columnar fast path: the IO manager hands over the embedding matrix (zero-copy from HF, one buffer
         # from Parquet) plus the other columns, instead of building every summary's embedding as Python floats.
         ins={"summaries": dg.AssetIn(key=names.key("summaries"), dagster_type=summary_columns_type(),
-                                     metadata=summaries_in_metadata)},
+                                     # partitions' vectors read on demand: a new day's update reads its own
+                                     metadata={**summaries_in_metadata, ON_DEMAND_KEY: True})},
         required_resource_keys={kura_key},
     )
     def clusters(context: dg.AssetExecutionContext, summaries: SummaryColumns) -> dg.MaterializeResult[list[Cluster]]:

@@ -51,9 +51,16 @@ MIN_SPREAD_MEMBERS = 5
 says little about a cluster's spread)."""
 RADIUS_TOLERANCE = 1e-4
 """Float32 rounding: a copy of a member (distance 0 up to rounding) joins a cluster of identical members."""
-SPACE_CHECK_CLUSTERS = 512
-"""How many unchanged clusters (spread over the stored order) have their centroid recomputed to check that the
-embedding space is the one the taxonomy was made in."""
+SPACE_CHECK_ROWS = 2_048
+"""How many stored conversations (the latest whose distance was measured against their cluster's current centroid)
+have that distance measured again to check that the embedding space is the one the taxonomy was made in. The
+latest rows: with partitions read on demand, they are in the last partition or two."""
+SPACE_TOLERANCE = 1e-3
+"""A distance measured again may differ from the stored one by float rounding, never by more than this."""
+ROW_STATS = ("mean_norm", "distance", "measured", "stamp")
+"""The base state's arrays that let an update read only this run's rows: each cluster's mean member embedding's
+length (with the unit centroid, its members' sum), each row's distance to its centroid and the run it was
+measured in, and the run each centroid last moved in."""
 NEAREST_CELLS = 1 << 25
 """At most this many (row, centroid) similarities at once when finding nearest centroids (128 MB of float32)."""
 CHUNK = 65_536
@@ -138,19 +145,29 @@ def _unit_all(vectors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return dict(zip(ids, rows))
 
 
-def centroids_of(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """Each label's mean row, L2-normalised (the same as ``meta_cluster.cluster_centroids``); zeros when empty."""
+def label_sums(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Each label's sum of rows (float64; label -1 rows left out)."""
     from scipy.sparse import csr_matrix
 
-    sums = np.zeros((k, x.shape[1]), dtype=np.float64)
+    sums = np.zeros((k, x.shape[1] if x.ndim == 2 else 0), dtype=np.float64)
     for a in range(0, len(x), CHUNK):  # per block: a (k × rows) 0/1 matrix times the rows (np.add.at is ~20x slower)
         lab = labels[a:a + CHUNK]
         ok = np.flatnonzero(lab >= 0)
         if len(ok):
             pick = csr_matrix((np.ones(len(ok)), (lab[ok], np.arange(len(ok)))), shape=(k, len(ok)))
             sums += pick @ np.asarray(x[a:a + CHUNK][ok], dtype=np.float64)
-    counts = np.bincount(labels[labels >= 0], minlength=k).astype(np.float64)
-    return _unit((sums / np.maximum(counts, 1)[:, None]).astype(np.float32))
+    return sums
+
+
+def means_of(sums: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(unit centroids, lengths of the means)`` from members' sums and counts (zeros when empty)."""
+    mean = (sums / np.maximum(np.asarray(counts, dtype=np.float64), 1)[:, None]).astype(np.float32)
+    return _unit(mean), np.linalg.norm(mean, axis=1).astype(np.float32)
+
+
+def centroids_of(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Each label's mean row, L2-normalised (the same as ``meta_cluster.cluster_centroids``); zeros when empty."""
+    return means_of(label_sums(x, labels, k), np.bincount(labels[labels >= 0], minlength=k))[0]
 
 
 def distances_to(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> np.ndarray:
@@ -199,12 +216,13 @@ def _nearest(x: np.ndarray, centroids: np.ndarray, allowed: np.ndarray) -> tuple
     dist = np.empty(len(x), dtype=np.float32)
     # in blocks of rows: a (rows × clusters) float32 matrix of at most NEAREST_CELLS cells (10k new rows against
     # the ~100k clusters of 1M conversations would be 4 GB at once)
-    step = max(1, NEAREST_CELLS // max(len(centroids), 1))
+    idx = np.flatnonzero(allowed)
+    cents = np.ascontiguousarray(centroids[idx], dtype=np.float32)  # only the allowed ones are compared
+    step = max(1, NEAREST_CELLS // max(len(cents), 1))
     for a in range(0, len(x), step):
-        sims = _unit(x[a:a + step]) @ centroids.T
-        sims[:, ~allowed] = -np.inf
-        b = sims.argmax(axis=1)
-        best[a:a + step] = b
+        sims = _unit(x[a:a + step]) @ cents.T
+        b = sims.argmax(axis=1)  # (ties: the lowest index, as before)
+        best[a:a + step] = idx[b]
         dist[a:a + step] = 1.0 - sims[np.arange(len(b)), b]
     return best, dist
 
@@ -212,9 +230,10 @@ def _nearest(x: np.ndarray, centroids: np.ndarray, allowed: np.ndarray) -> tuple
 class RowsView(SummaryColumns):
     """Some rows of a :class:`SummaryColumns`, for the stages that take columns (models read from the parent)."""
 
-    def __init__(self, parent: SummaryColumns, rows: np.ndarray) -> None:
+    def __init__(self, parent: SummaryColumns, rows: np.ndarray, embeddings: np.ndarray | None = None) -> None:
         rows = np.asarray(rows, dtype=np.int64)
-        super().__init__([parent.chat_ids[i] for i in rows.tolist()], parent.embeddings[rows],
+        super().__init__([parent.chat_ids[i] for i in rows.tolist()],
+                         parent.embedding_rows(rows) if embeddings is None else embeddings,
                          source=parent.source, format=parent.format)
         self._parent, self._rows = parent, rows
 
@@ -282,13 +301,24 @@ def base_state(columns: SummaryColumns, clusters: Sequence[Cluster], settings_js
     rad = np.array([radius[c.id] if radius and c.id in radius else learnt[j] for j, c in enumerate(clusters)],
                    dtype=np.float32)
     mc = member_means(x, labels, k, [c.id for c in clusters], member_centroids or {}, columns.dim)
+    norms = np.linalg.norm((label_sums(x, labels, k) / np.maximum(sizes, 1)[:, None]).astype(np.float32), axis=1) \
+        if k else np.zeros(0, np.float32)
     entries = [{"id": c.id, "name": c.name, "description": c.description, "slug": c.slug,
                 "named_size": int((named_size or {}).get(c.id, len(c.chat_ids))),
                 "born": int((born or {}).get(c.id, 0))} for c in clusters]
     return FittedState(kind=BASE_KIND, params={"generation": generation, "run": run, "settings": dict(settings_json),
                                                "clusters": entries, "chat_ids": list(columns.chat_ids)},
                        arrays={"centroids": cents, "radius": rad, "labels": labels.astype(np.int32),
-                               "member_centroids": mc})
+                               "member_centroids": mc, "mean_norm": norms.astype(np.float32),
+                               "distance": distances_to(x, labels, cents) if k else np.zeros(len(columns), np.float32),
+                               "measured": np.zeros(len(columns), np.int32), "stamp": np.zeros(k, np.int32),
+                               **other_arrays(labels, [_is_other(c) for c in clusters], lambda r: x[r], columns.dim)})
+
+
+def _is_other(c: Cluster) -> bool:
+    from kura_dagster.pipeline.thresholds import OTHER_NAME, OTHER_SLUG
+
+    return c.name == OTHER_NAME and c.slug == OTHER_SLUG
 
 
 def member_means(x: np.ndarray, labels: np.ndarray, k: int, ids: Sequence[str],
@@ -340,6 +370,46 @@ def _users_ok(rows: np.ndarray, users: Sequence[str | None] | None, thresholds: 
     return meets(rows, users, thresholds)
 
 
+def _row_reader(columns: SummaryColumns) -> Callable[[np.ndarray], np.ndarray]:
+    """``read(rows)``: the embeddings of ``rows`` (of columns read on demand: only the partitions they are in)."""
+    read = getattr(columns, "embedding_rows", None)
+    if callable(read):
+        return lambda rows: np.asarray(read(np.asarray(rows, dtype=np.int64)))
+    return lambda rows: columns.embeddings[np.asarray(rows, dtype=np.int64)]
+
+
+def _row_distances(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Cosine distance of each of the rows ``x`` to ``centroids[labels]`` (all labels valid)."""
+    if not len(x):
+        return np.zeros(0, dtype=np.float32)
+    return (1.0 - np.einsum("ij,ij->i", _unit(x), centroids[labels])).astype(np.float32)
+
+
+def _with_row_stats(state: FittedState, columns: SummaryColumns, read: Callable[[np.ndarray], np.ndarray]
+                    ) -> FittedState:
+    """A base state written before :data:`ROW_STATS` existed, with them computed once from the stored centroids
+    and every stored row that is still there (a one-off read of every row)."""
+    old_ids, labels = state.params["chat_ids"], state.arrays["labels"].astype(np.int64)
+    cents = state.arrays["centroids"].astype(np.float32)
+    k = len(cents)
+    at = {cid: i for i, cid in enumerate(columns.chat_ids)}
+    here = np.fromiter((at.get(cid, -1) for cid in old_ids), dtype=np.int64, count=len(old_ids))
+    ok = np.flatnonzero(here >= 0)
+    x = read(here[ok]) if len(ok) else np.zeros((0, cents.shape[1] if cents.ndim == 2 else 0), np.float32)
+    dist = np.zeros(len(old_ids), dtype=np.float32)
+    dist[ok] = _row_distances(x, labels[ok], cents)
+    counts = np.bincount(labels[ok], minlength=k)
+    _, norms = means_of(label_sums(x, labels[ok], k), counts)
+    at_old = np.full(len(old_ids), -1, dtype=np.int64)
+    at_old[ok] = np.arange(len(ok))
+    others = [_is_other(Cluster.model_construct(name=e["name"], slug=e["slug"])) for e in state.params["clusters"]]
+    pool = other_arrays(labels, others, lambda r: x[at_old[r]] if (at_old[r] >= 0).all() else
+                        np.where((at_old[r] >= 0)[:, None], x[np.maximum(at_old[r], 0)], 0), cents.shape[1])
+    arrays = {**state.arrays, "mean_norm": norms, "distance": dist, "measured": np.zeros(len(old_ids), np.int32),
+              "stamp": np.zeros(k, np.int32), **pool}
+    return FittedState(kind=state.kind, params=state.params, arrays=arrays, version=state.version)
+
+
 def update_base_clusters(
     columns: SummaryColumns,
     state: FittedState,
@@ -358,7 +428,14 @@ def update_base_clusters(
     ``report.rebuild_reason`` set when a full build is due instead (decided before any naming request).
 
     ``new_clusters(columns_view) -> list[Cluster]``: how the conversations that joined no cluster become new
-    clusters (the full build's k-means + thresholds + naming, on those rows only)."""
+    clusters (the full build's k-means + thresholds + naming, on those rows only).
+
+    Only this run's rows are read (through ``columns.embedding_rows`` when the columns have it, so partitions are
+    read on demand): the new conversations, a probe of :data:`SPACE_CHECK_ROWS` stored ones for the space check,
+    and the members of clusters that lost conversations or were regrouped (removals, retirements, an "Other
+    requests" pool clustered again). A cluster that only gained conversations moves its centroid by its stored
+    sum plus theirs. Each conversation's distance to its centroid is the one measured when it was last read
+    (drift's far share is over those), and a renamed cluster learns its radius from them."""
     from kura_dagster.pipeline.thresholds import OTHER_NAME, OTHER_SLUG, ThresholdError, user_ids
 
     report = report if report is not None else TaxonomyReport()
@@ -370,42 +447,50 @@ def update_base_clusters(
         report.rebuild_reason = f"settings changed since the last build ({', '.join(changed)})"
         return [], None
     entries = [dict(e) for e in params["clusters"]]
-    old_ids, old_labels = params["chat_ids"], state.arrays["labels"].astype(np.int64)
-    cents, rad = state.arrays["centroids"].astype(np.float32), state.arrays["radius"].astype(np.float32)
+    cents = state.arrays["centroids"].astype(np.float32)
     k, n = len(entries), len(columns)
-    x = columns.embeddings
     if n and cents.shape[1:] != (columns.dim,):
         report.rebuild_reason = f"the embedding size changed ({cents.shape[1]} → {columns.dim})"
         return [], None
-    before = {cid: int(lab) for cid, lab in zip(old_ids, old_labels.tolist())}
-    labels = np.fromiter((before.get(cid, -1) for cid in columns.chat_ids), dtype=np.int64, count=n)
+    read = _row_reader(columns)
+    if not set(ROW_STATS) <= set(state.arrays):
+        state = _with_row_stats(state, columns, read)
+    old_ids, old_labels = params["chat_ids"], state.arrays["labels"].astype(np.int64)
+    rad = state.arrays["radius"].astype(np.float32)
+    norms = state.arrays["mean_norm"].astype(np.float32)
+    stamp = state.arrays["stamp"].astype(np.int64)
+    run = int(params.get("run", 0)) + 1  # this run's number, if it changes anything
+    before = {cid: i for i, cid in enumerate(old_ids)}
+    old_row = np.fromiter((before.get(cid, -1) for cid in columns.chat_ids), dtype=np.int64, count=n)
+    known = old_row >= 0
+    labels = np.where(known, old_labels[np.maximum(old_row, 0)] if len(old_labels) else -1, -1).astype(np.int64)
+    dist = np.where(known, state.arrays["distance"][np.maximum(old_row, 0)] if len(old_labels) else 0,
+                    np.nan).astype(np.float32)
+    measured = np.where(known, state.arrays["measured"][np.maximum(old_row, 0)] if len(old_labels) else 0,
+                        -1).astype(np.int64)
     was = labels.copy()  # each row's cluster before this run (-1: new)
     kept = np.bincount(labels[labels >= 0], minlength=k)
     old_size = np.bincount(old_labels, minlength=k)
     removed = old_size - kept
     report.removed_conversations = int(removed.sum())
-    # the space must be the one the centroids were made in: an unchanged cluster's centroid is recomputed (a
-    # spread sample of at most SPACE_CHECK_CLUSTERS of them: a changed space moves every centroid, and checking
-    # them all read every row of history on every run)
-    unchanged = np.flatnonzero((removed == 0) & (old_size > 0))
-    unchanged = unchanged[np.linspace(0, len(unchanged) - 1, min(len(unchanged), SPACE_CHECK_CLUSTERS)).astype(int)] \
-        if len(unchanged) else unchanged
-    if len(unchanged):
-        pick = np.zeros(k, dtype=bool)
-        pick[unchanged] = True
-        now = centroids_of(x, np.where(pick[np.maximum(labels, 0)] & (labels >= 0), labels, -1), k)[unchanged]
-        if float(np.min(np.einsum("ij,ij->i", now, cents[unchanged]))) < 0.999:
+    # the space must be the one the centroids were made in: the latest stored rows whose distance was measured
+    # against their cluster's current centroid are measured again (a changed space changes every distance)
+    valid = np.flatnonzero(known & (measured >= stamp[np.maximum(labels, 0)]))[-SPACE_CHECK_ROWS:]
+    if len(valid):
+        again = _row_distances(read(valid), labels[valid], cents)
+        if float(np.max(np.abs(again - dist[valid]))) > SPACE_TOLERANCE:
             report.rebuild_reason = ("the embedding space changed (stored centroids no longer match their "
                                      "members: refit embedding or another model)")
             return [], None
     is_other = np.array([e["name"] == OTHER_NAME and e["slug"] == "other_requests" for e in entries], dtype=bool)
     new_rows = np.flatnonzero(labels < 0)
     report.new_conversations = len(new_rows)
+    x_new = read(new_rows) if len(new_rows) else np.zeros((0, cents.shape[1]), np.float32)
     active = kept > 0
     if len(new_rows):
-        best, dist = _nearest(x[new_rows], cents, active & ~is_other) if k else (
+        best, near = _nearest(x_new, cents, active & ~is_other) if k else (
             np.full(len(new_rows), -1), np.full(len(new_rows), np.inf))
-        ok = (best >= 0) & (dist <= rad[np.maximum(best, 0)] + RADIUS_TOLERANCE if k else False)
+        ok = (best >= 0) & (near <= rad[np.maximum(best, 0)] + RADIUS_TOLERANCE if k else False)
         labels[new_rows[ok]] = best[ok]
         leftover = new_rows[~ok]
     else:
@@ -416,13 +501,71 @@ def update_base_clusters(
     sizes = np.bincount(labels[labels >= 0], minlength=k)
     young = np.array([e["born"] > 0 for e in entries], dtype=bool)
     report.new_cluster_share = (float(sizes[young].sum()) + len(leftover)) / n if n else 0.0
+    new_at = np.full(n, -1, dtype=np.int64)  # row -> its index in x_new
+    new_at[new_rows] = np.arange(len(new_rows))
+
+    # the "Other requests" pools' members' vectors are stored (a pool is clustered again with the leftovers)
+    held = np.full(n, -1, dtype=np.int64)
+    if "other_rows" in state.arrays and len(old_ids):
+        current = np.full(len(old_ids), -1, dtype=np.int64)
+        current[old_row[known]] = np.flatnonzero(known)
+        where = current[state.arrays["other_rows"].astype(np.int64)]
+        held[where[where >= 0]] = np.flatnonzero(where >= 0)
+    held_x = state.arrays.get("other_vectors")
+
+    def x_of(rows: np.ndarray) -> np.ndarray:
+        """Rows' embeddings: this run's new ones from ``x_new``, pool members' as stored, the others read."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), cents.shape[1]), dtype=np.float32)
+        at, kept_at = new_at[rows], held[rows]
+        fresh, stored = at >= 0, (at < 0) & (kept_at >= 0)
+        if fresh.any():
+            out[fresh] = x_new[at[fresh]]
+        if stored.any():
+            out[stored] = held_x[kept_at[stored]]
+        rest = ~(fresh | stored)
+        if rest.any():
+            out[rest] = read(rows[rest])
+        return out
+
+    def moved_centroids(lost: np.ndarray, lab: np.ndarray, size: np.ndarray, kk: int
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(centroids, lengths, rows read)`` of the first ``kk`` clusters under labels ``lab``: old clusters that
+        ``lost`` members, and new clusters, from all their members; the other old clusters that gained members
+        (new ones, or old ones that moved in) from their stored sum plus the newcomers'; the rest as stored."""
+        c = np.zeros((kk, cents0.shape[1]), dtype=np.float32)
+        nm = np.zeros(kk, dtype=np.float32)
+        c[:k], nm[:k] = cents0, norms0
+        full = np.zeros(kk, dtype=bool)
+        full[:k] = lost
+        full[k:] = True
+        safe = np.maximum(lab, 0)
+        placed = lab >= 0
+        rows = np.flatnonzero(placed & full[safe])
+        gain = np.flatnonzero(placed & ~full[safe] & (was != lab))
+        ids = np.unique(np.concatenate([lab[rows], lab[gain]]))  # only these clusters' sums are formed
+        if len(ids):
+            sums = np.zeros((len(ids), cents0.shape[1]), dtype=np.float64)
+            if len(rows):
+                sums += label_sums(x_of(rows), np.searchsorted(ids, lab[rows]), len(ids))
+            if len(gain):
+                grow = np.searchsorted(ids, np.unique(lab[gain]))
+                old = ids[grow]
+                sums[grow] += cents0[old].astype(np.float64) * (norms0[old].astype(np.float64)
+                                                                 * old_size[old])[:, None]
+                sums += label_sums(x_of(gain), np.searchsorted(ids, lab[gain]), len(ids))
+            c[ids], nm[ids] = means_of(sums, size[ids])
+        return c, nm, rows
+
+    # clusters that lost conversations are measured from their members; the others that gained, from their sums
+    cents0, norms0 = cents, norms  # (as stored: what moved_centroids starts from)
+    cents, norms, _ = moved_centroids(removed > 0, labels, sizes, k)
     changed = (sizes != old_size) | (sizes != kept)
-    # only the clusters whose members changed are recomputed (the rows of the others are not read)
-    moved = centroids_of(x, np.where(changed[np.maximum(labels, 0)] & (labels >= 0), labels, -1), k) if k else cents
-    cents = np.where(changed[:, None], moved, cents).astype(np.float32)
     placed = labels >= 0
-    far = distances_to(x, labels, cents) > rad[np.maximum(labels, 0)] + RADIUS_TOLERANCE
-    report.far_share = float((far & placed).sum()) / n if n else 0.0
+    fresh = np.flatnonzero(placed & ~known)  # this run's assigned rows: measured against the moved centroids
+    dist[fresh] = _row_distances(x_of(fresh), labels[fresh], cents)
+    far = placed & (np.nan_to_num(dist, nan=0.0) > rad[np.maximum(labels, 0)] + RADIUS_TOLERANCE)
+    report.far_share = float(far.sum()) / n if n else 0.0
     if report.new_cluster_share > options.rebuild_new_share:
         report.rebuild_reason = (f"drift: {report.new_cluster_share:.0%} of the conversations are in clusters made "
                                  f"since the last build (rebuild_new_share={options.rebuild_new_share:g})")
@@ -447,7 +590,7 @@ def update_base_clusters(
             keep = np.ones(k, dtype=bool)
             keep[retired] = False
             if (keep & (sizes > 0)).any():
-                best, _ = _nearest(x[members], cents, keep & (sizes > 0))
+                best, _ = _nearest(x_of(members), cents, keep & (sizes > 0))
                 labels[members] = best
             else:
                 labels[members] = -1  # nothing left to join: they are clustered afresh below
@@ -465,9 +608,9 @@ def update_base_clusters(
     others = np.array([j for j in range(k) if is_other[j] and j not in retired_set and sizes[j] > 0], dtype=np.int64)
     if len(leftover):
         # each pool on its own: its members now, plus the leftovers nearest to it, against its size when looked at
-        near = np.bincount(_nearest(x[leftover], cents[others], np.ones(len(others), dtype=bool))[0],
-                           minlength=len(others)) if len(others) else np.zeros(0, np.int64)
-        regrown = np.array([j for j, m in zip(others.tolist(), near.tolist())
+        near_pool = np.bincount(_nearest(x_of(leftover), cents[others], np.ones(len(others), dtype=bool))[0],
+                                minlength=len(others)) if len(others) else np.zeros(0, np.int64)
+        regrown = np.array([j for j, m in zip(others.tolist(), near_pool.tolist())
                             if sizes[j] + m - entries[j]["named_size"]
                             >= max(options.rename_fraction * entries[j]["named_size"], thresholds.min_conversations)],
                            dtype=np.int64)
@@ -476,52 +619,54 @@ def update_base_clusters(
         pool = np.sort(np.concatenate([leftover, in_other]))
         labels[pool] = -1
         try:
-            made = list(new_clusters(RowsView(columns, pool)))
+            made = list(new_clusters(RowsView(columns, pool, x_of(pool))))
         except ThresholdError:
             made = []
         row = {columns.chat_ids[i]: i for i in pool.tolist()}
-        known = {e["id"] for e in entries}
-        run = int(params.get("run", 0)) + 1
+        ids_taken = {e["id"] for e in entries}
         for c in made:
             rows = np.array([row[cid] for cid in c.chat_ids], dtype=np.int64)
             if c.name == OTHER_NAME and len(others):
                 continue  # the pools people know hold them (below)
             members = [columns.chat_ids[i] for i in rows.tolist()]
-            cid = c.id if c.id not in known else cluster_id(settings.seed, f"base-{run}", members)  # (a pool's
-            known.add(cid)  # members can regroup exactly as a cluster that exists: ids stay unique)
+            cid = c.id if c.id not in ids_taken else cluster_id(settings.seed, f"base-{run}", members)  # (a pool's
+            ids_taken.add(cid)  # members can regroup exactly as a cluster that exists: ids stay unique)
             entries.append({"id": cid, "name": c.name, "description": c.description, "slug": c.slug,
                             "named_size": len(rows), "born": run})
             labels[rows] = len(entries) - 1
             report.new_cluster_ids.append(cid)
         rest = pool[labels[pool] < 0]
         if len(rest) and len(others):  # still too rare to show: the nearest "Other requests" (same ids)
-            best, _ = _nearest(x[rest], cents[others], np.ones(len(others), dtype=bool))
+            best, _ = _nearest(x_of(rest), cents[others], np.ones(len(others), dtype=bool))
             labels[rest] = others[best]
             for j in regrown.tolist():
                 entries[j]["named_size"] = int((labels == j).sum())
         elif len(rest):  # no "Other" to hold them: the nearest shown cluster takes them
-            alive = np.bincount(labels[labels >= 0], minlength=len(entries)) > 0
+            alive_now = np.bincount(labels[labels >= 0], minlength=len(entries)) > 0
             allowed = np.zeros(len(entries), dtype=bool)
-            allowed[:k] = alive[:k] & ~is_other
+            allowed[:k] = alive_now[:k] & ~is_other
             allowed[:k][retired] = False
             if not allowed.any():
                 raise ThresholdError(f"{len(rest)} conversations cannot make one cluster of {thresholds.describe()}")
-            best, _ = _nearest(x[rest], np.concatenate([cents, np.zeros((len(entries) - k, cents.shape[1]),
-                                                                         np.float32)]), allowed)
+            best, _ = _nearest(x_of(rest), np.concatenate([cents, np.zeros((len(entries) - k, cents.shape[1]),
+                                                                            np.float32)]), allowed)
             labels[rest] = best
     # an "Other requests" left below the thresholds is not shown: its members join their nearest shown cluster
     small_pools = [j for j in range(len(entries)) if entries[j]["name"] == OTHER_NAME
                    and entries[j]["slug"] == OTHER_SLUG and (labels == j).any()
                    and not _users_ok(np.flatnonzero(labels == j), users, thresholds)]
     if small_pools:
-        now = centroids_of(x, labels, len(entries))
+        lost_now = removed > 0
+        lost_now[was[(was >= 0) & (was != labels)]] = True
+        now, _, _ = moved_centroids(lost_now, labels, np.bincount(labels[labels >= 0], minlength=len(entries)),
+                                    len(entries))
         shown = np.bincount(labels, minlength=len(entries)) > 0
         shown[[j for j in range(len(entries)) if entries[j]["slug"] == OTHER_SLUG]] = False
         if not shown.any():
             raise ThresholdError(f"{n} conversations cannot make one cluster of {thresholds.describe()}")
         for j in small_pools:
             members = np.flatnonzero(labels == j)
-            labels[members] = _nearest(x[members], now, shown)[0]
+            labels[members] = _nearest(x_of(members), now, shown)[0]
     # renames: only where the membership changed materially since the cluster was named
     sizes = np.bincount(labels, minlength=len(entries))
     added = np.zeros(len(entries), dtype=np.int64)
@@ -544,42 +689,93 @@ def update_base_clusters(
             report.renamed_cluster_ids.append(entries[j]["id"])
     alive = [j for j in range(len(entries)) if sizes[j] > 0]
     report.retired_cluster_ids = [entries[j]["id"] for j in range(k) if sizes[j] == 0]
-    remap = np.full(len(entries), -1, dtype=np.int64)
+    return _updated(columns, state, entries, labels, was, known, old_size, removed, rename, alive, run, dist,
+                    measured, settings_json, options, moved_centroids, x_of)
+
+
+def _updated(columns: SummaryColumns, state: FittedState, entries: list[dict], labels: np.ndarray, was: np.ndarray,
+             known: np.ndarray, old_size: np.ndarray, removed: np.ndarray, rename: list[int], alive: list[int], run: int,
+             dist: np.ndarray, measured: np.ndarray, settings_json: Mapping[str, Any], options: TaxonomyOptions,
+             moved_centroids: Callable, x_of: Callable) -> tuple[list[Cluster], FittedState]:
+    """The clusters and the base state after an update (see :func:`update_base_clusters`)."""
+    from kura_dagster.pipeline.thresholds import OTHER_NAME, OTHER_SLUG
+
+    k, total = len(old_size), len(entries)
+    params = state.params
+    sizes = np.bincount(labels[labels >= 0], minlength=total)
+    moved = (was >= 0) & (was != labels)  # old rows that left or joined a cluster (a regrouped pool's included)
+    touched = removed > 0  # clusters that lost members: measured from all of them
+    touched[was[moved]] = True
+    cents, norms, reread = moved_centroids(touched, labels, sizes, total)
+    remap = np.full(total, -1, dtype=np.int64)
     remap[alive] = np.arange(len(alive))
-    out_entries = [entries[j] for j in alive]
-    clusters = [Cluster(id=e["id"], name=e["name"], description=e["description"], slug=e["slug"],
-                        chat_ids=[], parent_id=None) for e in out_entries]
     final = remap[labels]
+    out_entries = [entries[j] for j in alive]
+    members: list[list[str]] = [[] for _ in out_entries]
     for cid, lab in zip(columns.chat_ids, final.tolist()):
-        clusters[lab].chat_ids.append(cid)
-    # old clusters keep their radius unless renamed (re-learnt); new ones learn theirs
-    renamed = set(rename)
-    keep_radius = {entries[j]["id"]: float(rad[j]) for j in range(k) if j not in renamed}
-    moved = was != labels  # rows that left or joined a cluster (a re-split pool's members included)
-    touched = np.zeros(len(entries), dtype=bool)
-    touched[labels[moved]] = True
-    touched[was[moved & (was >= 0)]] = True
-    unchanged_ids = {entries[j]["id"] for j in range(k)
-                     if sizes[j] > 0 and not changed[j] and added[j] == 0 and not touched[j]}
-    stored_mc = stored_member_centroids(state)
-    new_state = base_state(columns, clusters, settings_json, options, int(params["generation"]),
-                           born={e["id"]: e["born"] for e in out_entries},
-                           named_size={e["id"]: e["named_size"] for e in out_entries},
-                           radius=keep_radius, run=int(params.get("run", 0)) + (1 if (len(news) or len(retired)
-                                                                                       or report.removed_conversations) else 0),
-                           member_centroids={i: stored_mc[i] for i in unchanged_ids if i in stored_mc},
-                           centroids={entries[j]["id"]: state.arrays["centroids"][j] for j in range(k)
-                                      if entries[j]["id"] in unchanged_ids}, labels=final)
-    if unchanged_ids:  # an unchanged cluster keeps its stored centroid to the bit (an unchanged rerun is a no-op)
-        at = {c.id: i for i, c in enumerate(clusters)}
-        arr = dict(new_state.arrays)
-        fixed = arr["centroids"].copy()
-        for j in range(k):
-            if entries[j]["id"] in unchanged_ids:
-                fixed[at[entries[j]["id"]]] = state.arrays["centroids"][j]
-        arr["centroids"] = fixed
-        new_state = FittedState(kind=new_state.kind, params=new_state.params, arrays=arr)
+        members[lab].append(cid)
+    # (validated names and chat ids: no second validation of a million ids)
+    clusters = [Cluster.model_construct(id=e["id"], name=e["name"], description=e["description"], slug=e["slug"],
+                                        chat_ids=m, parent_id=None) for e, m in zip(out_entries, members)]
+    gained = np.zeros(total, dtype=bool)
+    gained[labels[(was < 0) & (labels >= 0)]] = True
+    moved_c = np.zeros(total, dtype=bool)
+    moved_c[:k] = touched | gained[:k]
+    moved_c[labels[moved & (labels >= 0)]] = True  # (old rows that joined another cluster moved it too)
+    moved_c[k:] = True
+    # distances measured now: this run's rows and every member read again, against the final centroids
+    now_rows = np.union1d(np.flatnonzero(((was < 0) | moved) & (labels >= 0)), reread)
+    dist = dist.copy()
+    measured = measured.copy()
+    if len(now_rows):
+        dist[now_rows] = _row_distances(x_of(now_rows), labels[now_rows], cents)
+        measured[now_rows] = run
+    # radii: kept, except renamed clusters and new ones (learnt from their members' distances as measured)
+    rad_old = state.arrays["radius"].astype(np.float32)
+    relearn = np.zeros(total, dtype=bool)
+    relearn[rename] = True
+    relearn[k:] = True
+    sub = np.where(relearn[np.maximum(labels, 0)] & (labels >= 0), labels, -1)
+    learnt = radii(np.nan_to_num(dist, nan=0.0), sub, total, options.assign_quantile) if relearn.any() \
+        else np.zeros(total, np.float32)
+    rad = np.where(relearn, learnt, np.concatenate([rad_old, np.zeros(total - k, np.float32)]))
+    stamp = np.concatenate([state.arrays["stamp"].astype(np.int64), np.full(total - k, run)])
+    stamp[moved_c] = run
+    stored_c = state.arrays["centroids"]
+    stored_mc = state.arrays.get("member_centroids")
+    mc = cents.copy()
+    for j in range(k):  # an unchanged cluster keeps its stored vectors to the bit (an unchanged rerun is a no-op)
+        if not moved_c[j]:
+            cents[j] = stored_c[j]
+            if stored_mc is not None:
+                mc[j] = stored_mc[j]
+    order = np.asarray(alive, dtype=np.int64)
+    changed_anything = bool(len(np.flatnonzero(was < 0)) or (removed > 0).any() or moved.any()
+                            or len(alive) != k or total != k)
+    new_state = FittedState(
+        kind=BASE_KIND,
+        params={"generation": int(params["generation"]), "run": int(params.get("run", 0)) + (1 if changed_anything else 0),
+                "settings": dict(settings_json), "clusters": [
+                    {"id": e["id"], "name": e["name"], "description": e["description"], "slug": e["slug"],
+                     "named_size": int(e["named_size"]), "born": int(e["born"])} for e in out_entries],
+                "chat_ids": list(columns.chat_ids)},
+        arrays={"centroids": cents[order].astype(np.float32), "radius": rad[order].astype(np.float32),
+                "labels": final.astype(np.int32), "member_centroids": mc[order].astype(np.float32),
+                "mean_norm": norms[order].astype(np.float32), "distance": np.nan_to_num(dist, nan=0.0).astype(np.float32),
+                "measured": np.maximum(measured, 0).astype(np.int32), "stamp": stamp[order].astype(np.int32),
+                **other_arrays(final, [e["name"] == OTHER_NAME and e["slug"] == OTHER_SLUG for e in out_entries], x_of,
+                               cents.shape[1])})
     return clusters, new_state
+
+
+def other_arrays(labels: np.ndarray, is_other: Sequence[bool], vectors: Callable[[np.ndarray], np.ndarray],
+                 dim: int) -> dict[str, np.ndarray]:
+    """``other_rows`` (the rows in an "Other requests" pool) and ``other_vectors`` (their embeddings, from
+    ``vectors(rows)``): stored so that a pool clustered again with new leftovers reads no partition."""
+    pools = np.flatnonzero(np.asarray(is_other, dtype=bool))
+    rows = np.flatnonzero(np.isin(labels, pools)) if len(pools) else np.zeros(0, np.int64)
+    vec = np.asarray(vectors(rows), dtype=np.float32) if len(rows) else np.zeros((0, dim), np.float32)
+    return {"other_rows": rows.astype(np.int32), "other_vectors": vec.reshape(len(rows), dim)}
 
 
 # --- meta clusters ----------------------------------------------------------------------------------------
