@@ -550,3 +550,57 @@ def test_the_base_state_holds_each_clusters_mean_member_embedding_for_meta_clust
     with pytest.raises(ValueError, match="materialize clusters again"):
         base_member_centroids(kura, out + [Cluster(id="x", name="x", description="", slug="x", chat_ids=["q"],
                                                parent_id=None)])
+
+
+class _CountingColumns(SummaryColumns):
+    """Columns that record which rows' embeddings an update reads, and refuse to hand over the whole matrix (as
+    partitions read on demand would read every partition)."""
+
+    def __init__(self, summaries) -> None:
+        base = SummaryColumns.coerce(summaries)
+        super().__init__(base.chat_ids, base.embeddings, source="memory", format="models")
+        self.read: list[int] = []
+        self.whole = 0
+
+    @property
+    def dim(self) -> int:  # (as partitions read on demand know it without reading the vectors)
+        return int(self.__dict__["embeddings"].shape[1])
+
+    def embedding_rows(self, rows):
+        self.read += np.asarray(rows).tolist()
+        return self.__dict__["embeddings"][np.asarray(rows, dtype=np.int64)]
+
+    def __getattribute__(self, name):
+        if name == "embeddings":
+            object.__getattribute__(self, "__dict__")["whole"] += 1
+        return object.__getattribute__(self, name)
+
+
+def test_an_update_reads_the_new_rows_and_a_probe_and_moves_a_grown_centroid_by_its_sum(monkeypatch) -> None:
+    """Day 0: three blobs of 12 (36 rows). Day 1: 2 new rows in blob a. The update reads the 2 new rows and the
+    probe (the latest 4 stored rows, with SPACE_CHECK_ROWS = 4): nothing else, and never the whole matrix. Blob a's
+    centroid is its stored sum plus the newcomers' (the mean of its 14 members, computed here by hand); b and c
+    keep theirs to the bit."""
+    import kura_dagster.pipeline.taxonomy as taxonomy
+
+    monkeypatch.setattr(taxonomy, "SPACE_CHECK_ROWS", 4)
+    day0 = _day0()
+    state = _built(day0)
+    new = _points("a-new", 0, 2, seed=10, spread=0.01)
+    columns = _CountingColumns(day0 + new)
+    report = TaxonomyReport()
+    out, state2 = update_base_clusters(columns, state, RecordingNamer(), SETTINGS, THRESHOLDS, KEY,
+                                       TaxonomyOptions(), report=report, new_clusters=None)
+    assert state2 is not None and report.assigned_to_existing == 2
+    assert sorted(set(columns.read)) == [32, 33, 34, 35, 36, 37], "the 4 latest stored rows (c08-c11) and the 2 new"
+    assert columns.__dict__["whole"] == 0
+    by = _by_blob(out)
+    at = {c.id: i for i, c in enumerate(out)}
+    a = state2.arrays["centroids"][at[by["a"].id]]
+    assert np.allclose(a, _mean_unit(day0 + new, by["a"].chat_ids), atol=1e-6)
+    for blob in "bc":
+        j_old = [e["id"] for e in state.params["clusters"]].index(by[blob].id)
+        assert np.array_equal(state2.arrays["centroids"][at[by[blob].id]], state.arrays["centroids"][j_old])
+    # the newcomers' distances were measured in this run (run 1), the others keep the build's (run 0)
+    rows = {cid: i for i, cid in enumerate(state2.params["chat_ids"])}
+    assert [int(state2.arrays["measured"][rows[c]]) for c in ("a-new00", "a-new01", "a00", "b00")] == [1, 1, 0, 0]
