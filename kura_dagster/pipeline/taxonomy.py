@@ -809,12 +809,15 @@ def meta_state(clusters: Sequence[Cluster], base_ids: set[str], vectors: Mapping
     for m in metas:
         vec = _unit(vectors[m.id])
         kids = children.get(m.id, [])
-        d = [float(1.0 - _unit(vectors[ch]) @ vec) for ch in kids]
-        learnt = float(np.quantile(d, options.assign_quantile)) if d else 0.0
+        if radius is not None and m.id in radius:
+            r = radius[m.id]  # (kept: not learnt again)
+        else:
+            d = [float(1.0 - _unit(vectors[ch]) @ vec) for ch in kids]
+            r = float(np.quantile(d, options.assign_quantile)) if d else 0.0
         nodes.append({"id": m.id, "name": m.name, "description": m.description, "slug": m.slug,
                       "parent_id": m.parent_id, "height": h(m.id), "children": kids})
         cents.append(vec)
-        rad.append((radius or {}).get(m.id, learnt))
+        rad.append(r)
     dim = len(next(iter(vectors.values()))) if vectors else 0
     base_parent = {c.id: c.parent_id for c in clusters if c.id in base_ids}
     roots = [c.id for c in clusters if c.parent_id is None]
@@ -843,13 +846,15 @@ def render_meta(state: FittedState, base: Sequence[Cluster]) -> list[Cluster]:
     stack = list(reversed(state.params["roots"]))
     while stack:
         cid = stack.pop()
+        # (built from validated clusters and stored names: no second validation of every chat id)
         if cid in by_base:
             c = by_base[cid]
-            out.append(c.model_copy(update={"parent_id": parent.get(cid)}))
+            out.append(Cluster.model_construct(id=c.id, name=c.name, description=c.description, slug=c.slug,
+                                               chat_ids=c.chat_ids, parent_id=parent.get(cid)))
             continue
         n = nodes[cid]
-        out.append(Cluster(id=cid, name=n["name"], description=n["description"], slug=n["slug"],
-                           chat_ids=chats(cid), parent_id=n["parent_id"]))
+        out.append(Cluster.model_construct(id=cid, name=n["name"], description=n["description"], slug=n["slug"],
+                                           chat_ids=chats(cid), parent_id=n["parent_id"]))
         stack.extend(reversed(n["children"]))
     if len(out) != len(base) + len(nodes):
         raise ValueError(f"the stored hierarchy covers {len(out)} clusters of {len(base) + len(nodes)}")
