@@ -101,3 +101,40 @@ def test_a_state_damaged_after_it_was_saved_is_still_refused(tmp_path: Path) -> 
     params.write_text(text)
     with pytest.raises(ArtifactCorruptError, match="checksum mismatch"):
         load_state(tmp_path, "taxonomy-base")
+
+
+SEEN: dict[str, list] = {}
+
+
+@dg.asset
+def made() -> list[ConversationSummary]:
+    SEEN["made"] = [ConversationSummary(chat_id=f"c{i}", summary=f"s{i}", metadata={}) for i in range(3)]
+    return SEEN["made"]
+
+
+@dg.asset
+def read_back(made: list[ConversationSummary]) -> list[ConversationSummary]:
+    SEEN["read_back"] = made
+    return made[:1]
+
+
+def test_rows_saved_in_this_process_are_handed_to_the_next_step_while_the_file_is_unchanged(tmp_path) -> None:
+    from kura_dagster.io_managers import ParquetIOManager
+    from kura_dagster.io_managers.base import _remember_saved, _saved_here
+
+    io = ParquetIOManager(base_dir=str(tmp_path / "ckpt"))
+    assert dg.materialize([made, read_back], resources={"io_manager": io}).success
+    assert SEEN["read_back"] is not SEEN["made"] and all(a is b for a, b in zip(SEEN["read_back"], SEEN["made"]))
+    # a file changed after the save is read again (and verified), not handed back
+    from upath import UPath
+
+    path = UPath(str(tmp_path / "x.parquet"))
+    path.write_bytes(b"first")
+    rows = SEEN["made"]
+    _remember_saved(path, rows)
+    assert _saved_here(path, ConversationSummary) == rows
+    assert _saved_here(path, ConversationSummary) is not rows
+    assert _saved_here(path, dict) is None  # another model: read from the file
+    time.sleep(0.01)
+    path.write_bytes(b"second")
+    assert _saved_here(path, ConversationSummary) is None

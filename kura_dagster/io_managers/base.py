@@ -11,6 +11,8 @@ import contextvars
 import functools
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Optional
 
@@ -141,6 +143,43 @@ def partitioned_value(context: dg.OutputContext, obj: Any, paths: dict[str, Any]
 
 
 
+_SAVED: dict[str, tuple[tuple[int, int, int], list[Any]]] = {}
+"""The rows this process last saved to each local single-file checkpoint of an unpartitioned asset, with the file's
+inode, size and modification time then. The steps of one run (in one process) read what the step before wrote:
+the base clusters, the tree (~5M chat ids at 1M conversations, ~1.3 s a read) and the map, each read by the next
+asset and by its checks. A load of that file, unchanged since, gets those rows (a new list of the same models,
+which no stage changes in place) instead of reading and verifying the file again."""
+
+
+def _stamp(path: Any) -> tuple[int, int, int] | None:
+    from kura_dagster.checkpoints import storage
+
+    try:
+        if not storage.is_local(path):
+            return None
+        st = os.stat(storage.local_path(path))
+    except (OSError, ValueError, TypeError):
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
+
+
+def _remember_saved(path: Any, obj: Any) -> None:
+    from pydantic import BaseModel
+
+    stamp = _stamp(path)
+    if stamp is None or not isinstance(obj, list) or not obj or not isinstance(obj[0], BaseModel):
+        _SAVED.pop(str(path), None)
+        return
+    _SAVED[str(path)] = (stamp, obj)
+
+
+def _saved_here(path: Any, model: Any) -> list[Any] | None:
+    found = _SAVED.get(str(path))
+    if found is None or model is None or type(found[1][0]) is not model or _stamp(path) != found[0]:
+        return None
+    return list(found[1])
+
+
 _PARTITION_NOTES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("kura_partition_notes",
                                                                                      default=None)
 """While :meth:`CheckpointIOManager.load_partitions` loads several partitions: where each came from (logged once)."""
@@ -246,6 +285,8 @@ class CheckpointIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
         model = output_model(context)
         saved = manager.save_checkpoint(name, obj, model_class=model)
         context.add_output_metadata(checkpoint_metadata(obj, model or (type(obj[0]) if obj else None), saved))
+        if not context.has_asset_partitions:
+            _remember_saved(manager.get_checkpoint_path(name), obj)
 
     # --- what is stored now (see kura_dagster.orchestration.reuse) -------------------------------------------
     def stored_state(self, name_parts: Sequence[str]) -> Optional[str]:
@@ -348,7 +389,9 @@ class CheckpointIOManager(dg.ConfigurableIOManager, dg.UPathIOManager):
 
             result = load_chat_ids(manager, name, input_model(context))
         else:
-            result = manager.load_checkpoint(name, input_model(context))
+            result = _saved_here(manager.get_checkpoint_path(name), input_model(context))
+            if result is None:
+                result = manager.load_checkpoint(name, input_model(context))
         if result is None:
             raise FileNotFoundError(
                 f"No {manager.format_name} checkpoint at {path} for asset "
