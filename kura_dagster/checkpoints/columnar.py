@@ -279,8 +279,15 @@ class LazySummaryColumns(SummaryColumns):
             out.meta = got.meta
             return got.read_columns(names)
 
-        out = cls(chat_ids, lambda: whole().embeddings, lambda: whole().dim, source=str(path),
-                  format=manager.format_name)
+        def vectors() -> np.ndarray:
+            got = whole()
+            matrix = got.embeddings
+            # from now on only ``out`` holds them (a concatenation replaces them by a view of its matrix, and
+            # the partition's own copy must then go: at 1M conversations that copy is 1 GB)
+            got.embeddings = np.empty((len(chat_ids), 0), dtype=np.float32)
+            return matrix
+
+        out = cls(chat_ids, vectors, lambda: whole().dim, source=str(path), format=manager.format_name)
         out._load_table = table
         return out
 

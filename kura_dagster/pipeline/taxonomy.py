@@ -278,12 +278,14 @@ def base_state(columns: SummaryColumns, clusters: Sequence[Cluster], settings_js
     keep_c = centroids or {}
     need_r = np.array([not (radius and c.id in radius) for c in clusters], dtype=bool)
     sizes = np.bincount(labels, minlength=k) if k else np.zeros(0, np.int64)
+    measured: np.ndarray | None = None  # each row's distance to its centroid (stored: see ROW_STATS)
     if not k:
         cents, learnt = np.zeros((0, columns.dim), np.float32), np.zeros(0, np.float32)
     elif not keep_c or (need_r & (sizes < MIN_SPREAD_MEMBERS)).any():
         # every centroid and radius (a small cluster's radius is the median of all the others')
         cents = centroids_of(x, labels, k)
-        learnt = radii(distances_to(x, labels, cents), labels, k, options.assign_quantile)
+        measured = distances_to(x, labels, cents)
+        learnt = radii(measured, labels, k, options.assign_quantile)
         if keep_c:
             cents = cents.copy()
             for j, c in enumerate(clusters):
@@ -300,9 +302,12 @@ def base_state(columns: SummaryColumns, clusters: Sequence[Cluster], settings_js
             else np.zeros(k, np.float32)
     rad = np.array([radius[c.id] if radius and c.id in radius else learnt[j] for j, c in enumerate(clusters)],
                    dtype=np.float32)
-    mc = member_means(x, labels, k, [c.id for c in clusters], member_centroids or {}, columns.dim)
-    norms = np.linalg.norm((label_sums(x, labels, k) / np.maximum(sizes, 1)[:, None]).astype(np.float32), axis=1) \
-        if k else np.zeros(0, np.float32)
+    mc, norms = member_means(x, labels, k, [c.id for c in clusters], member_centroids or {}, columns.dim,
+                             lengths=True)
+    if k and (member_centroids or {}):  # (kept vectors: their lengths from the members, one pass)
+        norms = np.linalg.norm((label_sums(x, labels, k) / np.maximum(sizes, 1)[:, None]).astype(np.float32), axis=1)
+    if measured is None:
+        measured = distances_to(x, labels, cents) if k else np.zeros(len(columns), np.float32)
     entries = [{"id": c.id, "name": c.name, "description": c.description, "slug": c.slug,
                 "named_size": int((named_size or {}).get(c.id, len(c.chat_ids))),
                 "born": int((born or {}).get(c.id, 0))} for c in clusters]
@@ -310,7 +315,7 @@ def base_state(columns: SummaryColumns, clusters: Sequence[Cluster], settings_js
                                                "clusters": entries, "chat_ids": list(columns.chat_ids)},
                        arrays={"centroids": cents, "radius": rad, "labels": labels.astype(np.int32),
                                "member_centroids": mc, "mean_norm": norms.astype(np.float32),
-                               "distance": distances_to(x, labels, cents) if k else np.zeros(len(columns), np.float32),
+                               "distance": measured,
                                "measured": np.zeros(len(columns), np.int32), "stamp": np.zeros(k, np.int32),
                                **other_arrays(labels, [_is_other(c) for c in clusters], lambda r: x[r], columns.dim)})
 
@@ -322,7 +327,7 @@ def _is_other(c: Cluster) -> bool:
 
 
 def member_means(x: np.ndarray, labels: np.ndarray, k: int, ids: Sequence[str],
-                 keep: Mapping[str, np.ndarray], dim: int) -> np.ndarray:
+                 keep: Mapping[str, np.ndarray], dim: int, lengths: bool = False) -> Any:
     """``meta_cluster.cluster_centroids`` of every cluster (rows labelled ``j`` in ascending order: the members'
     order in Kura's output), computed only for the clusters not in ``keep``."""
     from kura_dagster.pipeline.meta_cluster import _normalise
@@ -332,11 +337,14 @@ def member_means(x: np.ndarray, labels: np.ndarray, k: int, ids: Sequence[str],
     for j in range(k):
         if ids[j] in keep:
             out[j] = keep[ids[j]]
+    norms = np.zeros(k, dtype=np.float32)
     if todo:
         groups = _members_by_label(labels, k)
         for j in todo:
-            out[j] = _normalise(np.asarray(x[groups(j)], dtype=np.float32).mean(axis=0))
-    return out
+            mean = np.asarray(x[groups(j)], dtype=np.float32).mean(axis=0)
+            norms[j] = np.linalg.norm(mean)
+            out[j] = _normalise(mean)
+    return (out, norms) if lengths else out
 
 
 def stored_member_centroids(state: FittedState) -> dict[str, np.ndarray]:
