@@ -252,66 +252,32 @@ def settings_key(settings: PipelineSettings, thresholds: Any, dim: int) -> dict[
 
 
 def base_state(columns: SummaryColumns, clusters: Sequence[Cluster], settings_json: Mapping[str, Any],
-               options: TaxonomyOptions, generation: int, born: Mapping[str, int] | None = None,
-               named_size: Mapping[str, int] | None = None, radius: Mapping[str, float] | None = None,
-               run: int = 0, member_centroids: Mapping[str, np.ndarray] | None = None,
-               centroids: Mapping[str, np.ndarray] | None = None, labels: np.ndarray | None = None) -> FittedState:
-    """The state of ``clusters`` (a full build's output, or an update's): membership, centroids, radii, and
-    ``member_centroids``: each cluster's mean member embedding exactly as ``meta_cluster.cluster_centroids``
-    computes it (float32 mean in member order), which meta_clusters groups on without reading the summaries;
-    ``member_centroids`` given: those clusters (unchanged members) keep the stored vectors; ``centroids`` given
-    likewise (an update: the other clusters' centroids, and the radii of those not in ``radius``, are computed
-    from their own rows only; ``labels``: each row's index in ``clusters`` when the caller knows it)."""
-    if labels is not None:  # (an update knows each row's cluster)
-        labels = np.asarray(labels, dtype=np.int64)
-    else:
-        row = {cid: i for i, cid in enumerate(columns.chat_ids)}
-        labels = np.full(len(columns), -1, dtype=np.int64)
-        for j, c in enumerate(clusters):
-            for cid in c.chat_ids:
-                labels[row[cid]] = j
+               options: TaxonomyOptions, generation: int) -> FittedState:
+    """The state of a full build's ``clusters``: membership, centroids, radii, :data:`ROW_STATS`, the "Other
+    requests" pools' vectors, and ``member_centroids``: each cluster's mean member embedding exactly as
+    ``meta_cluster.cluster_centroids`` computes it (float32 mean in member order), which meta_clusters groups on
+    without reading the summaries. (An update writes its state in :func:`update_base_clusters`.)"""
+    row = {cid: i for i, cid in enumerate(columns.chat_ids)}
+    labels = np.full(len(columns), -1, dtype=np.int64)
+    for j, c in enumerate(clusters):
+        for cid in c.chat_ids:
+            labels[row[cid]] = j
     if (labels < 0).any():
         raise ValueError(f"{int((labels < 0).sum())} summaries are in no base cluster, e.g. "
                          f"{columns.chat_ids[int(np.flatnonzero(labels < 0)[0])]!r}")
     k = len(clusters)
     x = columns.embeddings
-    keep_c = centroids or {}
-    need_r = np.array([not (radius and c.id in radius) for c in clusters], dtype=bool)
-    sizes = np.bincount(labels, minlength=k) if k else np.zeros(0, np.int64)
-    measured: np.ndarray | None = None  # each row's distance to its centroid (stored: see ROW_STATS)
-    if not k:
-        cents, learnt = np.zeros((0, columns.dim), np.float32), np.zeros(0, np.float32)
-    elif not keep_c or (need_r & (sizes < MIN_SPREAD_MEMBERS)).any():
-        # every centroid and radius (a small cluster's radius is the median of all the others')
+    if k:  # every centroid and radius (a small cluster's radius is the median of all the others')
         cents = centroids_of(x, labels, k)
         measured = distances_to(x, labels, cents)
-        learnt = radii(measured, labels, k, options.assign_quantile)
-        if keep_c:
-            cents = cents.copy()
-            for j, c in enumerate(clusters):
-                if c.id in keep_c:
-                    cents[j] = keep_c[c.id]
-    else:  # an update: only the clusters whose members changed are read (the same values per cluster)
-        need_c = np.array([c.id not in keep_c for c in clusters], dtype=bool)
-        cents = centroids_of(x, np.where(need_c[labels], labels, -1), k)
-        for j, c in enumerate(clusters):
-            if c.id in keep_c:
-                cents[j] = keep_c[c.id]
-        sub = np.where(need_r[labels], labels, -1)
-        learnt = radii(distances_to(x, sub, cents), sub, k, options.assign_quantile) if need_r.any() \
-            else np.zeros(k, np.float32)
-    rad = np.array([radius[c.id] if radius and c.id in radius else learnt[j] for j, c in enumerate(clusters)],
-                   dtype=np.float32)
-    mc, norms = member_means(x, labels, k, [c.id for c in clusters], member_centroids or {}, columns.dim,
-                             lengths=True)
-    if k and (member_centroids or {}):  # (kept vectors: their lengths from the members, one pass)
-        norms = np.linalg.norm((label_sums(x, labels, k) / np.maximum(sizes, 1)[:, None]).astype(np.float32), axis=1)
-    if measured is None:
-        measured = distances_to(x, labels, cents) if k else np.zeros(len(columns), np.float32)
+        rad = radii(measured, labels, k, options.assign_quantile).astype(np.float32)
+    else:
+        cents, rad = np.zeros((0, columns.dim), np.float32), np.zeros(0, np.float32)
+        measured = np.zeros(len(columns), np.float32)
+    mc, norms = member_means(x, labels, k, [c.id for c in clusters], {}, columns.dim, lengths=True)
     entries = [{"id": c.id, "name": c.name, "description": c.description, "slug": c.slug,
-                "named_size": int((named_size or {}).get(c.id, len(c.chat_ids))),
-                "born": int((born or {}).get(c.id, 0))} for c in clusters]
-    return FittedState(kind=BASE_KIND, params={"generation": generation, "run": run, "settings": dict(settings_json),
+                "named_size": len(c.chat_ids), "born": 0} for c in clusters]
+    return FittedState(kind=BASE_KIND, params={"generation": generation, "run": 0, "settings": dict(settings_json),
                                                "clusters": entries, "chat_ids": list(columns.chat_ids)},
                        arrays={"centroids": cents, "radius": rad, "labels": labels.astype(np.int32),
                                "member_centroids": mc, "mean_norm": norms.astype(np.float32),
